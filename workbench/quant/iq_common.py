@@ -1,0 +1,167 @@
+"""Shared helpers for the IQ / TQ quantization modules (ggml-quants.c helpers).
+
+Everything here is exact float32 arithmetic as ggml's C code does it (SSE, no FMA contraction, no
+reordering of sums).  The numba helpers are plain ``@njit`` functions that the format kernels inline
+as calls; the numpy helpers serve the readable references.
+
+Typing pitfall in numba: ``int64 op float32`` promotes to float64 (numpy rules), so every constant and
+every integer that meets a float32 in a kernel is converted with ``f32(...)`` first.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+QK_K = 256
+f32 = np.float32
+
+# ggml-quants.c: GROUP_MAX_EPS* (a block whose |x| max is below this gets all-zero quants)
+GROUP_MAX_EPS = f32(1e-15)
+GROUP_MAX_EPS_IQ3_XXS = f32(1e-8)
+GROUP_MAX_EPS_IQ2_S = f32(1e-8)
+GROUP_MAX_EPS_IQ1_M = f32(1e-7)
+GROUP_MAX_EPS_IQ1_S = f32(1e-12)
+FLT_MAX = f32(np.finfo(np.float32).max)
+
+# ggml-common.h: kvalues_iq4nl, the 16 non-linear 4-bit levels of IQ4_NL / IQ4_XS
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                         dtype=np.int8)
+
+
+class QuantInputError(ValueError):
+    """Bad argument to an IQ/TQ quantizer (shape, dtype, missing importance matrix)."""
+
+
+# ----------------------------------------------------------------------------- argument checks
+def check_quantize_args(x, imatrix, block, name, needs_imatrix=False):
+    """Validate and normalise ``quantize(x, imatrix)`` arguments; returns (x, imatrix)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise QuantInputError(f"{name}: x must be 2-D (rows, n_per_row), got shape {x.shape}")
+    if x.shape[1] % block:
+        raise QuantInputError(f"{name}: n_per_row={x.shape[1]} is not a multiple of the block size {block}")
+    if imatrix is None:
+        if needs_imatrix:
+            raise QuantInputError(f"{name}: this format needs an importance matrix (imatrix is None); "
+                                  "ggml_quantize_requires_imatrix")
+        return x, None
+    imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    if imatrix.shape[0] != x.shape[1]:
+        raise QuantInputError(f"{name}: imatrix has {imatrix.shape[0]} entries, n_per_row is {x.shape[1]}")
+    return x, imatrix
+
+
+def check_blocks(blocks, n_per_row, block, type_size, name):
+    blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
+    if blocks.ndim == 1:
+        blocks = blocks.reshape(1, -1)
+    if n_per_row % block:
+        raise QuantInputError(f"{name}: n_per_row={n_per_row} is not a multiple of the block size {block}")
+    row_bytes = n_per_row // block * type_size
+    if blocks.ndim != 2 or blocks.shape[1] != row_bytes:
+        raise QuantInputError(f"{name}: blocks must be (rows, {row_bytes}) uint8 for n_per_row={n_per_row}, "
+                              f"got shape {blocks.shape}")
+    return blocks
+
+
+# ----------------------------------------------------------------------------- numpy helpers
+def fp16_bits(v):
+    """float32 -> IEEE half bits, round to nearest even (GGML_FP32_TO_FP16)."""
+    return np.asarray(v, dtype=np.float32).astype(np.float16).view(np.uint16)
+
+
+def fp16_round(v):
+    """float32 -> nearest half -> float32 (GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(v)))."""
+    return np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def fp16_from_bytes(b):
+    """(..., 2) uint8 little endian -> float32."""
+    b = np.ascontiguousarray(b, dtype=np.uint8)
+    return b.view(np.float16)[..., 0].astype(np.float32)
+
+
+def nearest_int_np(v):
+    """ggml nearest_int: the 12582912 trick, i.e. round half to even on float32."""
+    return np.rint(np.asarray(v, dtype=np.float32)).astype(np.int32)
+
+
+def best_index_int8_np(values, x):
+    """Vectorised ggml best_index_int8: index of the nearest entry of the sorted table ``values``.
+
+    Ties go to the upper neighbour (C: ``x - val[mu-1] < val[mu] - x ? mu-1 : mu``), the ends clamp.
+    """
+    v = values.astype(np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    mu = np.clip(np.searchsorted(v, x, side="right"), 1, len(v) - 1)  # first value > x
+    lo = v[mu - 1]
+    hi = v[mu]
+    idx = np.where(x - lo < hi - x, mu - 1, mu)
+    idx = np.where(x <= v[0], 0, idx)
+    idx = np.where(x >= v[-1], len(v) - 1, idx)
+    return idx.astype(np.uint8)
+
+
+# fp16 -> fp32 table (numba kernels index it instead of decoding bits)
+FP16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- numba helpers
+@njit(cache=True)
+def fp32_to_fp16(v):
+    """float32 -> half bits (int), round to nearest even, like GGML_FP32_TO_FP16 (no NaN payloads)."""
+    a = abs(float(v))
+    sign = 0x8000 if math.copysign(1.0, v) < 0 else 0  # keeps -0.0 -> 0x8000 like ggml
+    if a != a:
+        return 0x7E00 | sign
+    if a >= 65520.0:  # rounds to infinity
+        return 0x7C00 | sign
+    if a < 6.103515625e-05:  # below 2**-14: subnormal half, step 2**-24 (exact scaling in float64)
+        return sign | int(np.rint(a * 16777216.0))
+    m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    E = e - 1
+    mant = int(np.rint(a * 2.0 ** (10 - E)))  # in [1024, 2048]
+    if mant == 2048:
+        mant = 1024
+        E += 1
+    return sign | ((E + 15) << 10) | (mant - 1024)
+
+
+@njit(cache=True)
+def store_fp16(out, pos, v):
+    """Write float32 ``v`` as a little-endian half at out[pos:pos+2]; returns the rounded float32."""
+    h = fp32_to_fp16(v)
+    out[pos] = h & 0xFF
+    out[pos + 1] = h >> 8
+    return FP16_TABLE[h]
+
+
+@njit(cache=True)
+def load_fp16(b, pos):
+    return FP16_TABLE[int(b[pos]) | (int(b[pos + 1]) << 8)]
+
+
+@njit(cache=True)
+def nearest_int(v):
+    """ggml nearest_int on a float32: round half to even."""
+    return int(np.rint(v))
+
+
+@njit(cache=True)
+def best_index_int8(n, values, x):
+    """ggml best_index_int8: binary search in the sorted int8 table ``values`` (x is float32)."""
+    if x <= f32(values[0]):
+        return 0
+    if x >= f32(values[n - 1]):
+        return n - 1
+    ml = 0
+    mu = n - 1
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < f32(values[mav]):
+            mu = mav
+        else:
+            ml = mav
+    if x - f32(values[mu - 1]) < f32(values[mu]) - x:
+        return mu - 1
+    return mu
