@@ -5,6 +5,7 @@ Values follow ggml's `ggml.h` / `gguf.h` and llama.cpp's `llama.h` at the commit
 """
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 import numpy as np
@@ -127,7 +128,7 @@ class GGMLType(IntEnum):
 
     def nbytes(self, shape) -> int:
         """Bytes of a tensor of numpy-order `shape` (last axis is the row)."""
-        n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+        n = math.prod(int(d) for d in shape)  # Python ints: no silent int64 overflow on hostile shapes
         return n // self.block_size * self.type_size
 
 

@@ -7,6 +7,7 @@ GGUF v1 used u32 for counts, string lengths, array lengths and dims.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -76,7 +77,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(int(d) for d in self.shape)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.PHONY: demo test lab bench fetch clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+
+# reinstall when pyproject.toml changes
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+fetch: $(VENV)/.installed
+	$(BIN)/python -m workbench fetch
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m workbench fetch
+	$(BIN)/python -m workbench demo
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -ra
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(VENV)/.installed
+	$(PIP) -e ".[bench]"
+	$(BIN)/python -m workbench fetch --no-texts
+	for s in bench/bench_*.py; do $(BIN)/python $$s || exit 1; done
+
+clean:
+	rm -rf $(VENV) data/reports .pytest_cache
