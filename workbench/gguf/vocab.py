@@ -1,0 +1,287 @@
+"""Tokenizer files -> tokenizer.* GGUF metadata, as llama.cpp's converter writes them, without transformers.
+
+- SentencePiece (`tokenizer.model`, read with the `sentencepiece` package): pieces, scores and token types
+  (TextModel._create_vocab_sentencepiece), then added_tokens.json and tokenizer_config.json's
+  added_tokens_decoder (user-defined / control tokens).
+- Byte-level BPE (`tokenizer.json`): tokens, types and merges (TextModel.get_vocab_base + SpecialVocab).
+  llama.cpp names the pre-tokenizer by hashing transformers' tokenization of a check string; without
+  transformers we recognise the pre-tokenizer from its tokenizer.json description (PRE_TOKENIZERS).
+- Special tokens, add_bos/add_eos and the chat template (gguf-py's SpecialVocab), in its order.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .constants import GGUFValueType as VT, Keys, TokenType
+
+K = Keys.Tokenizer
+SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+# SpecialVocab writes these via add_{typ}_token_id; keys not in constants.py are spelled here
+SPECIAL_ID_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID, "eot": K.EOT_ID,
+                   "sep": "tokenizer.ggml.seperator_token_id", "cls": "tokenizer.ggml.cls_token_id",
+                   "mask": "tokenizer.ggml.mask_token_id", "eom": "tokenizer.ggml.eom_token_id"}
+ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": "tokenizer.ggml.add_sep_token"}
+SPIECE_SPACE = "\u2581"
+
+
+class VocabError(ValueError):
+    """A tokenizer file that cannot be converted (the message names it)."""
+
+
+@dataclass
+class Vocab:
+    model: str                    # tokenizer.ggml.model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    pre: str                      # tokenizer.ggml.pre
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] = field(default_factory=list)
+
+
+def _json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise VocabError(f"{path}: invalid JSON ({e})") from None
+
+
+def looks_special(token: str) -> bool:
+    """Added tokens some models forget to mark special (TextModel.does_token_look_special)."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def sentencepiece_vocab(model_dir: Path, vocab_size: int | None) -> Vocab:
+    """tokenizer.model (+ added_tokens.json, tokenizer_config.json) -> Vocab (_create_vocab_sentencepiece)."""
+    from sentencepiece import SentencePieceProcessor
+
+    path = model_dir / "tokenizer.model"
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(path))
+    except (OSError, RuntimeError) as e:
+        raise VocabError(f"{path}: not a SentencePiece model ({e})") from None
+    n_sp = sp.vocab_size()
+    vocab_size = vocab_size or n_sp
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [int(TokenType.UNUSED)] * vocab_size
+    for i in range(min(n_sp, vocab_size)):
+        kind = TokenType.NORMAL
+        if sp.IsUnknown(i):
+            kind = TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            kind = TokenType.CONTROL
+        elif sp.IsUnused(i):
+            kind = TokenType.UNUSED
+        elif sp.IsByte(i):
+            kind = TokenType.BYTE
+        tokens[i], scores[i], types[i] = sp.IdToPiece(i), sp.GetScore(i), int(kind)
+    added = model_dir / "added_tokens.json"
+    if added.is_file():
+        for text, tid in _json(added).items():
+            if tid < vocab_size:
+                tokens[tid], scores[tid], types[tid] = text, -1000.0, int(TokenType.USER_DEFINED)
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        for tid, data in _json(config).get("added_tokens_decoder", {}).items():
+            tid, text = int(tid), data["content"]
+            if tid >= vocab_size:
+                continue
+            if data.get("special") or looks_special(text):
+                types[tid] = int(TokenType.CONTROL)
+            else:
+                text = text.replace(SPIECE_SPACE, " ")  # pre-normalize user-defined spaces
+                types[tid] = int(TokenType.USER_DEFINED)
+            tokens[tid], scores[tid] = text, -1000.0
+    return Vocab("llama", "default", tokens, types, scores)
+
+
+# Pre-tokenizers recognised from tokenizer.json (name, normalizer, pre_tokenizer), stripped of the keys that
+# do not change tokenization. llama.cpp identifies them by hashing a tokenization (get_vocab_base_pre).
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+PRE_TOKENIZERS: list[tuple[str, Any, Any]] = [
+    ("smollm", None, {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                          _BYTE_LEVEL]}),
+    ("llama-bpe", None, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}),
+    ("gpt-2", None, _BYTE_LEVEL),
+]
+_IGNORED = ("trim_offsets",)
+
+
+def _canonical(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _canonical(v) for k, v in node.items() if k not in _IGNORED}
+    if isinstance(node, list):
+        return [_canonical(v) for v in node]
+    return node
+
+
+def detect_pre(tokenizer_json: dict, path: Path) -> str:
+    """The tokenizer.ggml.pre name of a byte-level BPE tokenizer.json."""
+    norm, pre = _canonical(tokenizer_json.get("normalizer")), _canonical(tokenizer_json.get("pre_tokenizer"))
+    for name, want_norm, want_pre in PRE_TOKENIZERS:
+        if norm == want_norm and pre == want_pre:
+            return name
+    raise VocabError(f"{path}: BPE pre-tokenizer not recognized (normalizer {norm}, pre_tokenizer {pre}); "
+                     f"known: {', '.join(n for n, _, _ in PRE_TOKENIZERS)}")
+
+
+def bpe_vocab(model_dir: Path, vocab_size: int | None) -> Vocab:
+    """tokenizer.json (byte-level BPE) -> Vocab with merges (get_vocab_base + SpecialVocab merges)."""
+    path = model_dir / "tokenizer.json"
+    tj = _json(path)
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise VocabError(f"{path}: not a BPE tokenizer (model type {model.get('type')!r})")
+    vocab: dict[str, int] = dict(model["vocab"])
+    added = {a["content"]: a for a in tj.get("added_tokens", [])}
+    config_path = model_dir / "tokenizer_config.json"
+    config = _json(config_path) if config_path.is_file() else {}
+    for tid, data in config.get("added_tokens_decoder", {}).items():
+        added.setdefault(data["content"], {**data, "id": int(tid)})
+    for text, a in added.items():
+        vocab[text] = a["id"]
+    vocab_size = vocab_size or len(vocab)
+    if max(vocab.values()) >= vocab_size:
+        raise VocabError(f"{path}: token id {max(vocab.values())} is not below vocab_size {vocab_size}")
+    reverse = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(int(TokenType.UNUSED))
+            continue
+        text = reverse[i]
+        if text in added:
+            if added[text].get("special") or looks_special(text):
+                types.append(int(TokenType.CONTROL))
+            else:
+                text = text.replace(SPIECE_SPACE, " ")
+                types.append(int(TokenType.USER_DEFINED))
+        else:
+            types.append(int(TokenType.NORMAL))
+        tokens.append(text)
+    return Vocab("gpt2", detect_pre(tj, path), tokens, types, merges=_merges(model.get("merges"), path))
+
+
+def _merges(merges: Any, path: Path) -> list[str]:
+    """Merges as "a b" strings; the list-of-pairs format has its spaces encoded as U+0120+... (SpecialVocab)."""
+    if not merges:
+        return []
+    if isinstance(merges[0], str):
+        return list(merges)
+    if isinstance(merges[0], list) and len(merges[0]) == 2:
+        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
+                for pair in merges]
+    raise VocabError(f"{path}: unknown merges format")
+
+
+def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, Any, Any]]:
+    """Special token ids, add_*_token flags and chat template, in SpecialVocab.add_to_gguf's order."""
+    ids: dict[str, int] = {}
+    add: dict[str, bool] = {}
+    types = list(SPECIAL_TYPES)
+
+    def set_id(typ: str, tid: Any) -> None:
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            return
+        if tid < 0:
+            raise VocabError(f"{model_dir}: invalid {typ} token id {tid}")
+        if (n_vocab is None or tid < n_vocab) and typ not in ids:
+            ids[typ] = tid
+
+    tj_path, tc_path = model_dir / "tokenizer.json", model_dir / "tokenizer_config.json"
+    tj = _json(tj_path) if tj_path.is_file() else None
+    tc = _json(tc_path) if tc_path.is_file() else None
+    added_tokens = (tj or {}).get("added_tokens", [])
+    if tj:
+        post = tj.get("post_processor") or {}
+        for proc in post.get("processors", [post]) if post else []:
+            kind = proc.get("type")
+            if kind == "ByteLevel":
+                add.setdefault("bos", False)
+                add.setdefault("eos", False)
+            elif kind == "RobertaProcessing":
+                add.update(bos=True, eos=True, sep=True)
+            elif kind == "TemplateProcessing":
+                single = proc.get("single", [])
+                if len(single) > 1:
+                    bos_tok = (tc or {}).get("bos_token")
+                    bos_tok = bos_tok.get("content") if isinstance(bos_tok, dict) else bos_tok
+                    eos_tok = (tc or {}).get("eos_token")
+                    eos_tok = eos_tok.get("content") if isinstance(eos_tok, dict) else eos_tok
+                    first = single[0].get("SpecialToken", {}).get("id")
+                    last = single[-1].get("SpecialToken", {}).get("id")
+                    if first:
+                        add["bos"] = first == bos_tok or not tc
+                    if last:
+                        add["eos"] = last == eos_tok or not tc
+    if tc:
+        template = tc.get("chat_template")
+        if template is None:
+            jinja, cjson = model_dir / "chat_template.jinja", model_dir / "chat_template.json"
+            if jinja.is_file():
+                template = jinja.read_text(encoding="utf-8")
+            elif cjson.is_file():
+                template = _json(cjson).get("chat_template")
+        for typ in types:
+            flag = tc.get(f"add_{typ}_token")
+            if isinstance(flag, bool) and typ not in add:
+                add[typ] = flag
+            entry = tc.get(f"{typ}_token")
+            content = entry.get("content") if isinstance(entry, dict) else entry
+            if isinstance(content, str):
+                set_id(typ, next((a.get("id") for a in added_tokens if a.get("content") == content), None))
+    else:
+        template = None
+    config_path = model_dir / "config.json"
+    if config_path.is_file():
+        config = _json(config_path)
+        for typ in types:
+            tid = config.get(f"{typ}_token_id")
+            if tid is None and "text_config" in config:
+                tid = config["text_config"].get(f"{typ}_token_id")
+            set_id(typ, tid)
+    out: list[tuple[str, Any, Any]] = []
+    out += [(SPECIAL_ID_KEYS[t], v, VT.UINT32) for t, v in ids.items()]
+    out += [(ADD_KEYS[t], v, VT.BOOL) for t, v in add.items() if t in ADD_KEYS]
+    if isinstance(template, str):
+        out.append((K.CHAT_TEMPLATE, template, VT.STRING))
+    return out
+
+
+def vocab_metadata(model_dir: Path, vocab_size: int | None) -> list[tuple[str, Any, Any]]:
+    """All tokenizer.* keys for a Llama-family model (LlamaModel.set_vocab): SentencePiece when
+    tokenizer.model exists, else byte-level BPE from tokenizer.json."""
+    out: list[tuple[str, Any, Any]] = []
+    tc_path = model_dir / "tokenizer_config.json"
+    if tc_path.is_file() and isinstance(_json(tc_path).get("add_prefix_space"), bool):
+        out.append((K.ADD_SPACE_PREFIX, _json(tc_path)["add_prefix_space"], VT.BOOL))
+    if (model_dir / "tokenizer.model").is_file():
+        v = sentencepiece_vocab(model_dir, vocab_size)
+    elif (model_dir / "tokenizer.json").is_file():
+        v = bpe_vocab(model_dir, vocab_size)
+    else:
+        raise VocabError(f"{model_dir}: no tokenizer.model or tokenizer.json")
+    out += [(K.MODEL, v.model, VT.STRING), (K.PRE, v.pre, VT.STRING),
+            (K.LIST, v.tokens, (VT.ARRAY, VT.STRING))]
+    if v.scores is not None:
+        out.append((K.SCORES, v.scores, (VT.ARRAY, VT.FLOAT32)))
+    out.append((K.TOKEN_TYPE, v.types, (VT.ARRAY, VT.INT32)))
+    if v.model == "gpt2":
+        out.append((K.MERGES, v.merges, (VT.ARRAY, VT.STRING)))
+    out += special_metadata(model_dir, len(v.tokens) if v.model == "llama" else None)
+    if vocab_size == 49152:  # LlamaModel.set_vocab: "granite small models" never add BOS
+        out.append((K.ADD_BOS, False, VT.BOOL))
+    return out
