@@ -1,0 +1,107 @@
+"""Q4_0: blocks of 32, fp16 scale d and 4-bit levels q in 0..15, x ~ d*(q-8).
+
+Without an imatrix: quantize_row_q4_0_ref (d = max/-8 from the signed largest |x|, truncation after +8.5).
+With one: quantize_row_q4_0_impl, a weighted search make_qx_quants(32, 8) with
+weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the whole row.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .common import (F32, get_fp16, make_qx_quants, make_qx_quants_np, pack_nibbles_np, put_fp16,
+                     round_fp16_np, safe_inverse_np, seqsum_np)
+
+NEEDS_IMATRIX = False
+QK = 32
+BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (QK // 2,))])   # block_q4_0 (ggml-common.h)
+BYTES = BLOCK.itemsize
+
+
+# ------------------------------------------------------------------------------- numpy reference
+def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
+    rows, n = x.shape
+    xb = x.reshape(rows, -1, QK)                                    # (rows, n_blocks, 32)
+    if imatrix is None:
+        mx = np.take_along_axis(xb, np.abs(xb).argmax(-1)[..., None], -1)[..., 0]   # signed max |x|
+        d = mx / F32(-8)
+        q = np.minimum(15, np.trunc(xb * safe_inverse_np(d)[..., None] + F32(8.5)).astype(np.int8))
+    else:
+        sigma2 = seqsum_np(x * x) / F32(n)                          # (rows,)
+        w = imatrix.reshape(-1, QK)[None] * np.sqrt(sigma2[:, None, None] + xb * xb)
+        d, q = make_qx_quants_np(xb.reshape(-1, QK), 8, w.reshape(-1, QK))
+        d, q = d.reshape(xb.shape[:2]), q.reshape(xb.shape)
+    y = np.zeros(xb.shape[:2], dtype=BLOCK)
+    y["d"] = d.astype(np.float16)
+    y["qs"] = pack_nibbles_np(q[..., :16], q[..., 16:])
+    return y.view(np.uint8).reshape(rows, -1)
+
+
+def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    y = np.ascontiguousarray(blocks).view(BLOCK)
+    q = np.concatenate([y["qs"] & 0x0F, y["qs"] >> 4], axis=-1).astype(np.int8) - 8
+    return (y["d"].astype(F32)[..., None] * q.astype(F32)).reshape(blocks.shape[0], n_per_row)
+
+
+# ------------------------------------------------------------------------------- numba kernels
+@njit(cache=True)
+def _put_block(out, o, d, L):
+    put_fp16(out, o, d)
+    for j in range(16):
+        out[o + 2 + j] = (L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows(x, qw, use_qw, out):
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        row = x[r]
+        L = np.empty(QK, np.int8)
+        weight = np.empty(QK, np.float32)
+        sigma2 = F32(0.0)
+        if use_qw:
+            sum_x2 = F32(0.0)
+            for j in range(n):
+                sum_x2 += row[j] * row[j]
+            sigma2 = sum_x2 / F32(n)
+        for ib in range(n // QK):
+            xb = row[ib * QK:(ib + 1) * QK]
+            if use_qw:
+                for j in range(QK):
+                    weight[j] = qw[ib * QK + j] * np.sqrt(sigma2 + xb[j] * xb[j])
+                d = make_qx_quants(QK, 8, xb, L, weight)
+            else:                                                   # quantize_row_q4_0_ref
+                amax = F32(0.0)
+                mx = F32(0.0)
+                for j in range(QK):
+                    if amax < abs(xb[j]):
+                        amax = abs(xb[j])
+                        mx = xb[j]
+                d = mx / F32(-8.0)
+                inv = F32(1.0) / d if d != 0 else F32(0.0)
+                for j in range(QK):
+                    L[j] = min(15, np.int8(xb[j] * inv + F32(8.5)))
+            _put_block(out[r], ib * BYTES, d, L)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for ib in range(out.shape[1] // QK):
+            o = ib * BYTES
+            d = get_fp16(blocks[r], o)
+            for j in range(16):
+                b = blocks[r, o + 2 + j]
+                out[r, ib * QK + j] = d * F32(np.int32(b & 0x0F) - 8)
+                out[r, ib * QK + j + 16] = d * F32(np.int32(b >> 4) - 8)
+
+
+def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1] // QK * BYTES), dtype=np.uint8)
+    qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
+    _quantize_rows(x, qw, imatrix is not None, out)
+    return out
+
+
+def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
+    _dequantize_rows(blocks, out)
+    return out

@@ -1,0 +1,132 @@
+"""Q4_1: blocks of 32, fp16 scale d and offset m, 4-bit levels q in 0..15, x ~ d*q + m.
+
+Without an imatrix: quantize_row_q4_1_ref (d = (max-min)/15, m = min, truncation after +0.5).
+With one: quantize_row_q4_1_impl, make_qkx3_quants(32, 15, rmin -0.9, rdelta 0.05, 36 steps) with
+weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the row.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .common import (F32, get_fp16, make_qkx3_quants, make_qkx3_quants_np, pack_nibbles_np, put_fp16,
+                     safe_inverse_np, seqsum_np)
+
+NEEDS_IMATRIX = False
+QK = 32
+BLOCK = np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", (QK // 2,))])   # block_q4_1 (ggml-common.h)
+BYTES = BLOCK.itemsize
+NMAX = 15
+
+
+def affine_ref_np(xb, nmax):
+    """quantize_row_q4_1_ref / q5_1_ref levels: d = (max-min)/nmax, q = (int)((x-min)/d + 0.5)."""
+    mn, mx = xb.min(-1), xb.max(-1)
+    d = (mx - mn) / F32(nmax)
+    q = np.trunc((xb - mn[..., None]) * safe_inverse_np(d)[..., None] + F32(0.5)).astype(np.int32)
+    return d, mn, q
+
+
+def affine_imatrix_np(x, xb, imatrix, nmax):
+    """quantize_row_q4_1_impl / q5_1_impl: weighted make_qkx3_quants per block -> (d, m, q)."""
+    sigma2 = seqsum_np(x * x) / F32(x.shape[1])
+    w = imatrix.reshape(-1, QK)[None] * np.sqrt(sigma2[:, None, None] + xb * xb)
+    d, the_min, q = make_qkx3_quants_np(xb.reshape(-1, QK), w.reshape(-1, QK), nmax, -0.9, 0.05, 36, False)
+    return d.reshape(xb.shape[:2]), -the_min.reshape(xb.shape[:2]), q.reshape(xb.shape)
+
+
+# ------------------------------------------------------------------------------- numpy reference
+def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
+    rows = x.shape[0]
+    xb = x.reshape(rows, -1, QK)
+    if imatrix is None:
+        d, m, q = affine_ref_np(xb, NMAX)
+        q = np.minimum(NMAX, q)
+    else:
+        d, m, q = affine_imatrix_np(x, xb, imatrix, NMAX)
+    y = np.zeros(xb.shape[:2], dtype=BLOCK)
+    y["d"] = d.astype(np.float16)
+    y["m"] = m.astype(np.float16)
+    y["qs"] = pack_nibbles_np(q[..., :16], q[..., 16:])
+    return y.view(np.uint8).reshape(rows, -1)
+
+
+def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    y = np.ascontiguousarray(blocks).view(BLOCK)
+    q = np.concatenate([y["qs"] & 0x0F, y["qs"] >> 4], axis=-1).astype(F32)
+    d, m = y["d"].astype(F32)[..., None], y["m"].astype(F32)[..., None]
+    return (d * q + m).reshape(blocks.shape[0], n_per_row)
+
+
+# ------------------------------------------------------------------------------- numba kernels
+@njit(cache=True)
+def affine_block(xb, qw, sigma2, use_qw, nmax, L, Laux, weight):
+    """One block of Q4_1/Q5_1 -> (d, m), levels in L (uint8). Shared with q5_1."""
+    if use_qw:
+        for j in range(QK):
+            weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
+        d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
+        return d, -the_min
+    mn = np.float32(np.finfo(np.float32).max)                       # quantize_row_q4_1_ref
+    mx = -mn
+    for j in range(QK):
+        if xb[j] < mn:
+            mn = xb[j]
+        if xb[j] > mx:
+            mx = xb[j]
+    d = (mx - mn) / F32(nmax)
+    inv = F32(1.0) / d if d != 0 else F32(0.0)
+    for j in range(QK):
+        L[j] = np.uint8(np.int32((xb[j] - mn) * inv + F32(0.5)) & 0xFF)
+    return d, mn
+
+
+@njit(cache=True)
+def row_sigma2(row):
+    sum_x2 = F32(0.0)
+    for j in range(row.shape[0]):
+        sum_x2 += row[j] * row[j]
+    return sum_x2 / F32(row.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows(x, qw, use_qw, out):
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        row = x[r]
+        L = np.empty(QK, np.uint8)
+        Laux = np.empty(QK, np.uint8)
+        weight = np.empty(QK, np.float32)
+        sigma2 = row_sigma2(row) if use_qw else F32(0.0)
+        for ib in range(n // QK):
+            d, m = affine_block(row[ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK] if use_qw else qw,
+                                sigma2, use_qw, NMAX, L, Laux, weight)
+            o = ib * BYTES
+            put_fp16(out[r], o, d)
+            put_fp16(out[r], o + 2, m)
+            for j in range(16):
+                out[r, o + 4 + j] = min(NMAX, L[j]) | (min(NMAX, L[j + 16]) << 4)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for ib in range(out.shape[1] // QK):
+            o = ib * BYTES
+            d = get_fp16(blocks[r], o)
+            m = get_fp16(blocks[r], o + 2)
+            for j in range(16):
+                b = blocks[r, o + 4 + j]
+                out[r, ib * QK + j] = d * F32(b & 0x0F) + m
+                out[r, ib * QK + j + 16] = d * F32(b >> 4) + m
+
+
+def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1] // QK * BYTES), dtype=np.uint8)
+    qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
+    _quantize_rows(x, qw, imatrix is not None, out)
+    return out
+
+
+def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
+    _dequantize_rows(blocks, out)
+    return out

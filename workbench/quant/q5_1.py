@@ -1,0 +1,84 @@
+"""Q5_1: blocks of 32, fp16 scale d and offset m, 5-bit levels q in 0..31, x ~ d*q + m.
+
+Without an imatrix: quantize_row_q5_1_ref (d = (max-min)/31, no clamp: (uint8_t)(x' + 0.5f)).
+With one: quantize_row_q5_1_impl, make_qkx3_quants(32, 31, -0.9, 0.05, 36) (shared with Q4_1).
+"""
+import numpy as np
+from numba import njit, prange
+
+from .common import F32, get_fp16, pack_nibbles_np, put_fp16
+from .q4_1 import affine_block, affine_imatrix_np, affine_ref_np, row_sigma2
+from .q5_0 import get_5bit, pack_high_bits_np, put_5bit, unpack_levels_np
+
+NEEDS_IMATRIX = False
+QK = 32
+BLOCK = np.dtype([("d", "<f2"), ("m", "<f2"), ("qh", "<u4"), ("qs", "u1", (QK // 2,))])  # block_q5_1
+BYTES = BLOCK.itemsize
+NMAX = 31
+
+
+# ------------------------------------------------------------------------------- numpy reference
+def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
+    rows = x.shape[0]
+    xb = x.reshape(rows, -1, QK)
+    if imatrix is None:
+        d, m, q = affine_ref_np(xb, NMAX)
+        q = q & 0xFF                                  # the uint8 cast; bits above 4 are dropped on packing
+    else:
+        d, m, q = affine_imatrix_np(x, xb, imatrix, NMAX)
+    y = np.zeros(xb.shape[:2], dtype=BLOCK)
+    y["d"] = d.astype(np.float16)
+    y["m"] = m.astype(np.float16)
+    y["qh"] = pack_high_bits_np(q)
+    y["qs"] = pack_nibbles_np(q[..., :16], q[..., 16:])
+    return y.view(np.uint8).reshape(rows, -1)
+
+
+def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    y = np.ascontiguousarray(blocks).view(BLOCK)
+    q = unpack_levels_np(y).astype(F32)
+    d, m = y["d"].astype(F32)[..., None], y["m"].astype(F32)[..., None]
+    return (d * q + m).reshape(blocks.shape[0], n_per_row)
+
+
+# ------------------------------------------------------------------------------- numba kernels
+@njit(parallel=True, cache=True)
+def _quantize_rows(x, qw, use_qw, out):
+    n = x.shape[1]
+    for r in prange(x.shape[0]):
+        row = x[r]
+        L = np.empty(QK, np.uint8)
+        Laux = np.empty(QK, np.uint8)
+        weight = np.empty(QK, np.float32)
+        sigma2 = row_sigma2(row) if use_qw else F32(0.0)
+        for ib in range(n // QK):
+            d, m = affine_block(row[ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK] if use_qw else qw,
+                                sigma2, use_qw, NMAX, L, Laux, weight)
+            o = ib * BYTES
+            put_fp16(out[r], o, d)
+            put_fp16(out[r], o + 2, m)
+            put_5bit(out[r], o + 4, L)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for ib in range(out.shape[1] // QK):
+            o = ib * BYTES
+            d = get_fp16(blocks[r], o)
+            m = get_fp16(blocks[r], o + 2)
+            for j in range(QK):
+                out[r, ib * QK + j] = d * F32(get_5bit(blocks[r], o + 4, j)) + m
+
+
+def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1] // QK * BYTES), dtype=np.uint8)
+    qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
+    _quantize_rows(x, qw, imatrix is not None, out)
+    return out
+
+
+def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
+    _dequantize_rows(blocks, out)
+    return out
