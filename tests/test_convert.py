@@ -1,0 +1,203 @@
+"""HF -> GGUF conversion against llama.cpp's convert_hf_to_gguf.py outputs (toy goldens), plus bad inputs
+and the numpy-only safetensors reader/writer."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import load_json
+from workbench.gguf import read_gguf
+from workbench.gguf.convert import ConvertError, convert_hf
+from workbench.gguf.safetensors import (
+    SafetensorsError, bf16_to_f32, f32_to_bf16, open_checkpoint, read_header, write_safetensors, write_sharded,
+)
+
+CASES = [(m, t) for m in ("tiny-llama", "tiny-mixtral") for t in ("f32", "f16", "q8_0")]
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_of(path, golden: dict) -> dict:
+    """Our file in the golden manifest's format (array values cut to the golden's head length)."""
+    heads = {kv["key"]: len(kv["value"]["head"]) for kv in golden["kv"] if isinstance(kv["value"], dict)}
+    kvs = []
+    with read_gguf(path) as gf:
+        for k, v in gf.metadata.items():
+            t = gf.metadata.types[k]
+            if isinstance(t, tuple):
+                elem = t[1].name
+                kvs.append({"key": k, "type": f"ARRAY[{elem}]", "value": {
+                    "array_of": elem, "len": len(v), "head": [x.item() if hasattr(x, "item") else x
+                                                             for x in list(v[:heads.get(k, 5)])]}})
+            else:
+                kvs.append({"key": k, "type": t.name, "value": v})
+        tensors = [{"name": t.name, "type": t.type.name, "shape": list(t.ne), "n_bytes": int(t.data.nbytes),
+                    "data_offset": int(t.offset)} for t in gf.tensors]
+    return {"kv": kvs, "tensors": tensors}
+
+
+def first_difference(ours: dict, golden: dict) -> str | None:
+    """The first KV (in order) or tensor whose key, type, value, shape or offset differs."""
+    for i, (a, b) in enumerate(zip(ours["kv"], golden["kv"])):
+        if (a["key"], a["type"], a["value"]) != (b["key"], b["type"], b["value"]):
+            return f"KV #{i}: ours {a} != llama.cpp {b}"
+    if len(ours["kv"]) != len(golden["kv"]):
+        return f"{len(ours['kv'])} KVs, llama.cpp has {len(golden['kv'])}"
+    fields = ("name", "type", "shape", "n_bytes", "data_offset")
+    for i, (a, b) in enumerate(zip(ours["tensors"], golden["tensors"])):
+        if any(a[f] != b[f] for f in fields):
+            return f"tensor #{i}: ours {a} != llama.cpp { {f: b[f] for f in fields} }"
+    if len(ours["tensors"]) != len(golden["tensors"]):
+        return f"{len(ours['tensors'])} tensors, llama.cpp has {len(golden['tensors'])}"
+    return None
+
+
+@pytest.mark.parametrize("model,outtype", CASES, ids=[f"{m}-{t}" for m, t in CASES])
+def test_convert_matches_llama_cpp(toy_dir, tmp_path, model, outtype):
+    out = tmp_path / f"{model}-{outtype}.gguf"
+    convert_hf(toy_dir / model, out, outtype=outtype, progress=False)
+    want = load_json(toy_dir / "convert_reference.json")[model][outtype]
+    got = sha256(out)
+    golden = load_json(toy_dir / "manifest" / f"{model}-{outtype}.json")
+    diff = first_difference(manifest_of(out, golden), golden)  # metadata/layout first: the readable diff
+    assert diff is None, f"sha256 {got} vs llama.cpp {want}; first difference: {diff}"
+    assert got == want, "same metadata and layout, different tensor data"
+
+
+def toy_copy(toy_dir, tmp_path, model="tiny-llama"):
+    """A writable copy of a toy folder under the same folder name (general.name comes from it)."""
+    dst = tmp_path / model
+    shutil.copytree(toy_dir / model, dst)
+    return dst
+
+
+def test_sharded_checkpoint_converts_identically(toy_dir, tmp_path):
+    src = toy_dir / "tiny-llama"
+    dst = tmp_path / "tiny-llama"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "model.safetensors":
+            shutil.copy(f, dst / f.name)
+    arrays = {n: t.raw() for n, t in open_checkpoint(src).items()}
+    shards = write_sharded(dst, arrays, max_shard_bytes=1_500_000)
+    assert len(shards) > 2 and (dst / "model.safetensors.index.json").is_file()
+    out = tmp_path / "out.gguf"
+    convert_hf(dst, out, outtype="f32", progress=False)
+    assert sha256(out) == load_json(toy_dir / "convert_reference.json")["tiny-llama"]["f32"]
+
+
+def _expect_failure(model_dir, tmp_path, match, outtype="f16"):
+    out = tmp_path / "out" / "model.gguf"
+    out.parent.mkdir(exist_ok=True)
+    with pytest.raises(ValueError, match=match):
+        convert_hf(model_dir, out, outtype=outtype, progress=False)
+    assert list(out.parent.iterdir()) == [], "a failed conversion left files behind"
+
+
+def test_folder_without_config(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    (d / "config.json").unlink()
+    _expect_failure(d, tmp_path, "config.json")
+
+
+def test_unsupported_architecture(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["GPTNeoXForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    _expect_failure(d, tmp_path, "GPTNeoXForCausalLM")
+
+
+def test_unexpected_shape(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["intermediate_size"] = 128
+    (d / "config.json").write_text(json.dumps(cfg))
+    _expect_failure(d, tmp_path, r"model\.safetensors.*mlp\.down_proj")
+
+
+def test_bad_tokenizer_model(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    (d / "tokenizer.model").write_bytes(b"this is not a sentencepiece model" * 10)
+    _expect_failure(d, tmp_path, "tokenizer.model")
+
+
+def test_truncated_safetensors(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    _expect_failure(d, tmp_path, r"model\.safetensors.*truncated")
+
+
+def test_missing_shard(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    arrays = {n: t.raw().copy() for n, t in open_checkpoint(d).items()}
+    (d / "model.safetensors").unlink()
+    shards = write_sharded(d, arrays, max_shard_bytes=3_000_000)
+    shards[1].unlink()
+    _expect_failure(d, tmp_path, shards[1].name)
+
+
+# ------------------------------------------------------------------ safetensors
+
+def test_safetensors_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((3, 5)).astype(np.float32)
+    x16 = rng.standard_normal((4,)).astype(np.float16)
+    b16 = f32_to_bf16(x32)
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, {"a": x32, "b": x16, "c": b16}, metadata={"format": "pt"}, bf16={"c"})
+    tensors, meta = read_header(path)
+    assert meta == {"format": "pt"} and [tensors[n].dtype for n in "abc"] == ["F32", "F16", "BF16"]
+    np.testing.assert_array_equal(tensors["a"].numpy(), x32)
+    np.testing.assert_array_equal(tensors["b"].numpy(), x16)
+    np.testing.assert_array_equal(tensors["c"].raw(), b16)
+    # bf16 keeps the top 16 bits, rounded to nearest even
+    np.testing.assert_allclose(tensors["c"].numpy(), x32, rtol=2 ** -8)
+    assert (8 + struct.unpack("<Q", path.read_bytes()[:8])[0]) % 8 == 0
+
+
+def test_bf16_rounding_and_nan():
+    x = np.array([1.0, 1.00390625, 1.01171875, -2.5, np.inf, np.nan], dtype=np.float32)
+    bits = f32_to_bf16(x)
+    # 1 + 2^-8 is a tie -> even (1.0); 1 + 3*2^-8 is a tie -> even (1 + 2^-6)
+    assert list(bits[:5]) == [0x3F80, 0x3F80, 0x3F82, 0xC020, 0x7F80]
+    assert np.isnan(bf16_to_f32(bits[5:])).all()
+
+
+def _write_raw(path, header: dict, data: bytes):
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+
+@pytest.mark.parametrize("header,data,match", [
+    ({"w": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "do not match"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, "truncated"),
+])
+def test_safetensors_errors_name_the_file(tmp_path, header, data, match):
+    path = tmp_path / "bad.safetensors"
+    _write_raw(path, header, data)
+    with pytest.raises(SafetensorsError, match=f"bad.safetensors.*{match}"):
+        read_header(path)
+
+
+def test_safetensors_header_beyond_file(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    with pytest.raises(SafetensorsError, match="bad.safetensors.*beyond the end"):
+        read_header(path)
+    path.write_bytes(b"\1\2")
+    with pytest.raises(SafetensorsError, match="bad.safetensors.*truncated"):
+        read_header(path)
