@@ -43,7 +43,7 @@ def manifest_of(path, golden: dict) -> dict:
             else:
                 kvs.append({"key": k, "type": t.name, "value": v})
         tensors = [{"name": t.name, "type": t.type.name, "shape": list(t.ne), "n_bytes": int(t.data.nbytes),
-                    "data_offset": int(t.offset)} for t in gf.tensors]
+                    "data_offset": gf.data_offset + int(t.offset)} for t in gf.tensors]
     return {"kv": kvs, "tensors": tensors}
 
 
