@@ -61,9 +61,9 @@ _C_SPACE = b" \t\n\v\f\r"  # C isspace() in the "C" locale
 @dataclass
 class Tokenizer:
     kind: str                           # "spm" or "bpe"
-    tokens: list[str]                   # token texts (GPT-2 byte-level form for BPE)
-    scores: list[float]
-    attrs: list[int]                    # ATTR_* bits per token
+    tokens: list[str] = field(repr=False)  # token texts (GPT-2 byte-level form for BPE)
+    scores: list[float] = field(repr=False)
+    attrs: list[int] = field(repr=False)  # ATTR_* bits per token
     bos_id: int | None
     eos_id: int | None
     eot_id: int | None
@@ -74,7 +74,7 @@ class Tokenizer:
     clean_spaces: bool = False          # detokenize: " ," -> "," etc (BPE pre-tokenizer dependent)
     pre: str = "default"
     eog_ids: frozenset[int] = frozenset()
-    merges: list[str] = field(default_factory=list)
+    merges: list[str] = field(default_factory=list, repr=False)
     ignore_merges: bool = False
 
     # ---- construction ----------------------------------------------------------------------
