@@ -165,3 +165,91 @@ def best_index_int8(n, values, x):
     if x - f32(values[mu - 1]) < f32(values[mu]) - x:
         return mu - 1
     return mu
+
+
+@njit(cache=True)
+def make_qp_quants(n, nmax, x, L, quant_weights):
+    """ggml make_qp_quants: weighted fit of x >= 0 by scale*L, L in 0..nmax; fills L, returns scale.
+
+    Search the 9 inverse scales (nmax + 0.1*is)/max, then up to 5 rounds of coordinate descent on L.
+    """
+    mx = f32(0)
+    for i in range(n):
+        mx = max(mx, x[i])
+    if mx < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return f32(0)
+    iscale = f32(nmax) / mx
+    for i in range(n):
+        L[i] = nearest_int(iscale * x[i])
+    scale = f32(1) / iscale
+    best_mse = f32(0)
+    for i in range(n):
+        diff = x[i] - scale * f32(L[i])
+        w = quant_weights[i]
+        best_mse += w * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (f32(0.1) * f32(is_) + f32(nmax)) / mx
+        scale_is = f32(1) / iscale_is
+        mse = f32(0)
+        for i in range(n):
+            l = min(nmax, nearest_int(iscale_is * x[i]))
+            diff = x[i] - scale_is * f32(l)
+            w = quant_weights[i]
+            mse += w * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = f32(0)
+    suml2 = f32(0)
+    for i in range(n):
+        l = min(nmax, nearest_int(iscale * x[i]))
+        L[i] = l
+        w = quant_weights[i]
+        sumlx += w * x[i] * f32(l)
+        suml2 += w * f32(l) * f32(l)
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            w = quant_weights[i]
+            li = f32(L[i])
+            slx = sumlx - w * x[i] * li
+            sl2 = suml2 - w * li * li
+            if slx > 0 and sl2 > 0:
+                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
+                if new_l != L[i]:
+                    slx += w * x[i] * f32(new_l)
+                    sl2 += w * f32(new_l) * f32(new_l)
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return sumlx / suml2 if suml2 > 0 else f32(0)
+
+
+@njit(cache=True)
+def grid_find_best_neighbour(neighbours, start, pos, xval, weight, scale, L):
+    """iq2_find_best_neighbour / iq3_find_best_neighbour: among the listed neighbours (count at
+    neighbours[start]) the grid point minimising sum w*(scale*q - x)^2 (first one on ties); writes its
+    levels (q-1)/2 to L and returns its index.  xval, weight, L: views of the n coordinates."""
+    n = pos.shape[1]
+    best_d2 = FLT_MAX
+    grid_index = -1
+    for j in range(1, int(neighbours[start]) + 1):
+        g = int(neighbours[start + j])
+        d2 = f32(0)
+        for i in range(n):
+            diff = scale * f32(pos[g, i]) - xval[i]
+            d2 += weight[i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            grid_index = g
+    for i in range(n):
+        L[i] = (pos[grid_index, i] - 1) // 2
+    return grid_index
