@@ -1,0 +1,188 @@
+"""Q2_K: super-blocks of 256 = 16 groups of 16; 2-bit levels, per group a 4-bit scale and a 4-bit min,
+fp16 super-scales d and dmin: x ~ d*sc*q - dmin*m.
+
+Without an imatrix: quantize_row_q2_K_ref (make_qkx2_quants(16, 3) with weights |x|, mean-absolute error;
+group scales/mins quantized linearly against their maxima). With one: quantize_row_q2_K_impl
+(make_qkx3_quants with weights imatrix*sqrt(sigma2 + x^2), then make_qp_quants for the 4-bit scales/mins).
+Both end by re-deriving every level from the stored (rounded) scales.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .common import (F32, QK_K, get_fp16, make_qkx2_quants, make_qkx2_quants_np, make_qkx3_quants,
+                     make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
+                     put_fp16, round_fp16_np, seqsum_np)
+
+NEEDS_IMATRIX = False
+BLOCK = np.dtype([("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", "<f2"), ("dmin", "<f2")])  # block_q2_K
+BYTES = BLOCK.itemsize
+
+
+def pack_2bit_np(L):
+    """(S, 256) levels 0..3 -> (S, 64): byte 32*h + l holds L[128h + l + 32k] in bits 2k (k = 0..3)."""
+    L = L.astype(np.uint8).reshape(-1, 2, 4, 32)
+    return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def unpack_2bit_np(qs):
+    return ((qs.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3).reshape(-1, QK_K)
+
+
+def requantize_np(x16, L, dl, ml, lo, hi):
+    """Levels from the stored scales: clamp(nearest_int((x + ml)/dl)), groups with dl == 0 keep L."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(nearest_int_np((x16 + ml[:, None]) / dl[:, None]), lo, hi)
+    return np.where((dl != 0)[:, None], q, L)
+
+
+# ------------------------------------------------------------------------------- numpy reference
+def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
+    rows = x.shape[0]
+    xs = x.reshape(-1, QK_K)                                        # (S, 256) super-blocks
+    x16 = xs.reshape(-1, 16)                                        # (16 S, 16) groups
+    if imatrix is None:
+        scales, mins, L = make_qkx2_quants_np(x16, np.abs(x16), 3, -0.5, 0.1, 15, True)
+        scales, mins = scales.reshape(-1, 16), mins.reshape(-1, 16)
+        max_scale = np.maximum(scales.max(1), F32(0))
+        max_min = np.maximum(mins.max(1), F32(0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ls = np.where((max_scale > 0)[:, None], nearest_int_np((F32(15) / max_scale)[:, None] * scales), 0)
+            lm = np.where((max_min > 0)[:, None], nearest_int_np((F32(15) / max_min)[:, None] * mins), 0)
+        d = np.where(max_scale > 0, max_scale / F32(15), F32(0))
+        dmin = np.where(max_min > 0, max_min / F32(15), F32(0))
+    else:
+        sigma2 = seqsum_np(xs * xs) / F32(QK_K)
+        qw = np.broadcast_to(imatrix.reshape(1, -1, QK_K), (rows, x.shape[1] // QK_K, QK_K)).reshape(-1, QK_K)
+        w = (qw * np.sqrt(sigma2[:, None] + xs * xs)).reshape(-1, 16)
+        scales, mins, L = make_qkx3_quants_np(x16, w, 3, -0.9, 0.05, 36, False)
+        sw = seqsum_np(w).reshape(-1, 16)
+        d, ls = make_qp_quants_np(scales.reshape(-1, 16), 15, sw)
+        dmin, lm = make_qp_quants_np(mins.reshape(-1, 16), 15, sw)
+    sc = (ls | (lm << 4)) & 0xFF
+    dl = (round_fp16_np(d)[:, None] * (sc & 0xF).astype(F32)).reshape(-1)
+    ml = (round_fp16_np(dmin)[:, None] * (sc >> 4).astype(F32)).reshape(-1)
+    L = requantize_np(x16, L, dl, ml, 0, 3).reshape(-1, QK_K)
+    y = np.zeros(xs.shape[0], dtype=BLOCK)
+    y["scales"] = sc
+    y["qs"] = pack_2bit_np(L)
+    y["d"] = d.astype(np.float16)
+    y["dmin"] = dmin.astype(np.float16)
+    return y.view(np.uint8).reshape(rows, -1)
+
+
+def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    y = np.ascontiguousarray(blocks).view(BLOCK).reshape(-1)
+    dl = y["d"].astype(F32)[:, None] * (y["scales"] & 0xF).astype(F32)      # (S, 16)
+    ml = y["dmin"].astype(F32)[:, None] * (y["scales"] >> 4).astype(F32)
+    q = unpack_2bit_np(y["qs"]).reshape(-1, 16, 16).astype(F32)
+    return (dl[..., None] * q - ml[..., None]).reshape(blocks.shape[0], n_per_row)
+
+
+# ------------------------------------------------------------------------------- numba kernels
+@njit(cache=True)
+def pack_2bit(out, o, L):
+    for j in range(0, QK_K, 128):
+        for l in range(32):
+            out[o + j // 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6)
+
+
+@njit(cache=True)
+def _quantize_superblock(xs, qw, use_qw, out, o, L, Laux, weight, scales, mins, sw, Ls, Lm):
+    sc = out[o:o + 16]
+    if use_qw:                                                      # quantize_row_q2_K_impl
+        sumx2 = F32(0.0)
+        for j in range(QK_K):
+            sumx2 += xs[j] * xs[j]
+        sigma2 = sumx2 / F32(QK_K)
+        for j in range(16):
+            sw[j] = F32(0.0)
+            for l in range(16):
+                weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[16 * j + l] * xs[16 * j + l])
+                sw[j] += weight[l]
+            scales[j], mins[j] = make_qkx3_quants(16, 3, xs[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
+                                                  Laux, -0.9, 0.05, 36, False)
+        dm = make_qp_quants(16, 15, scales, Ls, sw)
+        mm = make_qp_quants(16, 15, mins, Lm, sw)
+        for j in range(16):
+            sc[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
+    else:                                                           # quantize_row_q2_K_ref
+        max_scale = F32(0.0)
+        max_min = F32(0.0)
+        for j in range(16):
+            for l in range(16):
+                weight[l] = abs(xs[16 * j + l])
+            scales[j], mins[j] = make_qkx2_quants(16, 3, xs[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
+                                                  Laux, -0.5, 0.1, 15, True)
+            max_scale = max(max_scale, scales[j])
+            max_min = max(max_min, mins[j])
+        for j in range(16):
+            sc[j] = 0
+        dm = F32(0.0)
+        mm = F32(0.0)
+        if max_scale > 0:
+            iscale = F32(15.0) / max_scale
+            for j in range(16):
+                sc[j] = nearest_int(iscale * scales[j]) & 0xFF
+            dm = max_scale / F32(15.0)
+        if max_min > 0:
+            iscale = F32(15.0) / max_min
+            for j in range(16):
+                sc[j] = (sc[j] | (nearest_int(iscale * mins[j]) << 4)) & 0xFF
+            mm = max_min / F32(15.0)
+    dm = put_fp16(out, o + 80, dm)
+    mm = put_fp16(out, o + 82, mm)
+    for j in range(16):                                             # levels from the stored scales
+        d = dm * F32(sc[j] & 0xF)
+        if d == 0:
+            continue
+        m = mm * F32(sc[j] >> 4)
+        for ii in range(16):
+            L[16 * j + ii] = max(0, min(3, nearest_int((xs[16 * j + ii] + m) / d)))
+    pack_2bit(out, o + 16, L)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows(x, qw, use_qw, out):
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.uint8)
+        Laux = np.empty(16, np.uint8)
+        weight = np.empty(16, np.float32)
+        scales = np.empty(16, np.float32)
+        mins = np.empty(16, np.float32)
+        sw = np.empty(16, np.float32)
+        Ls = np.empty(16, np.uint8)
+        Lm = np.empty(16, np.uint8)
+        for i in range(nb):
+            _quantize_superblock(x[r, i * QK_K:(i + 1) * QK_K], qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw,
+                                 use_qw, out[r], i * BYTES, L, Laux, weight, scales, mins, sw, Ls, Lm)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for i in range(out.shape[1] // QK_K):
+            o = i * BYTES
+            d = get_fp16(blocks[r], o + 80)
+            dmin = get_fp16(blocks[r], o + 82)
+            for g in range(16):                   # group g: half h = g // 8, shift 2*((g % 8) // 2), 16 bytes
+                sc = blocks[r, o + g]
+                dl = d * F32(sc & 0xF)
+                ml = dmin * F32(sc >> 4)
+                h, k, part = g // 8, (g % 8) // 2, g % 2
+                for l in range(16):
+                    q = (blocks[r, o + 16 + 32 * h + 16 * part + l] >> (2 * k)) & 3
+                    out[r, i * QK_K + 16 * g + l] = dl * F32(q) - ml
+
+
+def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1] // QK_K * BYTES), dtype=np.uint8)
+    qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
+    _quantize_rows(x, qw, imatrix is not None, out)
+    return out
+
+
+def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+    out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
+    _dequantize_rows(blocks, out)
+    return out
