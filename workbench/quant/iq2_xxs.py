@@ -17,8 +17,8 @@ Quantization: ggml-quants.c ``quantize_row_iq2_xxs_impl`` (imatrix required).  P
 import numpy as np
 from numba import njit, prange
 
-from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fp16_from_bytes,
-                        grid_find_best_neighbour, make_qp_quants, nearest_int, store_fp16)
+from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_from_bytes,
+                        make_qp_quants, nearest_int, signs_and_magnitudes, snap_group, store_fp16)
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -28,60 +28,11 @@ KMAXQ = 3
 
 
 @njit(cache=True)
-def signs_and_magnitudes(xb, weight, xval, block_signs):
-    """Fill xval = |x| and the 7-bit sign masks of the 4 groups of 8 (parity fix-up as ggml)."""
-    for k in range(4):
-        nflip = 0
-        s = 0
-        for i in range(8):
-            if xb[8 * k + i] >= 0:
-                xval[8 * k + i] = xb[8 * k + i]
-            else:
-                xval[8 * k + i] = -xb[8 * k + i]
-                nflip += 1
-                s |= 1 << i
-        if nflip % 2:
-            imin = 0
-            mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
-            for i in range(1, 8):
-                ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
-                if ax < mn:
-                    mn = ax
-                    imin = i
-            xval[8 * k + imin] = -xval[8 * k + imin]
-            s ^= 1 << imin
-        block_signs[k] = s & 127
-
-
-@njit(cache=True)
 def snap_groups(xval, waux, id, scale, kmax, pos, kmap, neighbours, L, gidx):
-    """Levels nearest_int((id*x - 1)/2) clamped to 0..kmax-1 per group of 8, moved to the best listed
-    neighbour when the point is off the grid; fills L and the grid indices gidx."""
+    """snap_group for the 4 groups of 8 of a 32-weight block."""
     for k in range(4):
-        u = 0
-        for i in range(8):
-            l = nearest_int(f32(0.5) * (id * xval[8 * k + i] - f32(1)))
-            l = max(0, min(kmax - 1, l))
-            L[8 * k + i] = l
-            u |= l << (2 * i)
-        g = kmap[u]
-        if g < 0:
-            g = grid_find_best_neighbour(neighbours, -g - 1, pos, xval[8 * k:8 * k + 8],
-                                         waux[8 * k:8 * k + 8], scale, L[8 * k:8 * k + 8])
-        gidx[k] = g
-
-
-@njit(cache=True)
-def fit(weight, xval, L, n):
-    """sumqx = sum w*x*q, sumq2 = sum w*q*q with q = 2L+1 (sequential float32 sums)."""
-    sumqx = f32(0)
-    sumq2 = f32(0)
-    for i in range(n):
-        w = weight[i]
-        q = f32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
+        g = snap_group(xval, waux, 8 * k, id, scale, kmax, pos, kmap, neighbours, L)
+        gidx[k] = g if g >= 0 else -g - 1
 
 
 @njit(cache=True)
@@ -125,13 +76,13 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
             id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.1)) / eff_max
             this_scale = f32(1) / id
             snap_groups(xval, waux, id, this_scale, KMAXQ, pos, kmap, neighbours, Laux, gidx)
-            sumqx, sumq2 = fit(weight, xval, Laux, 32)
+            sumqx, sumq2 = fit_odd(weight, xval, Laux, 32)
             if sumq2 > 0 and sumqx * sumqx > best * sumq2:
                 scale = sumqx / sumq2
                 best = scale * sumqx
         if scale > 0:
             snap_groups(xval, waux, f32(1) / scale, scale, KMAXQ, pos, kmap, neighbours, L, gidx)
-            sumqx, sumq2 = fit(weight, xval, L, 32)
+            sumqx, sumq2 = fit_odd(weight, xval, L, 32)
             if sumq2 > 0:
                 scale = sumqx / sumq2
         if scale < 0:  # "should never happen" in ggml: flip the scale and the signs

@@ -253,3 +253,68 @@ def grid_find_best_neighbour(neighbours, start, pos, xval, weight, scale, L):
     for i in range(n):
         L[i] = (pos[grid_index, i] - 1) // 2
     return grid_index
+
+
+# ----------------------------------------------------------------------------- IQ2/IQ3 block helpers
+@njit(cache=True)
+def signs_and_magnitudes(xb, weight, xval, block_signs):
+    """xval = |x| and one 7-bit sign mask per group of 8 (quantize_row_iq2_xxs_impl and friends).
+
+    The 8th sign is implied (even number of minus signs), so a group with an odd count flips the sign
+    of its least important element (smallest w*x^2, the first one on ties) and quantizes it as -|x|.
+    """
+    for k in range(xb.shape[0] // 8):
+        nflip = 0
+        s = 0
+        for i in range(8):
+            if xb[8 * k + i] >= 0:
+                xval[8 * k + i] = xb[8 * k + i]
+            else:
+                xval[8 * k + i] = -xb[8 * k + i]
+                nflip += 1
+                s |= 1 << i
+        if nflip % 2:
+            imin = 0
+            mn = weight[8 * k] * xb[8 * k] * xb[8 * k]
+            for i in range(1, 8):
+                ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+                if ax < mn:
+                    mn = ax
+                    imin = i
+            xval[8 * k + imin] = -xval[8 * k + imin]
+            s ^= 1 << imin
+        block_signs[k] = s & 127
+
+
+@njit(cache=True)
+def snap_group(xval, waux, off, id, scale, kmax, pos, kmap, neighbours, L):
+    """Levels l = clamp(nearest_int((id*x - 1)/2), 0, kmax-1) for the group of n = pos.shape[1] values at
+    ``off``; when the packed point is off the grid, the best listed neighbour at ``scale`` replaces them.
+    Fills L[off:off+n]; returns the grid index, negated minus one (-g-1) when it was off the grid."""
+    n = pos.shape[1]
+    bits = 2 if n == 8 else 3
+    u = 0
+    for i in range(n):
+        l = nearest_int(f32(0.5) * (id * xval[off + i] - f32(1)))
+        l = max(0, min(kmax - 1, l))
+        L[off + i] = l
+        u |= l << (bits * i)
+    g = kmap[u]
+    if g >= 0:
+        return g
+    g = grid_find_best_neighbour(neighbours, -g - 1, pos, xval[off:off + n], waux[off:off + n], scale,
+                                 L[off:off + n])
+    return -g - 1
+
+
+@njit(cache=True)
+def fit_odd(weight, xval, L, n):
+    """sumqx = sum w*x*q, sumq2 = sum w*q*q with q = 2L+1 (sequential float32 sums)."""
+    sumqx = f32(0)
+    sumq2 = f32(0)
+    for i in range(n):
+        w = weight[i]
+        q = f32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
