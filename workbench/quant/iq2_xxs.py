@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_from_bytes,
-                        make_qp_quants, nearest_int, signs_and_magnitudes, snap_group, store_fp16)
+                        make_qp_quants, nearest_int, pure_python, signs_and_magnitudes, snap_group, store_fp16)
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -132,7 +132,7 @@ def quantize_ref(x, imatrix=None):
     out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
     for r in range(x.shape[0]):
         for ibl in range(x.shape[1] // QK_K):
-            quantize_superblock.py_func(x[r, ibl * QK_K:(ibl + 1) * QK_K], imatrix[ibl * QK_K:(ibl + 1) * QK_K],
+            pure_python(quantize_superblock)(x[r, ibl * QK_K:(ibl + 1) * QK_K], imatrix[ibl * QK_K:(ibl + 1) * QK_K],
                                         g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
     return out
 
