@@ -204,6 +204,9 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping
             f.write(struct.pack("<Q", len(head)) + head)
             for arr in arrays:
                 f.write(arr.view(np.uint8).reshape(-1).data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
