@@ -143,7 +143,12 @@ def load_fp16(b, pos):
 
 @njit(cache=True)
 def nearest_int(v):
-    """ggml nearest_int on a float32: round half to even."""
+    """ggml nearest_int on a float32: round half to even (the 12582912 trick).  The trick maps NaN to 0
+    and +-inf to -4194304; mirrored here so degenerate blocks give ggml's bytes, not undefined casts."""
+    if v != v:
+        return 0
+    if abs(v) == np.inf:
+        return -4194304
     return int(np.rint(v))
 
 
