@@ -201,3 +201,40 @@ def test_safetensors_header_beyond_file(tmp_path):
     path.write_bytes(b"\1\2")
     with pytest.raises(SafetensorsError, match="bad.safetensors.*truncated"):
         read_header(path)
+
+
+# ------------------------------------------------------------------ BPE pre-tokenizer detection
+
+def test_pre_tokenizer_hash_of_smollm2(smollm2_path):
+    """Our byte-level BPE tokenization of llama.cpp's check string hashes to llama.cpp's 'smollm' entry."""
+    from workbench.gguf.bpe_pre import pre_from_hash
+    from workbench.gguf.export import tokenizer_json
+
+    with read_gguf(smollm2_path) as gf:
+        tj = tokenizer_json(gf.metadata)
+    assert pre_from_hash(tj) == "smollm"
+    # a different vocabulary tokenizes differently: unknown hash, no name
+    vocab = tj["model"]["vocab"]
+    vocab["Ġ("], vocab["Ġ)"] = vocab["Ġ)"], vocab["Ġ("]
+    assert pre_from_hash(tj) is None
+
+
+def test_bpe_building_blocks():
+    from workbench.gguf.bpe_pre import bpe, pre_tokenize, translate_pattern
+
+    pat = translate_pattern(r"[^\s\p{L}]+|\p{L}+")
+    assert pat.findall("héllo, 世界!") == ["héllo", ",", "世界", "!"]
+    ranks = {("a", "b"): 0, ("ab", "c"): 1, ("b", "c"): 2}
+    assert bpe("abc", ranks) == ["abc"] and bpe("bca", ranks) == ["bc", "a"]
+    spec = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                  {"type": "ByteLevel", "add_prefix_space": False}]}
+    assert pre_tokenize("hi 42", spec) == ["hi", "Ġ", "4", "2"]
+
+
+def test_unknown_bpe_pre_tokenizer_is_an_error(tmp_path):
+    from workbench.gguf.vocab import VocabError, detect_pre
+
+    tj = {"normalizer": {"type": "NFKC"}, "pre_tokenizer": {"type": "Whitespace"},
+          "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
+    with pytest.raises(VocabError, match="tokenizer.json.*not recognized"):
+        detect_pre(tj, tmp_path / "tokenizer.json")

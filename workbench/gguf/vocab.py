@@ -4,8 +4,9 @@
   (TextModel._create_vocab_sentencepiece), then added_tokens.json and tokenizer_config.json's
   added_tokens_decoder (user-defined / control tokens).
 - Byte-level BPE (`tokenizer.json`): tokens, types and merges (TextModel.get_vocab_base + SpecialVocab).
-  llama.cpp names the pre-tokenizer by hashing transformers' tokenization of a check string; without
-  transformers we recognise the pre-tokenizer from its tokenizer.json description (PRE_TOKENIZERS).
+  llama.cpp names the pre-tokenizer by hashing transformers' tokenization of a check string; bpe_pre.py
+  reproduces that tokenization, and tokenizers it cannot model are recognised from their tokenizer.json
+  description (PRE_TOKENIZERS).
 - Special tokens, add_bos/add_eos and the chat template (gguf-py's SpecialVocab), in its order.
 """
 from __future__ import annotations
@@ -128,7 +129,12 @@ def _canonical(node: Any) -> Any:
 
 
 def detect_pre(tokenizer_json: dict, path: Path) -> str:
-    """The tokenizer.ggml.pre name of a byte-level BPE tokenizer.json."""
+    """The tokenizer.ggml.pre name of a byte-level BPE tokenizer.json: llama.cpp's check-string hash when
+    our tokenizer can compute it and the hash is known (bpe_pre), else the pre-tokenizer description."""
+    from .bpe_pre import pre_from_hash
+
+    if (name := pre_from_hash(tokenizer_json)) is not None:
+        return name
     norm, pre = _canonical(tokenizer_json.get("normalizer")), _canonical(tokenizer_json.get("pre_tokenizer"))
     for name, want_norm, want_pre in PRE_TOKENIZERS:
         if norm == want_norm and pre == want_pre:
