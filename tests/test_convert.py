@@ -238,3 +238,34 @@ def test_unknown_bpe_pre_tokenizer_is_an_error(tmp_path):
           "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
     with pytest.raises(VocabError, match="tokenizer.json.*not recognized"):
         detect_pre(tj, tmp_path / "tokenizer.json")
+
+
+def _llama2_tokenizer_json(bos_first=True):
+    added = [{"id": i, "content": c, "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
+    single = ([{"SpecialToken": {"id": "<s>", "type_id": 0}}] if bos_first else []) + \
+        [{"Sequence": {"id": "A", "type_id": 0}}]
+    return {"added_tokens": added, "post_processor": {"type": "TemplateProcessing", "single": single, "pair": []},
+            "model": {"type": "BPE", "byte_fallback": True, "vocab": {}, "merges": []}}
+
+
+@pytest.mark.parametrize("bos_token,want", [
+    ("<s>", [("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2),
+             ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.padding_token_id", 5),
+             ("tokenizer.ggml.add_bos_token", True),
+             ("tokenizer.ggml.add_eos_token", False)]),
+    # llama.cpp quirk: an AddedToken dict never equals the template's "<s>", so "<s>" also becomes CLS
+    ({"content": "<s>", "special": True}, [
+        ("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2),
+        ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.cls_token_id", 1),
+        ("tokenizer.ggml.padding_token_id", 5), ("tokenizer.ggml.add_bos_token", True), ("tokenizer.ggml.add_eos_token", False)]),
+])
+def test_special_tokens_from_tokenizer_json(tmp_path, bos_token, want):
+    from workbench.gguf.special_vocab import special_metadata
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_llama2_tokenizer_json()))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": bos_token, "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+         "add_eos_token": False, "chat_template": "{{ x }}"}))
+    (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 5}))
+    got = special_metadata(tmp_path, n_vocab=32000)
+    assert [(k, v) for k, v, _ in got] == want + [("tokenizer.chat_template", "{{ x }}")]

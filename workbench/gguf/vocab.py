@@ -7,7 +7,7 @@
   llama.cpp names the pre-tokenizer by hashing transformers' tokenization of a check string; bpe_pre.py
   reproduces that tokenization, and tokenizers it cannot model are recognised from their tokenizer.json
   description (PRE_TOKENIZERS).
-- Special tokens, add_bos/add_eos and the chat template (gguf-py's SpecialVocab), in its order.
+- Special tokens, add_bos/add_eos and the chat template: special_vocab.py.
 """
 from __future__ import annotations
 
@@ -17,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .constants import GGUFValueType as VT, Keys, TokenType
+from .special_vocab import special_metadata
 
 K = Keys.Tokenizer
-SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-# SpecialVocab writes these via add_{typ}_token_id; keys not in constants.py are spelled here
-SPECIAL_ID_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID, "eot": K.EOT_ID,
-                   "sep": "tokenizer.ggml.seperator_token_id", "cls": "tokenizer.ggml.cls_token_id",
-                   "mask": "tokenizer.ggml.mask_token_id", "eom": "tokenizer.ggml.eom_token_id"}
-ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": "tokenizer.ggml.add_sep_token"}
 SPIECE_SPACE = "\u2581"
 
 
@@ -191,80 +186,6 @@ def _merges(merges: Any, path: Path) -> list[str]:
         return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
                 for pair in merges]
     raise VocabError(f"{path}: unknown merges format")
-
-
-def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, Any, Any]]:
-    """Special token ids, add_*_token flags and chat template, in SpecialVocab.add_to_gguf's order."""
-    ids: dict[str, int] = {}
-    add: dict[str, bool] = {}
-    types = list(SPECIAL_TYPES)
-
-    def set_id(typ: str, tid: Any) -> None:
-        if not isinstance(tid, int) or isinstance(tid, bool):
-            return
-        if tid < 0:
-            raise VocabError(f"{model_dir}: invalid {typ} token id {tid}")
-        if (n_vocab is None or tid < n_vocab) and typ not in ids:
-            ids[typ] = tid
-
-    tj_path, tc_path = model_dir / "tokenizer.json", model_dir / "tokenizer_config.json"
-    tj = _json(tj_path) if tj_path.is_file() else None
-    tc = _json(tc_path) if tc_path.is_file() else None
-    added_tokens = (tj or {}).get("added_tokens", [])
-    if tj:
-        post = tj.get("post_processor") or {}
-        for proc in post.get("processors", [post]) if post else []:
-            kind = proc.get("type")
-            if kind == "ByteLevel":
-                add.setdefault("bos", False)
-                add.setdefault("eos", False)
-            elif kind == "RobertaProcessing":
-                add.update(bos=True, eos=True, sep=True)
-            elif kind == "TemplateProcessing":
-                single = proc.get("single", [])
-                if len(single) > 1:
-                    bos_tok = (tc or {}).get("bos_token")
-                    bos_tok = bos_tok.get("content") if isinstance(bos_tok, dict) else bos_tok
-                    eos_tok = (tc or {}).get("eos_token")
-                    eos_tok = eos_tok.get("content") if isinstance(eos_tok, dict) else eos_tok
-                    first = single[0].get("SpecialToken", {}).get("id")
-                    last = single[-1].get("SpecialToken", {}).get("id")
-                    if first:
-                        add["bos"] = first == bos_tok or not tc
-                    if last:
-                        add["eos"] = last == eos_tok or not tc
-    if tc:
-        template = tc.get("chat_template")
-        if template is None:
-            jinja, cjson = model_dir / "chat_template.jinja", model_dir / "chat_template.json"
-            if jinja.is_file():
-                template = jinja.read_text(encoding="utf-8")
-            elif cjson.is_file():
-                template = _json(cjson).get("chat_template")
-        for typ in types:
-            flag = tc.get(f"add_{typ}_token")
-            if isinstance(flag, bool) and typ not in add:
-                add[typ] = flag
-            entry = tc.get(f"{typ}_token")
-            content = entry.get("content") if isinstance(entry, dict) else entry
-            if isinstance(content, str):
-                set_id(typ, next((a.get("id") for a in added_tokens if a.get("content") == content), None))
-    else:
-        template = None
-    config_path = model_dir / "config.json"
-    if config_path.is_file():
-        config = _json(config_path)
-        for typ in types:
-            tid = config.get(f"{typ}_token_id")
-            if tid is None and "text_config" in config:
-                tid = config["text_config"].get(f"{typ}_token_id")
-            set_id(typ, tid)
-    out: list[tuple[str, Any, Any]] = []
-    out += [(SPECIAL_ID_KEYS[t], v, VT.UINT32) for t, v in ids.items()]
-    out += [(ADD_KEYS[t], v, VT.BOOL) for t, v in add.items() if t in ADD_KEYS]
-    if isinstance(template, str):
-        out.append((K.CHAT_TEMPLATE, template, VT.STRING))
-    return out
 
 
 def vocab_metadata(model_dir: Path, vocab_size: int | None) -> list[tuple[str, Any, Any]]:
