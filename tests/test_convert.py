@@ -269,3 +269,34 @@ def test_special_tokens_from_tokenizer_json(tmp_path, bos_token, want):
     (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 5}))
     got = special_metadata(tmp_path, n_vocab=32000)
     assert [(k, v) for k, v, _ in got] == want + [("tokenizer.chat_template", "{{ x }}")]
+
+
+def test_auto_outtype_follows_checkpoint_dtype(toy_dir, tmp_path):
+    """f16 weights -> auto picks F16 (same file as --outtype f16); bf16 weights -> BF16."""
+    out = convert_hf(toy_dir / "tiny-llama", tmp_path / "auto.gguf", outtype="auto", progress=False)
+    assert sha256(out) == load_json(toy_dir / "convert_reference.json")["tiny-llama"]["f16"]
+    d = toy_copy(toy_dir, tmp_path)
+    src = open_checkpoint(d)
+    arrays = {n: f32_to_bf16(t.numpy().astype(np.float32)) for n, t in src.items()}
+    write_safetensors(d / "model.safetensors", arrays, bf16=set(arrays))
+    out = convert_hf(d, tmp_path / "bf16.gguf", outtype="auto", progress=False)
+    with read_gguf(out) as gf, read_gguf(tmp_path / "auto.gguf") as ref:
+        assert gf.metadata["general.file_type"] == 32
+        for t in gf.tensors:
+            want = ref.tensor(t.name).numpy().astype(np.float32)
+            if t.type.name == "BF16":
+                np.testing.assert_array_equal(np.frombuffer(t.data, "<u2").reshape(t.shape), f32_to_bf16(want))
+            else:  # 1-D norms stay F32: bf16 widened exactly
+                assert t.type.name == "F32"
+                np.testing.assert_array_equal(t.numpy(), bf16_to_f32(f32_to_bf16(want)))
+
+
+def test_q8_0_falls_back_to_f16_for_odd_rows():
+    from workbench.gguf.constants import GGMLType
+    from workbench.gguf.convert import tensor_type
+
+    assert tensor_type("blk.0.attn_q.weight", (64, 64), GGMLType.Q8_0) == GGMLType.Q8_0
+    assert tensor_type("blk.0.ffn_down.weight", (64, 40), GGMLType.Q8_0) == GGMLType.F16
+    assert tensor_type("blk.0.ffn_gate_inp.weight", (4, 64), GGMLType.Q8_0) == GGMLType.F32
+    assert tensor_type("blk.0.attn_norm.weight", (64,), GGMLType.F16) == GGMLType.F32
+    assert tensor_type("blk.0.attn_q.bias", (64,), GGMLType.F16) == GGMLType.F32

@@ -145,6 +145,10 @@ def bpe_vocab(model_dir: Path, vocab_size: int | None) -> Vocab:
     model = tj.get("model") or {}
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise VocabError(f"{path}: not a BPE tokenizer (model type {model.get('type')!r})")
+    if model.get("byte_fallback") and not model.get("ignore_merges"):
+        # llama.cpp reads these through transformers (LlamaHfVocab); the SentencePiece file is the way here
+        raise VocabError(f"{path}: a SentencePiece-style BPE (byte_fallback) without tokenizer.model; "
+                         f"put the model's tokenizer.model next to it")
     vocab: dict[str, int] = dict(model["vocab"])
     added = {a["content"]: a for a in tj.get("added_tokens", [])}
     config_path = model_dir / "tokenizer_config.json"
