@@ -300,3 +300,18 @@ def test_q8_0_falls_back_to_f16_for_odd_rows():
     assert tensor_type("blk.0.ffn_gate_inp.weight", (4, 64), GGMLType.Q8_0) == GGMLType.F32
     assert tensor_type("blk.0.attn_norm.weight", (64,), GGMLType.F16) == GGMLType.F32
     assert tensor_type("blk.0.attn_q.bias", (64,), GGMLType.F16) == GGMLType.F32
+
+
+def test_cli_names_the_output_like_llama_cpp(toy_dir, tmp_path, capsys):
+    import argparse
+
+    from workbench.gguf import convert_cli
+
+    parser = argparse.ArgumentParser()
+    convert_cli.configure(parser)
+    args = parser.parse_args([str(toy_dir / "tiny-llama"), "--outfile", str(tmp_path), "--outtype", "f16",
+                              "--no-progress"])
+    assert convert_cli.run(args) == 0
+    out = tmp_path / "Tiny-Llama-4.2M-F16.gguf"
+    assert str(out) in capsys.readouterr().out
+    assert sha256(out) == load_json(toy_dir / "convert_reference.json")["tiny-llama"]["f16"]

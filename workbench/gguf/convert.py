@@ -322,8 +322,27 @@ def build_metadata(model_dir: Path, hp: dict, ftype: LlamaFileType, plan: list[P
     return md
 
 
+def output_path(outfile: Path, md: Metadata, ftype: LlamaFileType) -> Path:
+    """Where llama.cpp writes (TextModel.prepare_metadata): a folder gets the GGUF naming convention
+    ("Tiny-Llama-4.2M-F16.gguf"); a file name may hold {ftype}/{outtype} templates (lower-case type)."""
+    label = {LlamaFileType.ALL_F32: "F32"}.get(ftype, ftype.name)
+    if outfile.is_dir():
+        g = lambda k: md.get(f"general.{k}")  # noqa: E731
+        name = (g("basename") or g("name") or "ggml-model").strip().replace(" ", "-").replace("/", "-")
+        parts = [name] + [str(g(k)).strip().replace(" ", "-") for k in ("size_label", "finetune", "version")
+                          if g(k) is not None]
+        return outfile / ("-".join(parts + [label.upper()]) + ".gguf")
+    lower = label.lower()
+    try:
+        return outfile.parent / outfile.name.format(lower, outtype=lower, ftype=lower, OUTTYPE=label.upper(),
+                                                    FTYPE=label.upper())
+    except (KeyError, IndexError, ValueError):
+        raise ConvertError(f"{outfile}: bad template in the output name (use {{ftype}} or {{outtype}})") from None
+
+
 def convert_hf(model_dir, outfile, outtype: str = "auto", progress: bool = True) -> Path:
-    """Convert a Hugging Face Llama/Mistral/Mixtral folder to GGUF at `outfile`; returns its path."""
+    """Convert a Hugging Face Llama/Mistral/Mixtral folder to GGUF at `outfile` (a file name, possibly with
+    a {ftype} template, or a folder to name the file in); returns the path written."""
     model_dir, outfile = Path(model_dir), Path(outfile)
     if not model_dir.is_dir():
         raise ConvertError(f"{model_dir}: not a directory")
@@ -341,6 +360,7 @@ def convert_hf(model_dir, outfile, outtype: str = "auto", progress: bool = True)
         ftype, ftype_type = OUTTYPES[outtype]
     plan = plan_tensors(model_dir, hp, ftype_type)
     md = build_metadata(model_dir, hp, ftype, plan)
+    outfile = output_path(outfile, md, ftype)
     infos = [TensorInfo(p.name, p.type, p.shape) for p in plan]
     bar = None
     if progress:

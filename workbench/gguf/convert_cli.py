@@ -10,8 +10,8 @@ from .convert import OUTTYPES
 
 def configure(p) -> None:
     p.add_argument("model", help="Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
-    p.add_argument("--outfile", help="output GGUF path; '{ftype}' is replaced by the outtype "
-                                     "(default: MODEL_DIR/<folder name>-<OUTTYPE>.gguf)")
+    p.add_argument("--outfile", help="output GGUF path, may contain '{ftype}'; a folder gets llama.cpp's "
+                                     "default name (default: inside MODEL_DIR, e.g. Tiny-Llama-4.2M-F16.gguf)")
     p.add_argument("--outtype", default="auto", choices=["auto", *OUTTYPES],
                    help="tensor type of the output (auto: the checkpoint's f16/bf16, default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -21,9 +21,7 @@ def run(args) -> int:
     from .convert import convert_hf
 
     model = Path(args.model)
-    label = args.outtype.upper() if args.outtype != "auto" else "auto"
-    out = Path(args.outfile.replace("{ftype}", args.outtype.lower()).replace("{outtype}", args.outtype.lower())) \
-        if args.outfile else model / f"{model.name}-{label}.gguf"
-    path = convert_hf(model, out, outtype=args.outtype, progress=not args.no_progress)
+    path = convert_hf(model, Path(args.outfile) if args.outfile else model, outtype=args.outtype,
+                      progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
