@@ -111,6 +111,37 @@ def test_stream_decoder_never_splits_characters(tokenizers, golden, vocab):
         assert not any("\ufffd" in p for p in pieces), case["text"]
 
 
+def _spm_whole(tok, text):
+    """SPM over the whole escaped text at once, as llama.cpp does (no word cuts, no cache)."""
+    from workbench.moe.spm import spm_tokenize
+    if not text:
+        return []  # empty text: no fragment at all, not even the prefix space
+    raw = (" " + text).replace(" ", "\u2581").encode("utf-8", "surrogateescape")
+    return spm_tokenize(raw, tok.bytes_to_id, tok.scores, tok.byte_to_token)
+
+
+@pytest.mark.parametrize("line", range(N_LINES))
+def test_spm_word_cuts_change_nothing(tokenizers, golden, line):
+    tok, text = tokenizers["toy_spm"], golden["toy_spm"][line]["text"]
+    assert tok.tokenize(text, add_special=False) == _spm_whole(tok, text)
+
+
+@pytest.mark.slow
+def test_spm_word_cuts_change_nothing_on_botchan(tokenizers, shared_data_dir):
+    tok = tokenizers["toy_spm"]
+    text = (shared_data_dir / "botchan.txt").read_text(encoding="utf-8")
+    assert tok.tokenize(text, add_special=False) == _spm_whole(tok, text)
+
+
+def test_spm_invalid_utf8_bytes_become_byte_tokens(tokenizers):
+    tok = tokenizers["toy_spm"]
+    # llama.cpp's SPM groups bytes by the lead byte's length, even across the escaped space
+    raw = b"\xe4 \xad\x98\xe4"
+    ids = tok.tokenize(raw, add_special=False)
+    assert ids == _spm_whole(tok, raw.decode("utf-8", "surrogateescape"))
+    assert tok.detokenize_bytes(ids) == raw
+
+
 def test_unsupported_metadata():
     with pytest.raises(TokenizerError, match="tokenizer.ggml.model"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})

@@ -8,7 +8,26 @@ leftmost). Final symbols that are not tokens are split back along the merges tha
 from __future__ import annotations
 
 import heapq
+import re
 from typing import Callable
+
+SPACE = "\u2581"
+
+
+def bridge_chars(tokens: list[str]) -> frozenset[str]:
+    """Characters that some token has right before a U+2581 (other than U+2581 itself)."""
+    return frozenset(t[i - 1] for t in tokens for i in range(1, len(t))
+                     if t[i] == SPACE and t[i - 1] != SPACE)
+
+
+def split_words(text: str, bridges: frozenset[str]) -> list[str]:
+    """Cut the escaped text before each run of U+2581 that no token can bridge.
+
+    llama.cpp merges over the whole text, but a merge joins two neighbours into a token, so it
+    can only cross such a cut if some token contains "<c>U+2581" (c = the char before the cut).
+    Cutting there changes nothing in the result and lets words be tokenized once and cached."""
+    banned = "".join(re.escape(c) for c in sorted(bridges | {SPACE}))
+    return [w for w in re.split(f"(?<=[^{banned}])(?={SPACE})", text) if w]
 
 
 def _utf8_len(lead: int) -> int:

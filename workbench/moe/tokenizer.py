@@ -12,6 +12,7 @@ workbench.moe.bpe with workbench.moe.pretokenize). Special tokens are cut out of
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -19,7 +20,7 @@ from workbench.gguf import Keys
 
 from .bpe import BPEWordCache
 from .pretokenize import PRE_TOKENIZERS, UNICODE_TO_BYTE, regex_split
-from .spm import spm_tokenize
+from .spm import SPACE, bridge_chars, split_words, spm_tokenize
 
 
 class TokenizerError(ValueError):
@@ -56,6 +57,7 @@ _FIM_TEXTS = {
     "sep": ("<|file_sep|>",),
 }
 _C_SPACE = b" \t\n\v\f\r"  # C isspace() in the "C" locale
+_INVALID_BYTE = re.compile("[\udc80-\udcff]")  # surrogateescape'd bytes of invalid UTF-8
 
 
 @dataclass
@@ -166,6 +168,9 @@ class Tokenizer:
                    if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         self._special = sorted(special, key=lambda i: -len(self._text_bytes(i)))
         self._pieces = [self._piece_uncached(i) for i in range(len(self.tokens))]
+        if self.kind == "spm":
+            self._bridges = bridge_chars(self.tokens)
+            self._spm_cache: dict[str, list[int]] = {}
         if self.kind == "bpe":
             ranks: dict[tuple[str, str], int] = {}
             for rank, m in enumerate(self.merges):
@@ -243,7 +248,10 @@ class Tokenizer:
         """llama_tokenize: BOS/EOS as the metadata says when add_special; special-token texts
         become their tokens only with parse_special."""
         if isinstance(text, (bytes, bytearray)):
-            text = _decode_like_llama(bytes(text))
+            # SPM works on raw bytes (invalid ones become byte tokens); BPE decodes codepoints
+            # first, each invalid byte becoming U+FFFD (unicode_cpts_from_utf8)
+            text = (bytes(text).decode("utf-8", "surrogateescape") if self.kind == "spm"
+                    else _decode_like_llama(bytes(text)))
         frags = self._partition(text, parse_special) if text else []
         out: list[int] = []
         if add_special and self.add_bos:
@@ -259,8 +267,17 @@ class Tokenizer:
                     continue
                 if self.add_space_prefix and prev_special:
                     frag = " " + frag
-                raw = frag.replace(" ", "\u2581").encode("utf-8", "surrogateescape")
-                out.extend(spm_tokenize(raw, self.bytes_to_id, self.scores, self.byte_to_token))
+                escaped = frag.replace(" ", SPACE)
+                # invalid UTF-8 (bytes input) can glue bytes across a cut: no cutting then
+                words = (split_words(escaped, self._bridges) if not _INVALID_BYTE.search(escaped)
+                         else [escaped])
+                for word in words:
+                    ids = self._spm_cache.get(word)
+                    if ids is None:
+                        raw = word.encode("utf-8", "surrogateescape")
+                        ids = spm_tokenize(raw, self.bytes_to_id, self.scores, self.byte_to_token)
+                        self._spm_cache[word] = ids
+                    out.extend(ids)
                 prev_special = False
         else:
             for frag in frags:
