@@ -43,7 +43,7 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     xval = np.empty(32, np.float32)
     L = np.zeros(32, np.int64)
     Laux = np.zeros(32, np.int64)
-    Lqp = np.zeros(32, np.int64)
+    Lqp = np.zeros(32, np.uint8)  # make_qp_quants' levels (unused; uint8 like ggml's, see there)
     gidx = np.zeros(4, np.int64)
     block_signs = np.zeros(4, np.int64)
     scales = np.zeros(8, np.float32)

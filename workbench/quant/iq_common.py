@@ -177,6 +177,9 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     """ggml make_qp_quants: weighted fit of x >= 0 by scale*L, L in 0..nmax; fills L, returns scale.
 
     Search the 9 inverse scales (nmax + 0.1*is)/max, then up to 5 rounds of coordinate descent on L.
+    ggml's L is uint8_t: IQ2_XXS feeds it one negative x (its parity-flipped element), whose negative
+    level wraps to 256 - |l| when stored and is then read back wrapped.  ``L`` must be a uint8 array and
+    every store is masked with 0xFF to reproduce that.
     """
     mx = f32(0)
     for i in range(n):
@@ -187,7 +190,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         return f32(0)
     iscale = f32(nmax) / mx
     for i in range(n):
-        L[i] = nearest_int(iscale * x[i])
+        L[i] = nearest_int(iscale * x[i]) & 0xFF
     scale = f32(1) / iscale
     best_mse = f32(0)
     for i in range(n):
@@ -212,7 +215,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     suml2 = f32(0)
     for i in range(n):
         l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l
+        L[i] = l & 0xFF  # stored wrapped, but the sums below use the int l
         w = quant_weights[i]
         sumlx += w * x[i] * f32(l)
         suml2 += w * f32(l) * f32(l)
@@ -220,16 +223,16 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         n_changed = 0
         for i in range(n):
             w = quant_weights[i]
-            li = f32(L[i])
+            li = f32(int(L[i]))
             slx = sumlx - w * x[i] * li
             sl2 = suml2 - w * li * li
             if slx > 0 and sl2 > 0:
                 new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != L[i]:
+                if new_l != int(L[i]):
                     slx += w * x[i] * f32(new_l)
                     sl2 += w * f32(new_l) * f32(new_l)
                     if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
+                        L[i] = new_l & 0xFF
                         sumlx = slx
                         suml2 = sl2
                         n_changed += 1
