@@ -21,7 +21,7 @@ import numpy as np
 from .constants import GGMLType, Keys, TokenType, key
 from .names import hf_name, unpermute_qk
 from .reader import GGUFFile, TensorInfo, read_gguf
-from .safetensors import bf16_to_f32, f32_to_bf16, write_safetensors
+from .safetensors import LazyTensor, bf16_to_f32, f32_to_bf16, write_sharded
 from .vocab import PRE_TOKENIZERS
 
 K = Keys.Tokenizer
@@ -44,39 +44,51 @@ def _f32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def dequantize_tensor(t: TensorInfo) -> np.ndarray:
-    """Any GGUF tensor -> float32 array of its numpy shape."""
-    if t.type == GGMLType.F32:
-        return np.asarray(t.numpy(), dtype=np.float32)
-    if t.type == GGMLType.F16:
-        return t.numpy().astype(np.float32)
-    if t.type == GGMLType.BF16:
-        return bf16_to_f32(np.frombuffer(t.data, dtype="<u2")).reshape(t.shape)
+def dequantize_tensor(t: TensorInfo, expert: int | None = None) -> np.ndarray:
+    """A GGUF tensor (or one expert of a 3-D expert stack) -> float32 array of its numpy shape."""
+    shape = t.shape if expert is None else t.shape[1:]
+    if t.type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
+        raw = np.frombuffer(t.data, dtype={GGMLType.F32: "<f4", GGMLType.F16: "<f2", GGMLType.BF16: "<u2"}[t.type])
+        raw = raw.reshape(t.shape) if expert is None else raw.reshape(t.shape)[expert]
+        return bf16_to_f32(raw) if t.type == GGMLType.BF16 else raw.astype(np.float32)
     from ..quant import dequantize
 
-    return dequantize(t.rows(), t.type.name, t.shape[-1]).reshape(t.shape)
+    rows = t.rows()
+    if expert is not None:
+        per = rows.shape[0] // t.shape[0]
+        rows = rows[expert * per:(expert + 1) * per]
+    return dequantize(rows, t.type.name, t.shape[-1]).reshape(shape)
 
 
-def hf_tensors(gf: GGUFFile, hp: dict) -> dict[str, np.ndarray]:
-    """HF name -> float32 array (Q/K un-permuted, experts split)."""
-    out: dict[str, np.ndarray] = {}
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    return f32_to_bf16(x) if dtype == "bf16" else x.astype(DTYPES[dtype])
+
+
+def hf_tensors(gf: GGUFFile, hp: dict, dtype: str = "f32") -> dict[str, LazyTensor]:
+    """HF name -> LazyTensor of `dtype` (dequantized when written; Q/K un-permuted, experts split)."""
+    st_dtype = {"f32": "F32", "f16": "F16", "bf16": "BF16"}[dtype]
+    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
+    out: dict[str, LazyTensor] = {}
     for t in gf.tensors:
-        if t.name == "rope_freqs.weight":  # derived from rope_scaling (llama3); config.json carries it
+        if t.name == "rope_freqs.weight":  # derived from rope_scaling (llama3); not an HF weight
             continue
         try:
             name = hf_name(t.name)
         except ValueError as e:
             raise ExportError(f"{gf.path}: {e}") from None
-        x = dequantize_tensor(t)
-        if name.endswith(("q_proj.weight", "q_proj.bias")):
-            x = unpermute_qk(x, hp["num_attention_heads"], hp["num_attention_heads"])
-        elif name.endswith(("k_proj.weight", "k_proj.bias")):
-            x = unpermute_qk(x, hp["num_attention_heads"], hp["num_key_value_heads"])
+        heads = (n_head, n_head) if name.endswith(("q_proj.weight", "q_proj.bias")) else \
+            (n_head, n_kv) if name.endswith(("k_proj.weight", "k_proj.bias")) else None
+
+        def load(t=t, heads=heads, expert=None):
+            x = dequantize_tensor(t, expert)
+            return _cast(unpermute_qk(x, *heads) if heads else x, dtype)
+
         if "{xid}" in name:
-            for xid in range(x.shape[0]):
-                out[name.format(xid=xid)] = x[xid]
+            for xid in range(t.shape[0]):
+                out[name.format(xid=xid)] = LazyTensor(st_dtype, tuple(t.shape[1:]),
+                                                       lambda load=load, xid=xid: load(expert=xid))
         else:
-            out[name] = x
+            out[name] = LazyTensor(st_dtype, tuple(t.shape), load)
     return out
 
 
@@ -157,13 +169,15 @@ def sentencepiece_model(md) -> bytes:
         unk = next((i for i, t in enumerate(types) if int(t) == TokenType.UNKNOWN), None)
     if unk is None:
         unk = tokens.index("<unk>") if "<unk>" in tokens else 0
-    pieces = b""
+    types = [int(t) for t in types] if types is not None else None
+    scores = [float(x) for x in scores] if scores is not None else None
+    pieces = []
     for i, tok in enumerate(tokens):
         kind = int(types[i]) if types is not None else int(TokenType.NORMAL)
         kind = kind if kind in (1, 2, 3, 4, 5, 6) else int(TokenType.NORMAL)
         kind = int(TokenType.UNKNOWN) if i == unk else kind
         score = float(scores[i]) if scores is not None else 0.0
-        pieces += _field(1, _field(1, tok, "s") + _field(2, score, "f") + _field(3, kind, "v"), "s")
+        pieces.append(_field(1, _field(1, tok, "s") + _field(2, score, "f") + _field(3, kind, "v"), "s"))
     byte_fallback = types is not None and any(int(t) == TokenType.BYTE for t in types)
     trainer = (_field(3, 2, "v") + _field(4, len(tokens), "v") + _field(25, 1, "v") + _field(35, int(byte_fallback), "v")
                + _field(40, unk, "v") + _field(41, ids.get("bos", -1), "v") + _field(42, ids.get("eos", -1), "v")
@@ -171,7 +185,7 @@ def sentencepiece_model(md) -> bytes:
     add_prefix = bool(md.get(K.ADD_SPACE_PREFIX, True))
     normalizer = (_field(1, "identity", "s") + _field(3, int(add_prefix), "v") + _field(4, 0, "v")
                   + _field(5, 1, "v"))
-    return pieces + _field(2, trainer, "s") + _field(3, normalizer, "s")
+    return b"".join(pieces) + _field(2, trainer, "s") + _field(3, normalizer, "s")
 
 
 def tokenizer_json(md) -> dict:
@@ -258,8 +272,10 @@ def model_card(md) -> str:
 
 # ------------------------------------------------------------------ driver
 
-def export_hf(gguf_path, out_dir, dtype: str = "f16") -> Path:
-    """Write a Hugging Face folder for the llama-architecture GGUF at `gguf_path`; returns `out_dir`."""
+def export_hf(gguf_path, out_dir, dtype: str = "f16", max_shard_bytes: int = 5 * 10**9) -> Path:
+    """Write a Hugging Face folder for the llama-architecture GGUF at `gguf_path`; returns `out_dir`.
+    Tensors stream one at a time into model.safetensors, or into model-0000N-of-0000M.safetensors shards
+    plus an index when they exceed `max_shard_bytes` (transformers' default 5 GB)."""
     dtype = dtype.lower()
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -273,14 +289,9 @@ def export_hf(gguf_path, out_dir, dtype: str = "f16") -> Path:
             raise ExportError(f"{gguf_path}: tokenizer model {model!r} cannot be exported (llama or gpt2 only)")
         tok_json = tokenizer_json(md) if model == "gpt2" else None
         spm = sentencepiece_model(md) if model == "llama" else None
-        tensors = hf_tensors(gf, cfg)
-        if dtype == "bf16":
-            arrays = {n: f32_to_bf16(x) for n, x in tensors.items()}
-        else:
-            arrays = {n: x.astype(DTYPES[dtype]) for n, x in tensors.items()}
+        tensors = hf_tensors(gf, cfg, dtype)
         out.mkdir(parents=True, exist_ok=True)
-        write_safetensors(out / "model.safetensors", arrays, metadata={"format": "pt"},
-                          bf16=set(arrays) if dtype == "bf16" else set())
+        write_sharded(out, tensors, max_shard_bytes, metadata={"format": "pt"})
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
         gen.update({hf: (_f32(md[k]) if isinstance(md[k], float) else md[k])

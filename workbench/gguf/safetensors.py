@@ -17,7 +17,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -181,29 +181,52 @@ def _dtype_of(arr: np.ndarray, bf16: bool) -> str:
     raise SafetensorsError(f"cannot store numpy dtype {arr.dtype} in safetensors")
 
 
-def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None,
-                      bf16: frozenset | set = frozenset()) -> None:
-    """Write `tensors` (name -> array) to `path` atomically. Names in `bf16` hold uint16 bf16 bit patterns.
-    The header is space-padded to a multiple of 8 bytes, as the reference writer does."""
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor to write whose values are produced only when its turn comes (streaming writes)."""
+
+    dtype: str                              # safetensors dtype string
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]          # -> array of that dtype (BF16: uint16 bits) and shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+def _lazy(value, bf16: bool) -> LazyTensor:
+    if isinstance(value, LazyTensor):
+        return value
+    arr = np.asarray(value)
+    return LazyTensor(_dtype_of(arr, bf16), tuple(arr.shape), lambda: arr)
+
+
+def write_safetensors(path, tensors: Mapping[str, "np.ndarray | LazyTensor"],
+                      metadata: Mapping[str, str] | None = None, bf16: frozenset | set = frozenset()) -> None:
+    """Write `tensors` (name -> array or LazyTensor) to `path` atomically, in name order, loading one
+    tensor at a time. Array names in `bf16` hold uint16 bf16 bit patterns. The header is space-padded to a
+    multiple of 8 bytes, as the reference writer does."""
     path = Path(path)
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
-    arrays = []
+    lazies = []
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": _dtype_of(arr, name in bf16), "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-        arrays.append(arr)
+        t = _lazy(tensors[name], name in bf16)
+        header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+        lazies.append((name, t))
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(head)) + head)
-            for arr in arrays:
-                f.write(arr.view(np.uint8).reshape(-1).data)
+            for name, t in lazies:
+                arr = np.ascontiguousarray(t.load())
+                if arr.nbytes != t.nbytes or arr.dtype.itemsize != DTYPES[t.dtype].itemsize:
+                    raise SafetensorsError(f"{path}: tensor {name!r} produced {arr.dtype} x {list(arr.shape)}, "
+                                           f"declared {t.dtype} x {list(t.shape)}")
+                f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(-1).data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
@@ -213,15 +236,16 @@ def write_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Mapping
             os.unlink(tmp)
 
 
-def write_sharded(model_dir, tensors: Mapping[str, np.ndarray], max_shard_bytes: int,
+def write_sharded(model_dir, tensors: Mapping[str, "np.ndarray | LazyTensor"], max_shard_bytes: int,
                   metadata: Mapping[str, str] | None = None, bf16: frozenset | set = frozenset()) -> list[Path]:
     """Write a checkpoint as model-0000N-of-0000M.safetensors shards of at most ~max_shard_bytes each plus
     model.safetensors.index.json (one file `model.safetensors` and no index when everything fits)."""
     model_dir = Path(model_dir)
+    lazies = {n: _lazy(t, n in bf16) for n, t in tensors.items()}
     groups: list[list[str]] = [[]]
     size = 0
-    for name in sorted(tensors):
-        nbytes = np.asarray(tensors[name]).nbytes
+    for name in sorted(lazies):
+        nbytes = lazies[name].nbytes
         if groups[-1] and size + nbytes > max_shard_bytes:
             groups.append([])
             size = 0
@@ -229,13 +253,13 @@ def write_sharded(model_dir, tensors: Mapping[str, np.ndarray], max_shard_bytes:
         size += nbytes
     if len(groups) == 1:
         out = model_dir / "model.safetensors"
-        write_safetensors(out, tensors, metadata, bf16)
+        write_safetensors(out, lazies, metadata)
         return [out]
     paths, weight_map = [], {}
-    total = sum(np.asarray(t).nbytes for t in tensors.values())
+    total = sum(t.nbytes for t in lazies.values())
     for i, names in enumerate(groups):
         out = model_dir / f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        write_safetensors(out, {n: tensors[n] for n in names}, metadata, bf16)
+        write_safetensors(out, {n: lazies[n] for n in names}, metadata)
         weight_map.update({n: out.name for n in names})
         paths.append(out)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
