@@ -315,3 +315,45 @@ def test_cli_names_the_output_like_llama_cpp(toy_dir, tmp_path, capsys):
     out = tmp_path / "Tiny-Llama-4.2M-F16.gguf"
     assert str(out) in capsys.readouterr().out
     assert sha256(out) == load_json(toy_dir / "convert_reference.json")["tiny-llama"]["f16"]
+
+
+# ------------------------------------------------------------------ general.* metadata heuristics
+
+MODEL_IDS = [("Mistral/Mixtral-8x7B-Instruct-v0.1", 0), ("Mixtral-8x7B-v0.1", 0), ("Mixtral", 0),
+             ("NousResearch/Meta-Llama-3-8B", 0), ("Qwen1.5-MoE-A2.7B-Chat", 0),
+             ("microsoft/Phi-3-mini-4k-instruct", 4 * 10**9), ("delphi-suite/stories-llama2-50k", 50 * 10**3),
+             ("smallcloudai/Refact-1_6B-fim", 0), ("bigscience/bloom-7b1-petals", 0),
+             ("internlm/internlm2_5-7b-chat-1m", 7 * 10**9), ("SparseLLM/relu-100B", 1340 * 10**6),
+             ("mistralai/-Mistral--Nemo-Base-2407-", 0), ("Llama-3-Instruct-abliteration-LoRA-8B", -1234),
+             ("HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008), ("tiny-llama", 4_218_944), ("./models", 0)]
+
+
+@pytest.mark.parametrize("model_id,total", MODEL_IDS)
+def test_model_id_heuristics_match_gguf_py(model_id, total):
+    gguf = pytest.importorskip("gguf")
+    from workbench.gguf.model_card import id_to_title, model_id_components
+
+    assert model_id_components(model_id, total) == gguf.Metadata.get_model_id_components(model_id, total)
+    assert id_to_title(model_id) == gguf.Metadata.id_to_title(model_id)
+
+
+def test_model_card_metadata_matches_gguf_py(tmp_path):
+    """README front matter + config _name_or_path + generation config -> the same general.* as gguf-py."""
+    gguf = pytest.importorskip("gguf")
+    from workbench.gguf.model_card import general_metadata
+
+    d = tmp_path / "my-Model-7B-chat"
+    d.mkdir()
+    (d / "README.md").write_text("---\nlicense: [apache-2.0, mit]\nlanguage:\n- en\n- no\nbase_model: "
+                                 "mistralai/Mistral-7B-v0.1\ndatasets:\n- https://huggingface.co/datasets/x/y\n"
+                                 "tags: [chat]\npipeline_tag: text-generation\nmodel_creator: Someone\n---\nhi\n")
+    (d / "config.json").write_text(json.dumps({"_name_or_path": "org/My-Model-7B-Chat-v2"}))
+    (d / "generation_config.json").write_text(json.dumps({"temperature": 0.7, "top_k": 40, "top_p": 0.9}))
+    shapes = {"token_embd.weight": (1000, 64), "blk.0.attn_q.weight": (64, 64)}
+    ours = general_metadata(d, shapes)
+    ref = gguf.Metadata.load(None, d, None, 1000 * 64 + 64 * 64)
+    ref.size_label = ref.size_label or gguf.size_label(1000 * 64 + 64 * 64, 1000 * 64 + 64 * 64, 0, 0)
+    writer = gguf.GGUFWriter(path=None, arch="llama")
+    ref.set_gguf_meta_model(writer)
+    want = [(k, v.value) for k, v in writer.kv_data[0].items() if k != "general.architecture"]
+    assert [(k, v) for k, v, _ in ours] == want

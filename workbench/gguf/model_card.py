@@ -44,6 +44,10 @@ CARD_KEYS = {
 ENTRY_FIELDS = ["name", "author", "version", "organization", "description", "url", "doi", "uuid", "repo_url"]
 
 
+class ModelCardError(ValueError):
+    """A model card (README.md) whose front matter cannot be read."""
+
+
 def _json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -67,9 +71,14 @@ def load_model_card(model_dir: Path) -> dict:
             break
         body.append(line)
     text = ("\n".join(body) + "\n").replace("- no\n", '- "no"\n').replace("\t", "  ")
-    import yaml
-
-    data = yaml.safe_load(text)
+    try:
+        import yaml
+    except ImportError:
+        raise ModelCardError(f"{path}: reading its YAML front matter needs the pyyaml package") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ModelCardError(f"{path}: invalid YAML front matter ({e})") from None
     return data if isinstance(data, dict) else {}
 
 
