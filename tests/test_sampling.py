@@ -161,4 +161,4 @@ def test_bad_inputs():
     with pytest.raises(SamplingError, match="logits"):
         Sampler().sample(np.zeros((2, 2), np.float32))
     with pytest.raises(SamplingError, match="repeat_last_n"):
-        SamplingParams(repeat_last_n=-2)
+        SamplingParams(repeat_last_n=-1)

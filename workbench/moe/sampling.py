@@ -31,14 +31,14 @@ class SamplingParams:
     min_p: float = 0.05            # <= 0: off; relative to the most likely token
     typical_p: float = 1.0         # >= 1: off
     repeat_penalty: float = 1.0    # 1: off; logits of recent tokens divided (>0) or multiplied (<=0)
-    repeat_last_n: int = 64        # window of recent tokens penalized; 0: off, -1: whole history
+    repeat_last_n: int = 64        # window of recent tokens penalized; 0: off (as --repeat-last-n)
     frequency_penalty: float = 0.0  # minus count * this
     presence_penalty: float = 0.0   # minus this if present
     min_keep: int = 0              # top_p / min_p / typical keep at least this many
 
     def __post_init__(self):
-        if self.repeat_last_n < -1:
-            raise SamplingError(f"repeat_last_n must be >= -1, got {self.repeat_last_n}")
+        if self.repeat_last_n < 0:
+            raise SamplingError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
         if self.min_keep < 0:
             raise SamplingError(f"min_keep must be >= 0, got {self.min_keep}")
 
@@ -87,9 +87,9 @@ class Candidates:
 def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: float,
                     freq: float, present: float) -> None:
     """llama_sampler_penalties_apply over the last `last_n` tokens of the history."""
-    if last_n == 0 or (repeat == 1.0 and freq == 0.0 and present == 0.0):
-        return
-    window = list(history) if last_n < 0 else list(history)[-last_n:]
+    if last_n <= 0 or (repeat == 1.0 and freq == 0.0 and present == 0.0):
+        return  # (llama_sampler_init_penalties clamps a negative window to 0: off)
+    window = list(history)[-last_n:]
     if not window:
         return
     tokens, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
