@@ -357,3 +357,14 @@ def test_model_card_metadata_matches_gguf_py(tmp_path):
     ref.set_gguf_meta_model(writer)
     want = [(k, v.value) for k, v in writer.kv_data[0].items() if k != "general.architecture"]
     assert [(k, v) for k, v, _ in ours] == want
+
+
+def test_normalizer_flags_follow_the_chat_template(tmp_path):
+    from workbench.gguf.special_vocab import special_metadata
+
+    tj = {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "BertNormalizer", "lowercase": False, "strip_accents": None}, {"type": "Lowercase"}]}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "t"}))
+    assert [(k, v) for k, v, _ in special_metadata(tmp_path, None)] == [
+        ("tokenizer.chat_template", "t"), ("tokenizer.ggml.normalizer.lowercase", True)]

@@ -23,6 +23,8 @@ SPECIAL_ID_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.P
                    "sep": "tokenizer.ggml.seperator_token_id", "cls": "tokenizer.ggml.cls_token_id",
                    "mask": "tokenizer.ggml.mask_token_id", "eom": "tokenizer.ggml.eom_token_id"}
 ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": "tokenizer.ggml.add_sep_token"}
+NORMALIZER_KEYS = {"lowercase": "tokenizer.ggml.normalizer.lowercase",
+                   "strip_accents": "tokenizer.ggml.normalizer.strip_accents"}
 
 
 class SpecialVocabError(ValueError):
@@ -90,6 +92,22 @@ def _template_flags(proc: dict, tc: dict | None, types: list[str], add: dict[str
         tc["sep_token"] = eos
 
 
+def _normalizer_flags(node: dict, flags: dict[str, bool]) -> None:
+    """Lowercase / StripAccents of a tokenizer.json normalizer (SpecialVocab._parse_normalizer)."""
+    kind = node.get("type")
+    if kind == "Lowercase":
+        flags["lowercase"] = True
+    elif kind == "StripAccents":
+        flags["strip_accents"] = True
+    elif kind == "BertNormalizer":
+        for k in ("lowercase", "strip_accents"):
+            if k in node:
+                flags[k] = node[k]
+    elif kind == "Sequence":
+        for sub in node.get("normalizers", []):
+            _normalizer_flags(sub, flags)
+
+
 def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, Any, Any]]:
     """(key, value, type) of the special ids, add flags and chat template, in SpecialVocab's order."""
     ids: dict[str, int] = {}
@@ -107,7 +125,10 @@ def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, An
     tj = _load(model_dir / "tokenizer.json")
     tc = _load(model_dir / "tokenizer_config.json")
     added_tokens = (tj or {}).get("added_tokens", []) if tj else []
+    normalizer: dict[str, bool] = {}
     if tj:
+        if tj.get("normalizer"):
+            _normalizer_flags(tj["normalizer"], normalizer)
         if tc and not tc.get("bos_token") and tc.get("cls_token"):
             tc["bos_token"] = tc["cls_token"]
         if tc and not tc.get("eos_token") and tc.get("sep_token"):
@@ -152,6 +173,9 @@ def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, An
         out.append((K.CHAT_TEMPLATE, template, VT.STRING))
     elif isinstance(template, list):
         out += _named_templates(template)
+    for k in ("lowercase", "strip_accents"):  # add_to_gguf writes lowercase first
+        if normalizer.get(k) is not None:
+            out.append((NORMALIZER_KEYS[k], bool(normalizer[k]), VT.BOOL))
     return out
 
 
