@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 from workbench.gguf import Keys
 
 from .bpe import BPEWordCache
-from .pretokenize import PRE_TOKENIZERS, UNICODE_TO_BYTE, regex_split
+from .pretokenize import BYTE_TO_UNICODE, PRE_TOKENIZERS, UNICODE_TO_BYTE, regex_split
 from .spm import SPACE, bridge_chars, split_words, spm_tokenize
 
 
@@ -56,7 +56,7 @@ _FIM_TEXTS = {
     "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     "sep": ("<|file_sep|>",),
 }
-_C_SPACE = b" \t\n\v\f\r"  # C isspace() in the "C" locale
+_C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale
 _INVALID_BYTE = re.compile("[\udc80-\udcff]")  # surrogateescape'd bytes of invalid UTF-8
 
 
@@ -201,7 +201,6 @@ class Tokenizer:
             if tok is None:
                 tok = self.bytes_to_id.get(bytes([b]))
         else:
-            from .pretokenize import BYTE_TO_UNICODE
             tok = self.token_to_id.get(BYTE_TO_UNICODE[b])
         if tok is None:
             raise TokenizerError(f"vocabulary has no token for byte 0x{b:02X}")
@@ -232,13 +231,13 @@ class Tokenizer:
                         break
                     left = frag[pos:hit]
                     if attr & ATTR_LSTRIP:
-                        left = left.rstrip(_C_SPACE.decode())
+                        left = left.rstrip(_C_SPACE)
                     if left:
                         out.append(left)
                     out.append(sid)
                     pos = hit + len(st)
                     if attr & ATTR_RSTRIP:
-                        while pos < len(frag) and frag[pos] in _C_SPACE.decode():
+                        while pos < len(frag) and frag[pos] in _C_SPACE:
                             pos += 1
             frags = out
         return frags
