@@ -101,3 +101,11 @@ def test_bad_template_arguments(toy_md):
         render_chat([{"content": "x"}], "chatml")
     with pytest.raises(ChatTemplateError, match="failed"):
         render_chat(USER_ONLY, "{% for %}")
+
+
+def test_smollm2_template_renders_the_golden_prompt(smollm2_md, golden_dir):
+    import json
+
+    cases = json.loads((golden_dir / "greedy_smollm2_q4_1.json").read_text(encoding="utf-8"))
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    assert render_chat(msgs, "gguf", metadata=smollm2_md) == cases[0]["prompt"]

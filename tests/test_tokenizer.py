@@ -184,3 +184,29 @@ def test_custom_splitters_match_their_regex(text, pattern, custom):
 
 def test_smollm_splits_digits():
     assert regex_split("ab 12345 x", [r"\p{N}", GPT2], False) == ["ab", " ", "1", "2", "3", "4", "5", " x"]
+
+
+# --- the prompts of the other goldens were tokenized by llama.cpp too ---------------------------
+def test_smollm2_golden_prompts(tokenizers, golden_dir):
+    import numpy as np
+
+    tok = tokenizers["smollm2"]
+    z = np.load(golden_dir / "logits_smollm2_q4_1.npz")
+    for i in range(3):
+        text = str(z[f"prompt_{i}_text"])
+        assert tok.tokenize(text, add_special=True, parse_special=True) == z[f"prompt_{i}_tokens"].tolist()
+    for case in json.loads((golden_dir / "greedy_smollm2_q4_1.json").read_text(encoding="utf-8")):
+        assert tok.tokenize(case["prompt"], add_special=True, parse_special=True) == case["prompt_tokens"]
+        assert tok.detokenize(case["greedy_tokens"]) == case["greedy_text"]
+
+
+TOY_PROMPTS = ["Hello world, this is a test of the toy model.", "介绍一下北京", "def f(x): return x * 2"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llama_f32", "tiny-mixtral_f16", "tiny-mixtral8_f16"])
+def test_toy_golden_prompts(tokenizers, toy_dir, name):
+    import numpy as np
+
+    z = np.load(toy_dir / f"golden_{name}.npz")
+    for i, text in enumerate(TOY_PROMPTS):
+        assert tokenizers["toy_spm"].tokenize(text) == z[f"prompt_{i}_tokens"].tolist()
