@@ -12,7 +12,7 @@ import pytest
 
 from conftest import load_json
 from workbench.gguf import read_gguf
-from workbench.gguf.convert import ConvertError, convert_hf
+from workbench.gguf.convert import convert_hf
 from workbench.gguf.safetensors import (
     SafetensorsError, bf16_to_f32, f32_to_bf16, open_checkpoint, read_header, write_safetensors, write_sharded,
 )

@@ -266,7 +266,7 @@ def model_card(md) -> str:
     if "general.tags" in md:
         lines.append("tags:")
         lines += [f"- {json.dumps(str(v), ensure_ascii=False)}" for v in md["general.tags"]]
-    lines += ["---", "", f"Exported from GGUF by workbench (`python -m workbench export-hf`).", ""]
+    lines += ["---", "", "Exported from GGUF by workbench (`python -m workbench export-hf`).", ""]
     return "\n".join(lines)
 
 
