@@ -368,3 +368,57 @@ def test_normalizer_flags_follow_the_chat_template(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "t"}))
     assert [(k, v) for k, v, _ in special_metadata(tmp_path, None)] == [
         ("tokenizer.chat_template", "t"), ("tokenizer.ggml.normalizer.lowercase", True)]
+
+
+# ------------------------------------------------------------------ independent references in gguf-py
+
+def test_tensor_names_match_gguf_py(toy_dir):
+    gguf = pytest.importorskip("gguf")
+    from workbench.gguf.names import expert_gguf_name, gguf_name
+
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    names = [n for m in ("tiny-llama", "tiny-mixtral") for n in open_checkpoint(toy_dir / m)
+             if ".experts." not in n] + ["model.layers.1.self_attn.q_proj.bias"]
+    for n in names:
+        assert gguf_name(n) == tmap.get_name(n, try_suffixes=(".weight", ".bias")), n
+    for w in ("w1", "w2", "w3"):
+        assert expert_gguf_name(1, w) == tmap.get_name(f"layers.1.feed_forward.experts.{w}.weight",
+                                                       try_suffixes=(".weight",))
+
+
+def test_bf16_matches_gguf_py():
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(1000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 1000),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-45], dtype=np.float32)]).astype(np.float32)
+    want = gguf.quants.quantize(x, gguf.GGMLQuantizationType.BF16).view("<u2")
+    np.testing.assert_array_equal(f32_to_bf16(x), want)
+
+
+@pytest.mark.parametrize("scaling,want_keys", [
+    ({"type": "linear", "factor": 2.0}, {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0}),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512, "beta_fast": 32.0},
+     {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+      "llama.rope.scaling.original_context_length": 512, "llama.rope.scaling.yarn_beta_fast": 32.0}),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 64}, {}),
+])
+def test_rope_scaling(toy_dir, tmp_path, scaling, want_keys):
+    d = toy_copy(toy_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_scaling"] = scaling
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = convert_hf(d, tmp_path / "r.gguf", outtype="f16", progress=False)
+    with read_gguf(out) as gf:
+        got = {k: v for k, v in gf.metadata.items() if k.startswith("llama.rope.scaling")}
+        assert got == want_keys
+        keys = list(gf.metadata)  # scaling keys sit between head_count_kv and rope.freq_base
+        assert all(keys.index("llama.attention.head_count_kv") < keys.index(k) < keys.index("llama.rope.freq_base")
+                   for k in got)
+        if scaling.get("rope_type") == "llama3":
+            t = gf.tensors[0]
+            assert (t.name, t.type.name, t.shape) == ("rope_freqs.weight", "F32", (8,))
+            f = t.numpy()
+            assert f[0] == 1.0 and f[-1] == 8.0 and np.all(np.diff(f) >= 0)
+        else:
+            assert "rope_freqs.weight" not in gf
