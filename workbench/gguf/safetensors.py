@@ -148,7 +148,8 @@ def open_checkpoint(model_dir) -> dict[str, SafeTensor]:
     model_dir = Path(model_dir)
     files = checkpoint_files(model_dir)
     if not files:
-        raise SafetensorsError(f"{model_dir}: no model*.safetensors file found")
+        raise SafetensorsError(f"{model_dir}: no model*.safetensors file found (pytorch_model.bin checkpoints "
+                               f"need torch: save them as safetensors first)")
     tensors: dict[str, SafeTensor] = {}
     for f in files:
         part, _ = read_header(f)
