@@ -240,31 +240,31 @@ def test_unknown_bpe_pre_tokenizer_is_an_error(tmp_path):
         detect_pre(tj, tmp_path / "tokenizer.json")
 
 
-def _llama2_tokenizer_json(bos_first=True):
+def _llama2_tokenizer_json(eos_last=False):
     added = [{"id": i, "content": c, "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
-    single = ([{"SpecialToken": {"id": "<s>", "type_id": 0}}] if bos_first else []) + \
-        [{"Sequence": {"id": "A", "type_id": 0}}]
+    single = [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}] + \
+        ([{"SpecialToken": {"id": "</s>", "type_id": 0}}] if eos_last else [])
     return {"added_tokens": added, "post_processor": {"type": "TemplateProcessing", "single": single, "pair": []},
             "model": {"type": "BPE", "byte_fallback": True, "vocab": {}, "merges": []}}
 
 
-@pytest.mark.parametrize("bos_token,want", [
-    ("<s>", [("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2),
-             ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.padding_token_id", 5),
-             ("tokenizer.ggml.add_bos_token", True),
-             ("tokenizer.ggml.add_eos_token", False)]),
-    # llama.cpp quirk: an AddedToken dict never equals the template's "<s>", so "<s>" also becomes CLS
-    ({"content": "<s>", "special": True}, [
+@pytest.mark.parametrize("eos_token,eos_last,want", [
+    ("</s>", False, [("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2),
+                     ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.padding_token_id", 5),
+                     ("tokenizer.ggml.add_bos_token", True), ("tokenizer.ggml.add_eos_token", False)]),
+    # llama.cpp quirk: an AddedToken dict never equals the template's "</s>": it is kept as EOT too
+    ({"content": "</s>", "special": True}, True, [
         ("tokenizer.ggml.bos_token_id", 1), ("tokenizer.ggml.eos_token_id", 2),
-        ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.cls_token_id", 1),
-        ("tokenizer.ggml.padding_token_id", 5), ("tokenizer.ggml.add_bos_token", True), ("tokenizer.ggml.add_eos_token", False)]),
+        ("tokenizer.ggml.unknown_token_id", 0), ("tokenizer.ggml.eot_token_id", 2),
+        ("tokenizer.ggml.padding_token_id", 5), ("tokenizer.ggml.add_bos_token", True),
+        ("tokenizer.ggml.add_eos_token", True)]),
 ])
-def test_special_tokens_from_tokenizer_json(tmp_path, bos_token, want):
+def test_special_tokens_from_tokenizer_json(tmp_path, eos_token, eos_last, want):
     from workbench.gguf.special_vocab import special_metadata
 
-    (tmp_path / "tokenizer.json").write_text(json.dumps(_llama2_tokenizer_json()))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_llama2_tokenizer_json(eos_last)))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": bos_token, "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+        {"bos_token": {"content": "<s>"}, "eos_token": eos_token, "unk_token": "<unk>", "add_bos_token": True,
          "add_eos_token": False, "chat_template": "{{ x }}"}))
     (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 5}))
     got = special_metadata(tmp_path, n_vocab=32000)

@@ -4,9 +4,9 @@ Sources, in SpecialVocab._load's order: tokenizer.json (added tokens, and the po
 TemplateProcessing says whether BOS/EOS are added), tokenizer_config.json (`{typ}_token` contents looked up
 among tokenizer.json's added tokens, `add_{typ}_token`, `chat_template`, else chat_template.jinja/.json),
 then config.json's `{typ}_token_id`. The first source to set a value wins; keys are written in the order
-they were first set (SpecialVocab.add_to_gguf). llama.cpp's quirks are kept on purpose, e.g. a
-`bos_token` given as an AddedToken dict never equals the template's first token, which therefore also
-becomes the CLS token (tokenizer.ggml.cls_token_id).
+they were first set (SpecialVocab.add_to_gguf). llama.cpp's quirks are kept on purpose, e.g. an
+`eos_token` given as an AddedToken dict never equals the template's last token, so that token becomes EOS
+and the dict's content is also written as the EOT token.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from .constants import GGUFValueType as VT, Keys
 
 K = Keys.Tokenizer
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
-# SpecialVocab writes these via add_{typ}_token_id; keys not in constants.py are spelled here
+# SpecialVocab writes these via GGUFWriter.add_{typ}_token_id; types without such a method (cls) are
+# dropped. Keys not in constants.py are spelled here.
 SPECIAL_ID_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID, "eot": K.EOT_ID,
-                   "sep": "tokenizer.ggml.seperator_token_id", "cls": "tokenizer.ggml.cls_token_id",
-                   "mask": "tokenizer.ggml.mask_token_id", "eom": "tokenizer.ggml.eom_token_id"}
+                   "sep": "tokenizer.ggml.seperator_token_id", "mask": "tokenizer.ggml.mask_token_id",
+                   "eom": "tokenizer.ggml.eom_token_id"}
 ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": "tokenizer.ggml.add_sep_token"}
 NORMALIZER_KEYS = {"lowercase": "tokenizer.ggml.normalizer.lowercase",
                    "strip_accents": "tokenizer.ggml.normalizer.strip_accents"}
@@ -167,7 +168,8 @@ def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, An
         if tid is None and "text_config" in config:
             tid = config["text_config"].get(f"{typ}_token_id")
         set_id(typ, tid)
-    out: list[tuple[str, Any, Any]] = [(SPECIAL_ID_KEYS[t], v, VT.UINT32) for t, v in ids.items()]
+    out: list[tuple[str, Any, Any]] = [(SPECIAL_ID_KEYS[t], v, VT.UINT32) for t, v in ids.items()
+                                       if t in SPECIAL_ID_KEYS]
     out += [(ADD_KEYS[t], v, VT.BOOL) for t, v in add.items() if t in ADD_KEYS]
     if isinstance(template, str):
         out.append((K.CHAT_TEMPLATE, template, VT.STRING))
