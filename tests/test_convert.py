@@ -422,3 +422,19 @@ def test_rope_scaling(toy_dir, tmp_path, scaling, want_keys):
             assert f[0] == 1.0 and f[-1] == 8.0 and np.all(np.diff(f) >= 0)
         else:
             assert "rope_freqs.weight" not in gf
+
+
+def test_codellama_vocab_gets_eot(toy_dir, tmp_path):
+    d = toy_copy(toy_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["vocab_size"] = 32016
+    (d / "config.json").write_text(json.dumps(cfg))
+    arrays = {n: t.raw() for n, t in open_checkpoint(d).items()}
+    for n in ("model.embed_tokens.weight", "lm_head.weight"):
+        arrays[n] = np.concatenate([arrays[n], np.zeros((16, 64), np.float16)])
+    write_safetensors(d / "model.safetensors", arrays)
+    out = convert_hf(d, tmp_path / "c.gguf", outtype="f16", progress=False)
+    with read_gguf(out) as gf:
+        keys = list(gf.metadata)
+        assert gf.metadata["tokenizer.ggml.eot_token_id"] == 32010 and keys[-1] == "tokenizer.ggml.eot_token_id"
+        assert gf.metadata["tokenizer.ggml.tokens"][32010] == "[PAD32010]"

@@ -109,11 +109,13 @@ def _normalizer_flags(node: dict, flags: dict[str, bool]) -> None:
             _normalizer_flags(sub, flags)
 
 
-def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, Any, Any]]:
-    """(key, value, type) of the special ids, add flags and chat template, in SpecialVocab's order."""
+def special_metadata(model_dir: Path, n_vocab: int | None, types=SPECIAL_TYPES,
+                     defaults: dict[str, int] | None = None) -> list[tuple[str, Any, Any]]:
+    """(key, value, type) of the special ids, add flags and chat template, in SpecialVocab's order.
+    `defaults` are ids set after loading, kept only where the files gave none (_set_special_token)."""
     ids: dict[str, int] = {}
     add: dict[str, bool] = {}
-    types = list(SPECIAL_TYPES)
+    types = list(types)
 
     def set_id(typ: str, tid: Any) -> None:  # SpecialVocab._set_special_token
         if not isinstance(tid, int) or isinstance(tid, bool):
@@ -167,6 +169,8 @@ def special_metadata(model_dir: Path, n_vocab: int | None) -> list[tuple[str, An
         tid = config.get(f"{typ}_token_id")
         if tid is None and "text_config" in config:
             tid = config["text_config"].get(f"{typ}_token_id")
+        set_id(typ, tid)
+    for typ, tid in (defaults or {}).items():
         set_id(typ, tid)
     out: list[tuple[str, Any, Any]] = [(SPECIAL_ID_KEYS[t], v, VT.UINT32) for t, v in ids.items()
                                        if t in SPECIAL_ID_KEYS]

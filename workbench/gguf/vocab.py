@@ -213,6 +213,9 @@ def vocab_metadata(model_dir: Path, vocab_size: int | None) -> list[tuple[str, A
     if v.model == "gpt2":
         out.append((K.MERGES, v.merges, (VT.ARRAY, VT.STRING)))
     out += special_metadata(model_dir, len(v.tokens) if v.model == "llama" else None)
+    if vocab_size == 32016:  # LlamaModel.set_vocab: CodeLlama's infill tokens (only EOT has a GGUF writer)
+        out += special_metadata(model_dir, None, ("prefix", "suffix", "middle", "eot"),
+                                {"prefix": 32007, "suffix": 32008, "middle": 32009, "eot": 32010})
     if vocab_size == 49152:  # LlamaModel.set_vocab: "granite small models" never add BOS
         out.append((K.ADD_BOS, False, VT.BOOL))
     return out
