@@ -20,18 +20,18 @@ FP16_TO_FP32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.flo
 
 
 # ----------------------------------------------------------------------------------------- numba scalars
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def f32_bits(f):
     """The uint32 bit pattern of a float32 (as an int64, to keep integer arithmetic from wrapping)."""
     return np.int64(np.float32(f).view(np.uint32))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def f32_from_bits(b):
     return np.uint32(b).view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp32_to_fp16(f):
     """ggml_compute_fp32_to_fp16 (ggml-impl.h): round to nearest even, NaN -> 0x7E00, overflow -> inf."""
     base = (abs(np.float32(f)) * np.float32(2.0 ** 112)) * np.float32(2.0 ** -110)
@@ -49,18 +49,18 @@ def fp32_to_fp16(f):
     return np.uint16((sign >> 16) | nonsign)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def fp16_to_fp32(h):
     return FP16_TO_FP32[h]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def round_fp16(f):
     """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(f)): the value a stored fp16 scale reads back as."""
     return FP16_TO_FP32[fp32_to_fp16(f)]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp32_to_bf16(f):
     """ggml_compute_fp32_to_bf16 (ggml-impl.h): NaN forced quiet, otherwise round to nearest even."""
     u = f32_bits(f)
@@ -69,7 +69,7 @@ def fp32_to_bf16(f):
     return np.uint16(((u + (0x7FFF + ((u >> 16) & 1))) >> 16) & 0xFFFF)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def nearest_int(fval):
     """ggml's nearest_int: add 1.5*2^23 in float32 and read the mantissa (round half to even).
 
@@ -79,7 +79,17 @@ def nearest_int(fval):
     return (f32_bits(val) & 0x007FFFFF) - 0x00400000
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
+def level(v, lo, hi):
+    """MAX(lo, MIN(hi, nearest_int(v))) as a float32, for the hot search loops.
+
+    Only for |v| <= 4194303, where nearest_int is exactly round-half-to-even (np.rint); the searches call it
+    with |v| <= nmax + 1 by construction. `+ 0` turns rint's -0.0 into the +0.0 of (float)0.
+    """
+    return min(max(np.rint(v), lo), hi) + np.float32(0.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def roundf(v):
     """C roundf: round half away from zero (used by Q8_0/Q8_1)."""
     t = np.float32(np.trunc(v))
@@ -88,7 +98,7 @@ def roundf(v):
     return t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def put_fp16(out, pos, f):
     """Store float32 `f` as little-endian fp16 bytes at out[pos:pos+2]; return the value read back."""
     h = fp32_to_fp16(f)
@@ -97,7 +107,7 @@ def put_fp16(out, pos, f):
     return FP16_TO_FP32[h]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def get_fp16(blk, pos):
     return FP16_TO_FP32[np.int64(blk[pos]) | (np.int64(blk[pos + 1]) << 8)]
 
@@ -169,7 +179,7 @@ def to_bytes(struct_blocks: np.ndarray) -> np.ndarray:
 F32 = np.float32
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, L, w):
     """make_qx_quants with rmse_type 1: symmetric scale, L in [0, 2*nmax); search 19 scales near -nmax/max."""
     amax = F32(0.0)
@@ -183,14 +193,16 @@ def make_qx_quants(n, nmax, x, L, w):
         for i in range(n):
             L[i] = 0
         return F32(0.0)
+    lo = F32(-nmax)
+    hi = F32(nmax - 1)
     iscale = F32(-nmax) / mx
     sumlx = F32(0.0)
     suml2 = F32(0.0)
     for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l + nmax
-        sumlx += w[i] * x[i] * F32(l)
-        suml2 += w[i] * F32(l) * F32(l)
+        l = level(iscale * x[i], lo, hi)
+        L[i] = np.int64(l) + nmax
+        sumlx += w[i] * x[i] * l
+        suml2 += w[i] * l * l
     scale = sumlx / suml2 if suml2 != 0 else F32(0.0)
     best = scale * sumlx
     for itry in range(-9, 10):
@@ -200,12 +212,12 @@ def make_qx_quants(n, nmax, x, L, w):
         sumlx = F32(0.0)
         suml2 = F32(0.0)
         for i in range(n):
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            sumlx += w[i] * x[i] * F32(l)
-            suml2 += w[i] * F32(l) * F32(l)
+            l = level(iscale * x[i], lo, hi)
+            sumlx += w[i] * x[i] * l
+            suml2 += w[i] * l * l
         if suml2 > 0 and sumlx * sumlx > best * suml2:
             for i in range(n):
-                L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
+                L[i] = nmax + np.int64(level(iscale * x[i], lo, hi))
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
@@ -246,7 +258,7 @@ def make_qx_quants_np(x, nmax, w):
     return np.where(zero, F32(0.0), scale), L
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L):
     """make_q3_quants with do_rmse (weights x*x): then up to 5 coordinate-descent passes on single levels."""
     amax = F32(0.0)
@@ -326,7 +338,7 @@ def make_q3_quants_np(x, nmax):
     return np.where(zero, F32(0.0), scale), L
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qkx2_quants(n, nmax, x, w, L, Laux, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants / make_qkx3_quants (identical given explicit weights): affine x ~ scale*L - the_min,
     L in [0, nmax]; tries nstep+1 scales and keeps the least weighted error. Returns (scale, the_min)."""
@@ -347,12 +359,15 @@ def make_qkx2_quants(n, nmax, x, w, L, Laux, rmin, rdelta, nstep, use_mad):
         for i in range(n):
             L[i] = 0
         return F32(0.0), -mn
+    zero = F32(0.0)
+    top = F32(nmax)
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1.0) / iscale
     best_error = F32(0.0)
     for i in range(n):
-        L[i] = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-        diff = scale * F32(L[i]) + mn - x[i]
+        l = level(iscale * (x[i] - mn), zero, top)
+        L[i] = np.int64(l)
+        diff = scale * l + mn - x[i]
         diff = abs(diff) if use_mad else diff * diff
         best_error += w[i] * diff
     if nstep < 1:
@@ -363,11 +378,11 @@ def make_qkx2_quants(n, nmax, x, w, L, Laux, rmin, rdelta, nstep, use_mad):
         sum_l2 = F32(0.0)
         sum_xl = F32(0.0)
         for i in range(n):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-            Laux[i] = l
-            sum_l += w[i] * F32(l)
-            sum_l2 += w[i] * F32(l) * F32(l)
-            sum_xl += w[i] * F32(l) * x[i]
+            l = level(iscale * (x[i] - mn), zero, top)
+            Laux[i] = np.int64(l)
+            sum_l += w[i] * l
+            sum_l2 += w[i] * l * l
+            sum_xl += w[i] * l * x[i]
         D = sum_w * sum_l2 - sum_l * sum_l
         if D > 0:
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
@@ -453,7 +468,7 @@ def make_qkx2_quants_np(x, w, nmax, rmin, rdelta, nstep, use_mad):
 make_qkx3_quants_np = make_qkx2_quants_np
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, w):
     """make_qp_quants: scale for non-negative values (the sub-block scales/mins), L in [0, nmax].
 

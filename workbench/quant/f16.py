@@ -15,14 +15,14 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     return np.ascontiguousarray(blocks).view(np.float16).astype(np.float32).reshape(blocks.shape[0], n_per_row)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, out):
     for r in prange(x.shape[0]):
         for j in range(x.shape[1]):
             out[r, j] = fp32_to_fp16(x[r, j])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(h, out):
     for r in prange(h.shape[0]):
         for j in range(h.shape[1]):

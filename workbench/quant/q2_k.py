@@ -79,14 +79,14 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pack_2bit(out, o, L):
     for j in range(0, QK_K, 128):
         for l in range(32):
             out[o + j // 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_superblock(xs, qw, use_qw, out, o, L, Laux, weight, scales, mins, sw, Ls, Lm):
     sc = out[o:o + 16]
     if use_qw:                                                      # quantize_row_q2_K_impl
@@ -141,7 +141,7 @@ def _quantize_superblock(xs, qw, use_qw, out, o, L, Laux, weight, scales, mins, 
     pack_2bit(out, o + 16, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
@@ -158,7 +158,7 @@ def _quantize_rows(x, qw, use_qw, out):
                                  use_qw, out[r], i * BYTES, L, Laux, weight, scales, mins, sw, Ls, Lm)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):

@@ -75,14 +75,14 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def get_scale(sc, j):
     """Signed 6-bit scale j of the 12-byte packing."""
     low = (np.int64(sc[j]) & 0xF) if j < 8 else (np.int64(sc[j - 8]) >> 4)
     return (low | (((np.int64(sc[8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales, sw, Ls):
     sc = out[o + 96:o + 108]
     for j in range(12):
@@ -139,7 +139,7 @@ def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales, sw, Ls):
     pack_2bit(out, o + 32, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
@@ -153,7 +153,7 @@ def _quantize_rows(x, qw, use_qw, out):
                                  use_qw, out[r], i * BYTES, L, weight, scales, sw, Ls)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):

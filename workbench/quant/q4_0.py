@@ -42,14 +42,14 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _put_block(out, o, d, L):
     put_fp16(out, o, d)
     for j in range(16):
         out[o + 2 + j] = (L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -82,7 +82,7 @@ def _quantize_rows(x, qw, use_qw, out):
             _put_block(out[r], ib * BYTES, d, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for ib in range(out.shape[1] // QK):

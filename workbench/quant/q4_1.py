@@ -57,7 +57,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def affine_block(xb, qw, sigma2, use_qw, nmax, L, Laux, weight):
     """One block of Q4_1/Q5_1 -> (d, m), levels in L (uint8). Shared with q5_1."""
     if use_qw:
@@ -79,7 +79,7 @@ def affine_block(xb, qw, sigma2, use_qw, nmax, L, Laux, weight):
     return d, mn
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def row_sigma2(row):
     sum_x2 = F32(0.0)
     for j in range(row.shape[0]):
@@ -87,7 +87,7 @@ def row_sigma2(row):
     return sum_x2 / F32(row.shape[0])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -106,7 +106,7 @@ def _quantize_rows(x, qw, use_qw, out):
                 out[r, o + 4 + j] = min(NMAX, L[j]) | (min(NMAX, L[j + 16]) << 4)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for ib in range(out.shape[1] // QK):

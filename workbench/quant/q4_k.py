@@ -97,7 +97,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def get_scale_min_k4(j, q):
     """Scale and min (6 bits each) of group j from the 12 packed bytes `q` (ggml's get_scale_min_k4)."""
     if j < 4:
@@ -107,7 +107,7 @@ def get_scale_min_k4(j, q):
     return d, m
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def scales_and_levels(xs, qw, use_qw, nmax, sc, L, Laux, weight, scales, mins, sw, Ls, Lm):
     """One super-block of Q4_K/Q5_K: packed scales into `sc` (12 bytes), levels into L -> (d, dmin)."""
     if use_qw:                                                      # quantize_row_q4_K_impl / q5_K_impl
@@ -163,7 +163,7 @@ def scales_and_levels(xs, qw, use_qw, nmax, sc, L, Laux, weight, scales, mins, s
     return d, dmin
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def requantize(xs, sc, dd, dm, nmax, L):
     """Levels from the stored scales (dd, dm are the fp16 super-scales read back)."""
     for j in range(8):
@@ -176,7 +176,7 @@ def requantize(xs, sc, dd, dm, nmax, L):
             L[32 * j + ii] = max(0, min(nmax, nearest_int((xs[32 * j + ii] + dmj) / d)))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
@@ -202,7 +202,7 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 16 + 32 * j + l] = L[64 * j + l] | (L[64 * j + 32 + l] << 4)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):

@@ -54,7 +54,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def put_5bit(out, o, L):
     """Write qh (4 bytes, bit j = bit 4 of L[j]) at out[o:o+4] and the nibbles at out[o+4:o+20]."""
     qh = 0
@@ -66,7 +66,7 @@ def put_5bit(out, o, L):
         out[o + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def get_5bit(blk, o, j):
     """Level j (0..31) of the block whose qh starts at blk[o]."""
     qh = blk[o + j // 8]                                   # little-endian uint32: byte j//8, bit j%8
@@ -76,7 +76,7 @@ def get_5bit(blk, o, j):
     return np.int32(lo) | (np.int32(hi) << 4)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -110,7 +110,7 @@ def _quantize_rows(x, qw, use_qw, out):
             put_5bit(out[r], ib * BYTES + 2, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for ib in range(out.shape[1] // QK):

@@ -42,7 +42,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -60,7 +60,7 @@ def _quantize_rows(x, qw, use_qw, out):
             put_5bit(out[r], o + 4, L)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for ib in range(out.shape[1] // QK):

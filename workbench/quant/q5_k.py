@@ -40,7 +40,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
@@ -74,7 +74,7 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 48 + 32 * k + j] = l1 | (l2 << 4)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):

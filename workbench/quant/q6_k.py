@@ -59,7 +59,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales):
     max_scale = F32(0.0)
     max_abs_scale = F32(0.0)
@@ -92,7 +92,7 @@ def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales):
                                          | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
@@ -104,7 +104,7 @@ def _quantize_rows(x, qw, use_qw, out):
                                  use_qw, out[r], i * BYTES, L, weight, scales)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):

@@ -31,7 +31,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, out):
     nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
@@ -48,7 +48,7 @@ def _quantize_rows(x, out):
                 out[r, o + 2 + j] = np.uint8(np.int64(roundf(xb[j] * inv)) & 0xFF)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     nb = out.shape[1] // QK
     for r in prange(blocks.shape[0]):

@@ -31,7 +31,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     return (y["qs"].astype(F32) * y["d"].astype(F32)[..., None]).reshape(blocks.shape[0], n_per_row)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, out):
     for r in prange(x.shape[0]):
         for ib in range(x.shape[1] // QK):
@@ -51,7 +51,7 @@ def _quantize_rows(x, out):
             put_fp16(out[r], o + 2, F32(total) * d)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for ib in range(out.shape[1] // QK):

@@ -31,7 +31,7 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     return (y["d"][:, None] * y["qs"].astype(F32)).reshape(blocks.shape[0], n_per_row)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, out):
     for r in prange(x.shape[0]):
         for i in range(x.shape[1] // QK_K):
@@ -59,7 +59,7 @@ def _quantize_rows(x, out):
                 out[r, o + k] = (bits >> (8 * k)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
         for i in range(out.shape[1] // QK_K):
