@@ -112,6 +112,8 @@ PRE_TOKENIZERS: list[tuple[str, Any, Any]] = [
         {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}),
     ("gpt-2", None, _BYTE_LEVEL),
 ]
+# same description as smollm (the check-string hash tells them apart by vocabulary); export uses these
+PRE_TOKENIZERS += [(name, None, PRE_TOKENIZERS[0][2]) for name in ("starcoder", "refact")]
 _IGNORED = ("trim_offsets",)
 
 
