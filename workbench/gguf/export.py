@@ -222,7 +222,8 @@ def tokenizer_json(md) -> dict:
             "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                       "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                      "ignore_merges": pre == "llama-bpe",  # Llama 3's tokenizer.json sets it "vocab": vocab, "merges": list(md.get(K.MERGES, []))}}
+                      "ignore_merges": pre == "llama-bpe",  # as Llama 3's tokenizer.json
+                      "vocab": vocab, "merges": list(md.get(K.MERGES, []))}}
 
 
 def tokenizer_config(md, is_spm: bool) -> dict:
