@@ -1,0 +1,4 @@
+"""Notebook widgets."""
+from .chat_widget import ChatWidget
+
+__all__ = ["ChatWidget"]
