@@ -98,6 +98,8 @@ def read_kld(path) -> KLDFile:
     raw = Path(path).read_bytes()
     if raw[:8] != MAGIC:
         raise PerplexityError(f"{path} does not look like a file containing log-probabilities")
+    if len(raw) < 20:
+        raise PerplexityError(f"{path}: truncated .kld header ({len(raw)} bytes)")
     n_ctx, n_vocab, n_chunk = struct.unpack_from("<Iii", raw, 8)
     pos = 20
     n_tok = n_ctx * n_chunk
