@@ -1,0 +1,258 @@
+"""y = x @ W^T on quantized weights, the way ggml-cpu's mul_mat computes it.
+
+ggml never dequantizes a whole weight matrix: it converts the activations to the weight type's
+`vec_dot_type` (type_traits_cpu in ggml-cpu.c: Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the
+k-quants, F16 for F16, ...) and takes block-wise dot products (ggml_vec_dot_q4_1_q8_1 etc.):
+
+    y = sum_blocks d_w d_x sum_i q_i xq_i  +  sum_subblocks min_sub * xsum_sub
+
+with xq the integer activations, d_x their block scale and xsum the scaled sum of the activations of a
+sub-block (Q8_1's `s`, Q8_K's `bsums`). We compute the same sums as  w . xhat + mins . xsum  with
+w = d_w q (blocks.decode_row) and xhat = d_x xq (the activations exactly as ggml's quantization leaves
+them): equal up to float rounding order. `quantize_act=False` gives the exact float product instead.
+
+Prompt path: decode R rows at a time, reuse them for every token (parallel over row chunks).
+Generation path (one token): fused decode+dot per block for the common formats, no buffer.
+Types without a native decoder go through `workbench.quant.dequantize`, a block of rows at a time.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from workbench.gguf import GGMLType
+
+from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
+from .ops import F16_TABLE, round_f16 as _round_f16_scalar
+
+_FAST = {"reassoc", "contract"}     # let LLVM vectorize the float sums; no nan/inf assumptions
+_FALLBACK_ROWS = 256                # rows dequantized at a time by the generic path
+
+# ggml-cpu.c type_traits_cpu[type].vec_dot_type (types not listed: Q8_K, as the i-quants use)
+VEC_DOT_TYPE = {
+    GGMLType.F32: GGMLType.F32, GGMLType.F16: GGMLType.F16, GGMLType.BF16: GGMLType.BF16,
+    GGMLType.Q4_0: GGMLType.Q8_0, GGMLType.Q4_1: GGMLType.Q8_1, GGMLType.Q5_0: GGMLType.Q8_0,
+    GGMLType.Q5_1: GGMLType.Q8_1, GGMLType.Q8_0: GGMLType.Q8_0, GGMLType.IQ4_NL: GGMLType.Q8_0,
+    GGMLType.MXFP4: GGMLType.Q8_0, GGMLType.NVFP4: GGMLType.Q8_0, GGMLType.Q1_0: GGMLType.Q8_0,
+    GGMLType.Q2_0: GGMLType.Q8_0,
+}
+
+
+def vec_dot_type(wtype: GGMLType) -> GGMLType:
+    return VEC_DOT_TYPE.get(GGMLType(wtype), GGMLType.Q8_K)
+
+
+class MatmulError(ValueError):
+    """Shapes or types that the matmul cannot handle; names the weight."""
+
+
+# --- activations -> vec_dot_type -------------------------------------------------------------------
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    """fp32 -> fp16 -> fp32, round to nearest even (ggml_cpu_fp32_to_fp16)."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 -> fp32, round to nearest even (ggml_compute_fp32_to_bf16; nan kept quiet)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    r = np.where(np.isnan(x), (u.astype(np.uint32) >> 16 | 64) << 16, r).astype(np.uint32)
+    return r.view(np.float32)
+
+
+@njit(cache=True)
+def _quantize_q8(x, bs, kind, S, xh, xsum):
+    """Per block of bs: Q8_0/Q8_1 (kind 0/1, quantize_row_q8_0/_1 AVX2: q = rint(x*127/amax), d fp16)
+    or Q8_K (kind 2, quantize_row_q8_K_ref: signed max, q = rint(-127/max x), d = 1/iscale in f32).
+    Writes xhat = d * q and xsum = the scaled sum of q per sub-block of S (Q8_1: s = fp16(d * sum q))."""
+    T, K = x.shape
+    q = np.empty(bs, np.float32)
+    for t in range(T):
+        for b in range(K // bs):
+            o = b * bs
+            amax = np.float32(0.0)
+            vmax = np.float32(0.0)
+            for i in range(bs):
+                a = abs(x[t, o + i])
+                if a > amax:
+                    amax = a
+                    vmax = x[t, o + i]
+            if kind == 2:
+                iscale = np.float32(-127.0) / vmax if amax > 0 else np.float32(0.0)
+                d = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+                for i in range(bs):
+                    q[i] = min(np.float32(127.0), np.rint(iscale * x[t, o + i]))
+                dq = d
+            else:
+                d = amax / np.float32(127.0)
+                iscale = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+                for i in range(bs):
+                    q[i] = np.rint(x[t, o + i] * iscale)
+                dq = _round_f16_scalar(d)
+            for i in range(bs):
+                xh[t, o + i] = dq * q[i]
+            for j in range(bs // S):          # S > bs (no min term): nothing to sum
+                s = np.float32(0.0)
+                for i in range(j * S, (j + 1) * S):
+                    s += q[i]
+                xsum[t, (o // S) + j] = _round_f16_scalar(s * d) if kind == 1 else s * dq
+
+
+def prepare_activations(x: np.ndarray, act_type: GGMLType, S: int, quantize_act: bool = True):
+    """x (T, K) -> (xhat (T, K), xsum (T, K // S)): the activations as ggml's vec_dot sees them,
+    and their sums per sub-block of S (for the formats with a min)."""
+    T, K = x.shape
+    if act_type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) or not quantize_act:
+        if quantize_act and act_type == GGMLType.F16:
+            x = round_f16(x)
+        elif quantize_act and act_type == GGMLType.BF16:
+            x = round_bf16(x)
+        xsum = x.reshape(T, K // S, S).sum(axis=2, dtype=np.float32) if S < K else np.zeros((T, 1), np.float32)
+        return x, xsum
+    bs = act_type.block_size
+    kind = {GGMLType.Q8_0: 0, GGMLType.Q8_1: 1, GGMLType.Q8_K: 2}[act_type]
+    xh = np.empty((T, K), np.float32)
+    xsum = np.zeros((T, max(K // S, 1)), np.float32)
+    _quantize_q8(x, bs, kind, S, xh, xsum)
+    return xh, xsum
+
+
+# --- the kernels -----------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def _matmul_rows(W, tid, K, S, has_min, xh, xsum, out, n_threads):
+    """out[t, r] = w_r . xhat_t + mins_r . xsum_t, rows decoded R at a time and reused for every token."""
+    N = W.shape[0]
+    T = xh.shape[0]
+    ns = max(K // S, 1)
+    R = 8
+    n_chunks = (N + R - 1) // R
+    n_workers = min(n_threads, n_chunks)
+    for wk in prange(n_workers):
+        w = np.empty((R, K), np.float32)
+        mins = np.zeros((R, ns), np.float32)
+        for c in range(wk, n_chunks, n_workers):
+            r0 = c * R
+            r1 = min(N, r0 + R)
+            for r in range(r0, r1):
+                decode_row(tid, W[r], K, w[r - r0], mins[r - r0])
+            for t in range(T):
+                xt = xh[t]
+                st = xsum[t]
+                for r in range(r0, r1):
+                    wr = w[r - r0]
+                    acc = np.float32(0.0)
+                    for i in range(K):
+                        acc += wr[i] * xt[i]
+                    if has_min:
+                        mr = mins[r - r0]
+                        for j in range(ns):
+                            acc += mr[j] * st[j]
+                    out[t, r] = acc
+
+
+@njit(cache=True, inline="always")
+def _h(row, o):
+    return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _row_dot(tid, row, K, x, xs):
+    """One row of a Q4_0 / Q4_1 / Q8_0 weight . one token, decoding on the fly (ggml_vec_dot_*)."""
+    acc = np.float32(0.0)
+    if tid == _Q4_1 or tid == _Q4_0:
+        bs = 20 if tid == _Q4_1 else 18
+        for b in range(K // 32):
+            o = b * bs
+            s = np.float32(0.0)
+            for j in range(16):
+                q = row[o + bs - 16 + j]
+                s += np.float32(q & np.uint8(15)) * x[32 * b + j] + np.float32(q >> np.uint8(4)) * x[32 * b + j + 16]
+            if tid == _Q4_1:
+                acc += _h(row, o) * s + _h(row, o + 2) * xs[b]
+            else:
+                acc += _h(row, o) * (s - np.float32(8.0) * xs[b])
+    else:  # Q8_0
+        for b in range(K // 32):
+            o = b * 34
+            s = np.float32(0.0)
+            for j in range(32):
+                s += np.float32(np.int8(row[o + 2 + j])) * x[32 * b + j]
+            acc += _h(row, o) * s
+    return acc
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def _gemv(W, tid, K, xh, xsum, out):
+    """One token: out[0, r] = row_r . xhat (fused decode, parallel over rows)."""
+    x = xh[0]
+    xs = xsum[0]
+    for r in prange(W.shape[0]):
+        out[0, r] = _row_dot(tid, W[r], K, x, xs)
+
+
+_FUSED = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
+_Q4_0, _Q4_1 = int(GGMLType.Q4_0), int(GGMLType.Q4_1)
+
+
+def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
+               name: str = "weight") -> np.ndarray:
+    """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`."""
+    wtype = GGMLType(wtype)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != K:
+        raise MatmulError(f"{name}: activations {x.shape} do not match n_per_row {K}")
+    if K % wtype.block_size:
+        raise MatmulError(f"{name}: n_per_row {K} is not a multiple of the {wtype.name} block size")
+    act = vec_dot_type(wtype)
+    N, T = rows.shape[0], x.shape[0]
+    out = np.empty((T, N), np.float32)
+    if T == 0 or N == 0:
+        return out
+    if wtype in NATIVE_TYPES:
+        # Q4_0's -8 offset is applied as a min over blocks of 32 in the fused path
+        S = MIN_SUBBLOCK.get(wtype, 32 if wtype == GGMLType.Q4_0 else K)
+        xh, xsum = prepare_activations(x, act, S, quantize_act)
+        if T == 1 and wtype in _FUSED:
+            _gemv(rows, int(wtype), K, xh, xsum, out)
+        else:
+            _matmul_rows(rows, int(wtype), K, S, wtype in MIN_SUBBLOCK, xh, xsum, out, numba.get_num_threads())
+        return out
+    # generic path: dequantized blocks of rows, times the activations as the vec_dot_type sees them
+    from workbench.quant import dequantize  # written by the quant helpers
+
+    xh, xsum = prepare_activations(x, act, K, quantize_act)
+    for r0 in range(0, N, _FALLBACK_ROWS):
+        wf = np.ascontiguousarray(dequantize(rows[r0:r0 + _FALLBACK_ROWS], wtype, K), dtype=np.float32)
+        part = np.empty((T, wf.shape[0]), np.float32)
+        _matmul_rows(wf.view(np.uint8), int(GGMLType.F32), K, K, False, xh, xsum, part, numba.get_num_threads())
+        out[:, r0:r0 + wf.shape[0]] = part
+    return out
+
+
+@njit(cache=True, parallel=True)
+def dequantize_rows(W, tid, K, ids, S, has_min):
+    """Float rows W[ids] (ggml_get_rows on the token embedding), native types only."""
+    out = np.empty((ids.shape[0], K), np.float32)
+    for n in prange(ids.shape[0]):
+        mins = np.zeros(max(K // S, 1), np.float32)
+        decode_row(tid, W[ids[n]], K, out[n], mins)
+        if has_min:
+            for i in range(K):
+                out[n, i] += mins[i // S]
+    return out
+
+
+def get_rows(rows: np.ndarray, wtype: GGMLType, K: int, ids: np.ndarray) -> np.ndarray:
+    """Dequantize only the rows `ids` (the tokens of a batch) of a weight."""
+    wtype = GGMLType(wtype)
+    ids = np.asarray(ids, dtype=np.int64)
+    if wtype in NATIVE_TYPES:
+        return dequantize_rows(rows, int(wtype), K, ids, MIN_SUBBLOCK.get(wtype, K), wtype in MIN_SUBBLOCK)
+    from workbench.quant import dequantize
+
+    return np.asarray(dequantize(rows[ids], wtype, K), dtype=np.float32)
