@@ -9,8 +9,8 @@ Both end by re-deriving every level from the stored (rounded) scales.
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, QK_K, get_fp16, make_qkx2_quants, make_qkx2_quants_np, make_qkx3_quants,
-                     make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
+from .batched import make_qkx_quants_batch
+from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
                      put_fp16, round_fp16_np, seqsum_np)
 
 NEEDS_IMATRIX = False
@@ -87,32 +87,50 @@ def pack_2bit(out, o, L):
 
 
 @njit(cache=True, error_model="numpy")
-def _quantize_superblock(xs, qw, use_qw, out, o, L, Laux, weight, scales, mins, sw, Ls, Lm):
-    sc = out[o:o + 16]
+def _search_row(row, qw, use_qw, xt, wt, Lt, scales, mins, sw):
+    """All groups of 16 of a row side by side (column 16*i + j = group j of super-block i)."""
+    nb = row.shape[0] // QK_K
+    for g in range(16 * nb):
+        for l in range(16):
+            xt[l, g] = row[16 * g + l]
     if use_qw:                                                      # quantize_row_q2_K_impl
-        sumx2 = F32(0.0)
-        for j in range(QK_K):
-            sumx2 += xs[j] * xs[j]
-        sigma2 = sumx2 / F32(QK_K)
-        for j in range(16):
-            sw[j] = F32(0.0)
+        for i in range(nb):
+            sumx2 = F32(0.0)
+            for j in range(QK_K):
+                sumx2 += row[i * QK_K + j] * row[i * QK_K + j]
+            sigma2 = sumx2 / F32(QK_K)
+            for g in range(16 * i, 16 * i + 16):
+                sw[g] = F32(0.0)
+                for l in range(16):
+                    v = qw[16 * g + l] * np.sqrt(sigma2 + xt[l, g] * xt[l, g])
+                    wt[l, g] = v
+                    sw[g] += v
+        make_qkx_quants_batch(3, xt, wt, Lt, scales, mins, -0.9, 0.05, 36, False)   # make_qkx3_quants
+    else:                                                           # quantize_row_q2_K_ref
+        for g in range(16 * nb):
             for l in range(16):
-                weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[16 * j + l] * xs[16 * j + l])
-                sw[j] += weight[l]
-            scales[j], mins[j] = make_qkx3_quants(16, 3, xs[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
-                                                  Laux, -0.9, 0.05, 36, False)
-        dm = make_qp_quants(16, 15, scales, Ls, sw)
-        mm = make_qp_quants(16, 15, mins, Lm, sw)
+                wt[l, g] = abs(xt[l, g])
+        make_qkx_quants_batch(3, xt, wt, Lt, scales, mins, -0.5, 0.1, 15, True)     # make_qkx2_quants
+
+
+@njit(cache=True, error_model="numpy")
+def _finish_superblock(xs, use_qw, out, o, L, Lt, i, scales, mins, sw, Ls, Lm):
+    """Super-block i after the search: 4-bit scales/mins, fp16 d/dmin, levels from the stored scales."""
+    for j in range(16):
+        for l in range(16):
+            L[16 * j + l] = Lt[l, 16 * i + j]
+    scales = scales[16 * i:16 * i + 16]
+    mins = mins[16 * i:16 * i + 16]
+    sc = out[o:o + 16]
+    if use_qw:
+        dm = make_qp_quants(16, 15, scales, Ls, sw[16 * i:16 * i + 16])
+        mm = make_qp_quants(16, 15, mins, Lm, sw[16 * i:16 * i + 16])
         for j in range(16):
             sc[j] = (Ls[j] | (Lm[j] << 4)) & 0xFF
-    else:                                                           # quantize_row_q2_K_ref
+    else:
         max_scale = F32(0.0)
         max_min = F32(0.0)
         for j in range(16):
-            for l in range(16):
-                weight[l] = abs(xs[16 * j + l])
-            scales[j], mins[j] = make_qkx2_quants(16, 3, xs[16 * j:16 * j + 16], weight, L[16 * j:16 * j + 16],
-                                                  Laux, -0.5, 0.1, 15, True)
             max_scale = max(max_scale, scales[j])
             max_min = max(max_min, mins[j])
         for j in range(16):
@@ -144,18 +162,21 @@ def _quantize_superblock(xs, qw, use_qw, out, o, L, Laux, weight, scales, mins, 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
+    G = 16 * nb
     for r in prange(x.shape[0]):
+        xt = np.empty((16, G), np.float32)
+        wt = np.empty((16, G), np.float32)
+        Lt = np.empty((16, G), np.uint8)
+        scales = np.empty(G, np.float32)
+        mins = np.empty(G, np.float32)
+        sw = np.empty(G, np.float32)
         L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(16, np.uint8)
-        weight = np.empty(16, np.float32)
-        scales = np.empty(16, np.float32)
-        mins = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
         Ls = np.empty(16, np.uint8)
         Lm = np.empty(16, np.uint8)
+        _search_row(x[r], qw, use_qw, xt, wt, Lt, scales, mins, sw)
         for i in range(nb):
-            _quantize_superblock(x[r, i * QK_K:(i + 1) * QK_K], qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw,
-                                 use_qw, out[r], i * BYTES, L, Laux, weight, scales, mins, sw, Ls, Lm)
+            _finish_superblock(x[r, i * QK_K:(i + 1) * QK_K], use_qw, out[r], i * BYTES, L, Lt, i,
+                               scales, mins, sw, Ls, Lm)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from .common import (F32, QK_K, get_fp16, make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np,
                      nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
+from .batched import make_qx_quants_batch
 from .q2_k import pack_2bit, pack_2bit_np, requantize_np, unpack_2bit_np
 
 NEEDS_IMATRIX = False
@@ -83,21 +84,31 @@ def get_scale(sc, j):
 
 
 @njit(cache=True, error_model="numpy")
-def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales, sw, Ls):
+def _search_row_imatrix(row, qw, xt, wt, Lt, scales, sw):
+    """quantize_row_q3_K_impl's group searches, all groups of 16 of the row side by side (column 16*i + j)."""
+    nb = row.shape[0] // QK_K
+    for i in range(nb):
+        sumx2 = F32(0.0)
+        for j in range(QK_K):
+            sumx2 += row[i * QK_K + j] * row[i * QK_K + j]
+        sigma2 = F32(2.0) * sumx2 / F32(QK_K)
+        for g in range(16 * i, 16 * i + 16):
+            sw[g] = F32(0.0)
+            for l in range(16):
+                v = row[16 * g + l]
+                xt[l, g] = v
+                wt[l, g] = qw[16 * g + l] * np.sqrt(sigma2 + v * v)
+                sw[g] += wt[l, g]
+    make_qx_quants_batch(4, xt, wt, Lt, scales)
+
+
+@njit(cache=True, error_model="numpy")
+def _quantize_superblock(xs, use_qw, out, o, L, scales, sw, Ls):
+    """One super-block; with an imatrix, L/scales/sw come from _search_row_imatrix."""
     sc = out[o + 96:o + 108]
     for j in range(12):
         sc[j] = 0
     if use_qw:                                                      # quantize_row_q3_K_impl
-        sumx2 = F32(0.0)
-        for j in range(QK_K):
-            sumx2 += xs[j] * xs[j]
-        sigma2 = F32(2.0) * sumx2 / F32(QK_K)
-        for j in range(16):
-            sw[j] = F32(0.0)
-            for l in range(16):
-                weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[16 * j + l] * xs[16 * j + l])
-                sw[j] += weight[l]
-            scales[j] = make_qx_quants(16, 4, xs[16 * j:16 * j + 16], L[16 * j:16 * j + 16], weight)
         d = make_qx_quants(16, 32, scales, Ls, sw)
     else:                                                           # quantize_row_q3_K_ref
         amax = F32(0.0)
@@ -143,14 +154,22 @@ def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales, sw, Ls):
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
+        G = 16 * nb
         L = np.empty(QK_K, np.int8)
-        weight = np.empty(16, np.float32)
-        scales = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
+        scales = np.empty(G, np.float32)
+        sw = np.empty(G, np.float32)
         Ls = np.empty(16, np.int8)
+        Lt = np.empty((16, G), np.uint8)
+        if use_qw:
+            _search_row_imatrix(x[r], qw, np.empty((16, G), np.float32), np.empty((16, G), np.float32), Lt,
+                                scales, sw)
         for i in range(nb):
-            _quantize_superblock(x[r, i * QK_K:(i + 1) * QK_K], qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw,
-                                 use_qw, out[r], i * BYTES, L, weight, scales, sw, Ls)
+            if use_qw:
+                for j in range(16):
+                    for l in range(16):
+                        L[16 * j + l] = Lt[l, 16 * i + j]
+            _quantize_superblock(x[r, i * QK_K:(i + 1) * QK_K], use_qw, out[r], i * BYTES, L,
+                                 scales[16 * i:16 * i + 16], sw[16 * i:16 * i + 16], Ls)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

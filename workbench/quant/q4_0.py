@@ -7,7 +7,8 @@ weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the whole row.
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, get_fp16, make_qx_quants, make_qx_quants_np, pack_nibbles_np, put_fp16,
+from .batched import make_qx_quants_batch
+from .common import (F32, get_fp16, make_qx_quants_np, pack_nibbles_np, put_fp16,
                      round_fp16_np, safe_inverse_np, seqsum_np)
 
 NEEDS_IMATRIX = False
@@ -52,34 +53,43 @@ def _put_block(out, o, d, L):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
+    nb = n // QK
     for r in prange(x.shape[0]):
         row = x[r]
-        L = np.empty(QK, np.int8)
-        weight = np.empty(QK, np.float32)
-        sigma2 = F32(0.0)
-        if use_qw:
+        L = np.empty(n, np.int8)
+        d = np.empty(nb, np.float32)
+        if use_qw:                                  # quantize_row_q4_0_impl: all blocks searched side by side
             sum_x2 = F32(0.0)
             for j in range(n):
                 sum_x2 += row[j] * row[j]
             sigma2 = sum_x2 / F32(n)
-        for ib in range(n // QK):
-            xb = row[ib * QK:(ib + 1) * QK]
-            if use_qw:
+            xt = np.empty((QK, nb), np.float32)
+            wt = np.empty((QK, nb), np.float32)
+            Lt = np.empty((QK, nb), np.uint8)
+            for ib in range(nb):
                 for j in range(QK):
-                    weight[j] = qw[ib * QK + j] * np.sqrt(sigma2 + xb[j] * xb[j])
-                d = make_qx_quants(QK, 8, xb, L, weight)
-            else:                                                   # quantize_row_q4_0_ref
+                    v = row[ib * QK + j]
+                    xt[j, ib] = v
+                    wt[j, ib] = qw[ib * QK + j] * np.sqrt(sigma2 + v * v)
+            make_qx_quants_batch(8, xt, wt, Lt, d)
+            for ib in range(nb):
+                for j in range(QK):
+                    L[ib * QK + j] = Lt[j, ib]
+        else:                                       # quantize_row_q4_0_ref
+            for ib in range(nb):
                 amax = F32(0.0)
                 mx = F32(0.0)
                 for j in range(QK):
-                    if amax < abs(xb[j]):
-                        amax = abs(xb[j])
-                        mx = xb[j]
-                d = mx / F32(-8.0)
-                inv = F32(1.0) / d if d != 0 else F32(0.0)
+                    v = row[ib * QK + j]
+                    if amax < abs(v):
+                        amax = abs(v)
+                        mx = v
+                d[ib] = mx / F32(-8.0)
+                inv = F32(1.0) / d[ib] if d[ib] != 0 else F32(0.0)
                 for j in range(QK):
-                    L[j] = min(15, np.int8(xb[j] * inv + F32(8.5)))
-            _put_block(out[r], ib * BYTES, d, L)
+                    L[ib * QK + j] = min(15, np.int8(row[ib * QK + j] * inv + F32(8.5)))
+        for ib in range(nb):
+            _put_block(out[r], ib * BYTES, d[ib], L[ib * QK:(ib + 1) * QK])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -7,7 +7,8 @@ weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the row.
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, get_fp16, make_qkx3_quants, make_qkx3_quants_np, pack_nibbles_np, put_fp16,
+from .batched import make_qkx_quants_batch
+from .common import (F32, get_fp16, make_qkx3_quants_np, pack_nibbles_np, put_fp16,
                      safe_inverse_np, seqsum_np)
 
 NEEDS_IMATRIX = False
@@ -58,52 +59,61 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- numba kernels
 @njit(cache=True, error_model="numpy")
-def affine_block(xb, qw, sigma2, use_qw, nmax, L, Laux, weight):
-    """One block of Q4_1/Q5_1 -> (d, m), levels in L (uint8). Shared with q5_1."""
-    if use_qw:
+def affine_row(row, qw, use_qw, nmax, L, d, m):
+    """Levels (L, uint8 per element) and per-block d, m of one Q4_1/Q5_1 row. Shared with q5_1.
+
+    With an imatrix all blocks of the row are searched side by side (batched make_qkx3_quants)."""
+    nb = row.shape[0] // QK
+    if use_qw:                                                      # quantize_row_q4_1_impl / q5_1_impl
+        sum_x2 = F32(0.0)
+        for j in range(row.shape[0]):
+            sum_x2 += row[j] * row[j]
+        sigma2 = sum_x2 / F32(row.shape[0])
+        xt = np.empty((QK, nb), np.float32)
+        wt = np.empty((QK, nb), np.float32)
+        Lt = np.empty((QK, nb), np.uint8)
+        the_min = np.empty(nb, np.float32)
+        for ib in range(nb):
+            for j in range(QK):
+                v = row[ib * QK + j]
+                xt[j, ib] = v
+                wt[j, ib] = qw[ib * QK + j] * np.sqrt(sigma2 + v * v)
+        make_qkx_quants_batch(nmax, xt, wt, Lt, d, the_min, -0.9, 0.05, 36, False)
+        for ib in range(nb):
+            m[ib] = -the_min[ib]
+            for j in range(QK):
+                L[ib * QK + j] = Lt[j, ib]
+        return
+    for ib in range(nb):                                            # quantize_row_q4_1_ref / q5_1_ref
+        xb = row[ib * QK:(ib + 1) * QK]
+        mn = np.float32(np.finfo(np.float32).max)
+        mx = -mn
         for j in range(QK):
-            weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
-        d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
-        return d, -the_min
-    mn = np.float32(np.finfo(np.float32).max)                       # quantize_row_q4_1_ref
-    mx = -mn
-    for j in range(QK):
-        if xb[j] < mn:
-            mn = xb[j]
-        if xb[j] > mx:
-            mx = xb[j]
-    d = (mx - mn) / F32(nmax)
-    inv = F32(1.0) / d if d != 0 else F32(0.0)
-    for j in range(QK):
-        L[j] = np.uint8(np.int32((xb[j] - mn) * inv + F32(0.5)) & 0xFF)
-    return d, mn
-
-
-@njit(cache=True, error_model="numpy")
-def row_sigma2(row):
-    sum_x2 = F32(0.0)
-    for j in range(row.shape[0]):
-        sum_x2 += row[j] * row[j]
-    return sum_x2 / F32(row.shape[0])
+            if xb[j] < mn:
+                mn = xb[j]
+            if xb[j] > mx:
+                mx = xb[j]
+        d[ib] = (mx - mn) / F32(nmax)
+        m[ib] = mn
+        inv = F32(1.0) / d[ib] if d[ib] != 0 else F32(0.0)
+        for j in range(QK):
+            L[ib * QK + j] = np.uint8(np.int32((xb[j] - mn) * inv + F32(0.5)) & 0xFF)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
-    n = x.shape[1]
+    nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
-        row = x[r]
-        L = np.empty(QK, np.uint8)
-        Laux = np.empty(QK, np.uint8)
-        weight = np.empty(QK, np.float32)
-        sigma2 = row_sigma2(row) if use_qw else F32(0.0)
-        for ib in range(n // QK):
-            d, m = affine_block(row[ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK] if use_qw else qw,
-                                sigma2, use_qw, NMAX, L, Laux, weight)
+        L = np.empty(x.shape[1], np.uint8)
+        d = np.empty(nb, np.float32)
+        m = np.empty(nb, np.float32)
+        affine_row(x[r], qw, use_qw, NMAX, L, d, m)
+        for ib in range(nb):
             o = ib * BYTES
-            put_fp16(out[r], o, d)
-            put_fp16(out[r], o + 2, m)
+            put_fp16(out[r], o, d[ib])
+            put_fp16(out[r], o + 2, m[ib])
             for j in range(16):
-                out[r, o + 4 + j] = min(NMAX, L[j]) | (min(NMAX, L[j + 16]) << 4)
+                out[r, o + 4 + j] = min(NMAX, L[ib * QK + j]) | (min(NMAX, L[ib * QK + j + 16]) << 4)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -12,6 +12,7 @@ from numba import njit, prange
 from .common import (F32, QK_K, get_fp16, make_qkx2_quants, make_qkx2_quants_np, make_qkx3_quants,
                      make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
                      put_fp16, round_fp16_np, seqsum_np)
+from .batched import make_qkx_quants_batch
 from .q2_k import requantize_np
 
 NEEDS_IMATRIX = False
@@ -108,39 +109,58 @@ def get_scale_min_k4(j, q):
 
 
 @njit(cache=True, error_model="numpy")
-def scales_and_levels(xs, qw, use_qw, nmax, sc, L, Laux, weight, scales, mins, sw, Ls, Lm):
-    """One super-block of Q4_K/Q5_K: packed scales into `sc` (12 bytes), levels into L -> (d, dmin)."""
-    if use_qw:                                                      # quantize_row_q4_K_impl / q5_K_impl
-        sum_x2 = F32(0.0)
-        for l in range(QK_K):
-            sum_x2 += xs[l] * xs[l]
-        sigma2 = F32(2.0) * sum_x2 / F32(QK_K)
-        for j in range(8):
-            sw[j] = F32(0.0)
-            for l in range(32):
-                weight[l] = qw[32 * j + l] * np.sqrt(sigma2 + xs[32 * j + l] * xs[32 * j + l])
-                sw[j] += weight[l]
-            scales[j], mins[j] = make_qkx3_quants(32, nmax, xs[32 * j:32 * j + 32], weight, L[32 * j:32 * j + 32],
-                                                  Laux, -0.9, 0.05, 36, False)
-        d = make_qp_quants(8, 63, scales, Ls, sw)
-        dmin = make_qp_quants(8, 63, mins, Lm, sw)
-        if nmax == 31:
+def search_row(row, qw, use_qw, nmax, xt, wt, Lt, scales, mins, sw):
+    """The group searches of a whole row at once: xt/wt/Lt (32, 8*nb) hold group g = 8*i + j of super-block i
+    in column g; scales/mins/sw (8*nb,) come back per group. Shared by Q4_K (nmax 15) and Q5_K (nmax 31)."""
+    nb = row.shape[0] // QK_K
+    for g in range(8 * nb):
+        for l in range(32):
+            xt[l, g] = row[32 * g + l]
+    for i in range(nb):
+        xs = row[i * QK_K:(i + 1) * QK_K]
+        if use_qw:                                                  # quantize_row_q4_K_impl / q5_K_impl
+            sum_x2 = F32(0.0)
+            for l in range(QK_K):
+                sum_x2 += xs[l] * xs[l]
+            sigma2 = F32(2.0) * sum_x2 / F32(QK_K)
+            for j in range(8):
+                sw[8 * i + j] = F32(0.0)
+                for l in range(32):
+                    v = qw[i * QK_K + 32 * j + l] * np.sqrt(sigma2 + xs[32 * j + l] * xs[32 * j + l])
+                    wt[l, 8 * i + j] = v
+                    sw[8 * i + j] += v
+        else:                                                       # quantize_row_q4_K_ref / q5_K_ref
+            for j in range(8):
+                sum_x2 = F32(0.0)
+                for l in range(32):
+                    sum_x2 += xs[32 * j + l] * xs[32 * j + l]
+                av_x = np.sqrt(sum_x2 / F32(32.0))
+                for l in range(32):
+                    wt[l, 8 * i + j] = av_x + abs(xs[32 * j + l])
+    if use_qw:
+        make_qkx_quants_batch(nmax, xt, wt, Lt, scales, mins, -0.9, 0.05, 36, False)    # make_qkx3_quants
+    elif nmax == 15:
+        make_qkx_quants_batch(nmax, xt, wt, Lt, scales, mins, -1.0, 0.1, 20, False)     # make_qkx2_quants
+    else:
+        make_qkx_quants_batch(nmax, xt, wt, Lt, scales, mins, -0.5, 0.1, 15, False)
+
+
+@njit(cache=True, error_model="numpy")
+def scales_and_levels(i, use_qw, nmax, sc, L, Lt, scales, mins, sw, Ls, Lm):
+    """Super-block i after search_row: packed scales into `sc` (12 bytes), levels into L -> (d, dmin)."""
+    scales = scales[8 * i:8 * i + 8]
+    mins = mins[8 * i:8 * i + 8]
+    if use_qw:
+        d = make_qp_quants(8, 63, scales, Ls, sw[8 * i:8 * i + 8])
+        dmin = make_qp_quants(8, 63, mins, Lm, sw[8 * i:8 * i + 8])
+        if nmax == 31:                                              # quantize_row_q5_K_impl clamps, q4_K's not
             for j in range(8):
                 Ls[j] = min(63, Ls[j])
                 Lm[j] = min(63, Lm[j])
-    else:                                                           # quantize_row_q4_K_ref / q5_K_ref
-        rmin, rdelta, nstep = (-1.0, 0.1, 20) if nmax == 15 else (-0.5, 0.1, 15)
+    else:
         max_scale = F32(0.0)
         max_min = F32(0.0)
         for j in range(8):
-            sum_x2 = F32(0.0)
-            for l in range(32):
-                sum_x2 += xs[32 * j + l] * xs[32 * j + l]
-            av_x = np.sqrt(sum_x2 / F32(32.0))
-            for l in range(32):
-                weight[l] = av_x + abs(xs[32 * j + l])
-            scales[j], mins[j] = make_qkx2_quants(32, nmax, xs[32 * j:32 * j + 32], weight, L[32 * j:32 * j + 32],
-                                                  Laux, rmin, rdelta, nstep, False)
             max_scale = max(max_scale, scales[j])
             max_min = max(max_min, mins[j])
         inv_scale = F32(63.0) / max_scale if max_scale > 0 else F32(0.0)
@@ -150,6 +170,9 @@ def scales_and_levels(xs, qw, use_qw, nmax, sc, L, Laux, weight, scales, mins, s
             Lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
         d = max_scale / F32(63.0)
         dmin = max_min / F32(63.0)
+    for j in range(8):
+        for l in range(32):
+            L[32 * j + l] = Lt[l, 8 * i + j]
     for j in range(8):                                              # pack 8 (scale, min) pairs in 12 bytes
         ls = np.int64(Ls[j])
         lm = np.int64(Lm[j])
@@ -161,6 +184,15 @@ def scales_and_levels(xs, qw, use_qw, nmax, sc, L, Laux, weight, scales, mins, s
             sc[j - 4] = (sc[j - 4] | ((ls >> 4) << 6)) & 0xFF
             sc[j] = (sc[j] | ((lm >> 4) << 6)) & 0xFF
     return d, dmin
+
+
+@njit(cache=True, error_model="numpy")
+def row_scratch(n):
+    """Per-row work arrays of search_row/scales_and_levels."""
+    G = 8 * (n // QK_K)
+    return (np.empty((32, G), np.float32), np.empty((32, G), np.float32), np.empty((32, G), np.uint8),
+            np.empty(G, np.float32), np.empty(G, np.float32), np.empty(G, np.float32),
+            np.empty(QK_K, np.uint8), np.empty(8, np.uint8), np.empty(8, np.uint8))
 
 
 @njit(cache=True, error_model="numpy")
@@ -180,23 +212,15 @@ def requantize(xs, sc, dd, dm, nmax, L):
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weight = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
-        sw = np.empty(8, np.float32)
-        Ls = np.empty(8, np.uint8)
-        Lm = np.empty(8, np.uint8)
+        xt, wt, Lt, scales, mins, sw, L, Ls, Lm = row_scratch(x.shape[1])
+        search_row(x[r], qw, use_qw, 15, xt, wt, Lt, scales, mins, sw)
         for i in range(nb):
             o = i * BYTES
-            xs = x[r, i * QK_K:(i + 1) * QK_K]
             sc = out[r, o + 4:o + 16]
-            d, dmin = scales_and_levels(xs, qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw, use_qw, 15, sc, L,
-                                        Laux, weight, scales, mins, sw, Ls, Lm)
+            d, dmin = scales_and_levels(i, use_qw, 15, sc, L, Lt, scales, mins, sw, Ls, Lm)
             dd = put_fp16(out[r], o, d)
             dm = put_fp16(out[r], o + 2, dmin)
-            requantize(xs, sc, dd, dm, 15, L)
+            requantize(x[r, i * QK_K:(i + 1) * QK_K], sc, dd, dm, 15, L)
             for j in range(4):
                 for l in range(32):
                     out[r, o + 16 + 32 * j + l] = L[64 * j + l] | (L[64 * j + 32 + l] << 4)

@@ -6,7 +6,8 @@ With one: quantize_row_q5_0_impl, make_qx_quants(32, 16) with weight = imatrix *
 import numpy as np
 from numba import njit, prange
 
-from .common import F32, get_fp16, make_qx_quants, make_qx_quants_np, pack_nibbles_np, put_fp16, safe_inverse_np, seqsum_np
+from .batched import make_qx_quants_batch
+from .common import F32, get_fp16, make_qx_quants_np, pack_nibbles_np, put_fp16, safe_inverse_np, seqsum_np
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -79,35 +80,44 @@ def get_5bit(blk, o, j):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
+    nb = n // QK
     for r in prange(x.shape[0]):
         row = x[r]
-        L = np.empty(QK, np.int8)
-        weight = np.empty(QK, np.float32)
-        sigma2 = F32(0.0)
-        if use_qw:
+        L = np.empty(n, np.int8)
+        d = np.empty(nb, np.float32)
+        if use_qw:                                  # quantize_row_q5_0_impl: all blocks searched side by side
             sum_x2 = F32(0.0)
             for j in range(n):
                 sum_x2 += row[j] * row[j]
             sigma2 = sum_x2 / F32(n)
-        for ib in range(n // QK):
-            xb = row[ib * QK:(ib + 1) * QK]
-            if use_qw:
+            xt = np.empty((QK, nb), np.float32)
+            wt = np.empty((QK, nb), np.float32)
+            Lt = np.empty((QK, nb), np.uint8)
+            for ib in range(nb):
                 for j in range(QK):
-                    weight[j] = qw[ib * QK + j] * np.sqrt(sigma2 + xb[j] * xb[j])
-                d = make_qx_quants(QK, 16, xb, L, weight)
-            else:                                                   # quantize_row_q5_0_ref
+                    v = row[ib * QK + j]
+                    xt[j, ib] = v
+                    wt[j, ib] = qw[ib * QK + j] * np.sqrt(sigma2 + v * v)
+            make_qx_quants_batch(16, xt, wt, Lt, d)
+            for ib in range(nb):
+                for j in range(QK):
+                    L[ib * QK + j] = Lt[j, ib]
+        else:                                       # quantize_row_q5_0_ref
+            for ib in range(nb):
                 amax = F32(0.0)
                 mx = F32(0.0)
                 for j in range(QK):
-                    if amax < abs(xb[j]):
-                        amax = abs(xb[j])
-                        mx = xb[j]
-                d = mx / F32(-16.0)
-                inv = F32(1.0) / d if d != 0 else F32(0.0)
+                    v = row[ib * QK + j]
+                    if amax < abs(v):
+                        amax = abs(v)
+                        mx = v
+                d[ib] = mx / F32(-16.0)
+                inv = F32(1.0) / d[ib] if d[ib] != 0 else F32(0.0)
                 for j in range(QK):
-                    L[j] = min(31, np.int8(xb[j] * inv + F32(16.5)))
-            put_fp16(out[r], ib * BYTES, d)
-            put_5bit(out[r], ib * BYTES + 2, L)
+                    L[ib * QK + j] = min(31, np.int8(row[ib * QK + j] * inv + F32(16.5)))
+        for ib in range(nb):
+            put_fp16(out[r], ib * BYTES, d[ib])
+            put_5bit(out[r], ib * BYTES + 2, L[ib * QK:(ib + 1) * QK])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

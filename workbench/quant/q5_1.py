@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import F32, get_fp16, pack_nibbles_np, put_fp16
-from .q4_1 import affine_block, affine_imatrix_np, affine_ref_np, row_sigma2
+from .q4_1 import affine_imatrix_np, affine_ref_np, affine_row
 from .q5_0 import get_5bit, pack_high_bits_np, put_5bit, unpack_levels_np
 
 NEEDS_IMATRIX = False
@@ -44,20 +44,17 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- numba kernels
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
-    n = x.shape[1]
+    nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
-        row = x[r]
-        L = np.empty(QK, np.uint8)
-        Laux = np.empty(QK, np.uint8)
-        weight = np.empty(QK, np.float32)
-        sigma2 = row_sigma2(row) if use_qw else F32(0.0)
-        for ib in range(n // QK):
-            d, m = affine_block(row[ib * QK:(ib + 1) * QK], qw[ib * QK:(ib + 1) * QK] if use_qw else qw,
-                                sigma2, use_qw, NMAX, L, Laux, weight)
+        L = np.empty(x.shape[1], np.uint8)
+        d = np.empty(nb, np.float32)
+        m = np.empty(nb, np.float32)
+        affine_row(x[r], qw, use_qw, NMAX, L, d, m)
+        for ib in range(nb):
             o = ib * BYTES
-            put_fp16(out[r], o, d)
-            put_fp16(out[r], o + 2, m)
-            put_5bit(out[r], o + 4, L)
+            put_fp16(out[r], o, d[ib])
+            put_fp16(out[r], o + 2, m[ib])
+            put_5bit(out[r], o + 4, L[ib * QK:(ib + 1) * QK])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -8,7 +8,8 @@ import numpy as np
 from numba import njit, prange
 
 from .common import F32, QK_K, get_fp16, put_fp16
-from .q4_k import get_scale_min_k4, requantize, scales_and_levels, scales_and_levels_np, unpack_scale_min_np
+from .q4_k import (get_scale_min_k4, requantize, row_scratch, scales_and_levels, scales_and_levels_np,
+                   search_row, unpack_scale_min_np)
 
 NEEDS_IMATRIX = False
 BLOCK = np.dtype([("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", (12,)), ("qh", "u1", (QK_K // 8,)),
@@ -44,23 +45,15 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weight = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
-        sw = np.empty(8, np.float32)
-        Ls = np.empty(8, np.uint8)
-        Lm = np.empty(8, np.uint8)
+        xt, wt, Lt, scales, mins, sw, L, Ls, Lm = row_scratch(x.shape[1])
+        search_row(x[r], qw, use_qw, 31, xt, wt, Lt, scales, mins, sw)
         for i in range(nb):
             o = i * BYTES
-            xs = x[r, i * QK_K:(i + 1) * QK_K]
             sc = out[r, o + 4:o + 16]
-            d, dmin = scales_and_levels(xs, qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw, use_qw, 31, sc, L,
-                                        Laux, weight, scales, mins, sw, Ls, Lm)
+            d, dmin = scales_and_levels(i, use_qw, 31, sc, L, Lt, scales, mins, sw, Ls, Lm)
             dd = put_fp16(out[r], o, d)
             dm = put_fp16(out[r], o + 2, dmin)
-            requantize(xs, sc, dd, dm, 31, L)
+            requantize(x[r, i * QK_K:(i + 1) * QK_K], sc, dd, dm, 31, L)
             for k in range(4):                    # chunk k of 64: low half -> qh bit 2k, high half -> bit 2k+1
                 for j in range(32):
                     l1 = np.int64(L[64 * k + j])

@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from .common import (F32, GROUP_MAX_EPS, QK_K, get_fp16, make_qx_quants, make_qx_quants_np, nearest_int,
                      nearest_int_np, put_fp16, round_fp16_np)
+from .batched import make_qx_quants_batch
 from .q2_k import requantize_np
 
 NEEDS_IMATRIX = False
@@ -60,14 +61,17 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- numba kernels
 @njit(cache=True, error_model="numpy")
-def _quantize_superblock(xs, qw, use_qw, out, o, L, weight, scales):
+def _quantize_superblock(xs, qw, use_qw, out, o, L, xt, wt, Lt, scales):
+    for g in range(16):                                             # groups side by side: (16 elems, 16 groups)
+        for i in range(16):
+            xt[i, g] = xs[16 * g + i]
+            wt[i, g] = qw[16 * g + i] if use_qw else xs[16 * g + i] * xs[16 * g + i]
+    make_qx_quants_batch(32, xt, wt, Lt, scales)
     max_scale = F32(0.0)
     max_abs_scale = F32(0.0)
     for ib in range(16):
-        xg = xs[16 * ib:16 * ib + 16]
-        for l in range(16):
-            weight[l] = qw[16 * ib + l] if use_qw else xg[l] * xg[l]
-        scales[ib] = make_qx_quants(16, 32, xg, L[16 * ib:16 * ib + 16], weight)
+        for i in range(16):
+            L[16 * ib + i] = Lt[i, ib]
         if abs(scales[ib]) > max_abs_scale:
             max_abs_scale = abs(scales[ib])
             max_scale = scales[ib]
@@ -97,11 +101,13 @@ def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
-        weight = np.empty(16, np.float32)
+        xt = np.empty((16, 16), np.float32)
+        wt = np.empty((16, 16), np.float32)
+        Lt = np.empty((16, 16), np.uint8)
         scales = np.empty(16, np.float32)
         for i in range(nb):
             _quantize_superblock(x[r, i * QK_K:(i + 1) * QK_K], qw[i * QK_K:(i + 1) * QK_K] if use_qw else qw,
-                                 use_qw, out[r], i * BYTES, L, weight, scales)
+                                 use_qw, out[r], i * BYTES, L, xt, wt, Lt, scales)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
