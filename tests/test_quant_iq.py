@@ -1,18 +1,20 @@
 """IQ4 / ternary / grid quantization formats against ggml's bytes (golden/quant_blocks.npz).
 
 Calls the format modules directly (workbench.quant.<type>), so it does not depend on the dispatcher.
-Checks: numba quantize == ggml_quantize_chunk bytes; the numpy reference == the same bytes on a few
-super-blocks; dequantize == gguf.quants.dequantize; formats that ggml refuses without an imatrix refuse.
+Checks: numba quantize == ggml_quantize_chunk bytes; the reference == the same bytes on a few
+super-blocks; dequantize == gguf.quants.dequantize; formats that ggml refuses without an imatrix refuse;
+the neighbour maps built from the gguf grids follow ggml's iq2xs_init_impl / iq3xs_init_impl rule.
 """
 import importlib
 
 import numpy as np
 import pytest
 
-TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
+TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
+GRID_TYPES = TYPES[4:]
 CASES = ["normal_outliers", "uniform", "heavy_tail", "smollm2_blk0_ffn_down"]
-REF_COLUMNS = 512  # the slow references run on the first rows x 512 columns only
-REF_ROWS = 2
+REF_COLUMNS = 512  # the (slow, interpreted) references run on the first rows x 512 columns only
+REF_ROWS = 1
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,26 @@ def test_zero_and_tiny_blocks(type_name):
         q = m.quantize(x, imx)
         assert np.array_equal(q, m.quantize_ref(x, imx))
         assert np.all(np.abs(m.dequantize(q, 2 * m.BLOCK)) <= 1e-19)
+
+
+@pytest.mark.parametrize("type_name", GRID_TYPES)
+def test_grid_neighbour_lists(type_name):
+    """Spot-check kmap/neighbours against a direct transcription of ggml's init loop on sampled points."""
+    from workbench.quant.iq_grids import _SPECS, grid
+
+    g = grid(type_name)
+    _, bits, kmap_size, nwant = _SPECS["IQ1_S" if type_name == "IQ1_M" else type_name]
+    G, n = g.pos.shape
+    assert g.kmap.shape == (kmap_size,)
+    on = np.flatnonzero(g.kmap >= 0)
+    assert len(on) == G and np.array_equal(np.sort(g.kmap[on]), np.arange(G))
+    rng = np.random.default_rng(0)
+    for u in rng.choice(np.flatnonzero(g.kmap < 0), 40, replace=False):
+        levels = (u >> (bits * np.arange(n))) & ((1 << bits) - 1)
+        d2 = ((g.pos.astype(np.int64) - (2 * levels + 1)) ** 2).sum(axis=1)
+        order = sorted(range(G), key=lambda j: (d2[j], j))
+        keep = sorted(set(d2))[:nwant]
+        want = [j for j in order if d2[j] in keep]
+        start = -g.kmap[u] - 1
+        got = list(g.neighbours[start + 1:start + 1 + g.neighbours[start]])
+        assert got == want, f"{type_name}: neighbours of point {u} differ"

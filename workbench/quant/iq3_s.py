@@ -9,7 +9,9 @@ Quantization: ggml-quants.c ``quantize_row_iq3_s_impl(32, ...)`` via ``quantize_
 optional; importance x^2 or qw * sqrt(sigma2 + x^2), sigma2 = 2*mean(x^2)).  Unlike IQ3_XXS the signs
 are stored as they are (no parity trick), the 19 trial scales are (15 + 0.2*is)/max for is = -9..9,
 and unless the winning trial had every group on the grid, all 8 groups are re-snapped at the final
-scale.  Stored super-block scale d*1.033, sub-block scales 4-bit against d = max_scale/31.
+scale.  Quirk kept for bit-exactness: an all-zero 32-weight block writes no qs/signs and ggml does not
+advance past them, so the following blocks' qs/signs land one slot early (its qh and scale bits stay
+in place); the last slots stay zero.  Stored super-block scale d*1.033, sub-block scales 4-bit against d = max_scale/31.
 """
 import numpy as np
 from numba import njit, prange
@@ -41,6 +43,7 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         sumx2 += xbl[i] * xbl[i]
     sigma2 = f32(2) * sumx2 / f32(QK_K)
     max_scale = f32(0)
+    nq = 0  # ggml advances its qs/signs pointers only past sub-blocks that were not all zero
     for ib in range(8):
         xb = xbl[32 * ib:32 * ib + 32]
         for i in range(32):
@@ -95,10 +98,11 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
             for i in range(4):
                 u |= L[4 * k + i] << (3 * i)
             g = kmap[u]
-            o[2 + 8 * ib + k] = g & 255
+            o[2 + 8 * nq + k] = g & 255
             o[66 + ib] |= (g >> 8) << k
         for k in range(4):
-            o[74 + 4 * ib + k] = signs[k]
+            o[74 + 4 * nq + k] = signs[k]
+        nq += 1
         scales[ib] = scale
         max_scale = max(max_scale, scale)
     if max_scale == 0:

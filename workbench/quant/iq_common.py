@@ -143,13 +143,24 @@ def load_fp16(b, pos):
 
 @njit(cache=True)
 def nearest_int(v):
-    """ggml nearest_int on a float32: round half to even (the 12582912 trick).  The trick maps NaN to 0
-    and +-inf to -4194304; mirrored here so degenerate blocks give ggml's bytes, not undefined casts."""
-    if v != v:
-        return 0
-    if abs(v) == np.inf:
-        return -4194304
-    return int(np.rint(v))
+    """ggml nearest_int on a float32: add 1.5*2**23 in float32 and read the low mantissa bits.
+
+    For |v| <= 4194303 that is round half to even; beyond (ggml asserts in debug builds only) the bits are
+    garbage that we reproduce too, so degenerate blocks give ggml's release-build bytes."""
+    if abs(v) <= 4194303.0:
+        return int(np.rint(v))
+    val = np.float32(v) + np.float32(12582912.0)  # float32 sum, as in C
+    a = abs(float(val))
+    if a != a:  # NaN: quiet-NaN mantissa 0x400000
+        field = 0x400000
+    elif a == np.inf or a == 0.0:
+        field = 0
+    elif a < 1.1754943508222875e-38:  # subnormal
+        field = int(a * 2.0 ** 149)
+    else:
+        m, e = math.frexp(a)
+        field = int((2.0 * m - 1.0) * 8388608.0)
+    return field - 0x400000
 
 
 @njit(cache=True)
