@@ -60,7 +60,10 @@ def test_kernel_matches_reference(t):
         assert np.array_equal(y.view(np.uint32), y_ref.view(np.uint32)), f"{t.name}: dequantize != reference"
 
 
-@pytest.mark.parametrize("t", [t for t in FOUND if t.name in gguf.GGMLQuantizationType.__members__], ids=lambda t: t.name)
+IN_GGUF = [t for t in FOUND if t.name in gguf.GGMLQuantizationType.__members__]
+
+
+@pytest.mark.parametrize("t", IN_GGUF, ids=lambda t: t.name)
 def test_dequantize_matches_gguf(t):
     if t == GGMLType.F32:
         pytest.skip("F32 is not a quantized type in gguf.quants")

@@ -168,3 +168,4 @@ def make_qkx_quants_batch(nmax, xt, wt, Lt, scale, the_min, rmin, rdelta, nstep,
             scale[g] = F32(0.0)
             for i in range(n):
                 Lt[i, g] = 0
+

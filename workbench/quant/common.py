@@ -171,8 +171,9 @@ def to_bytes(struct_blocks: np.ndarray) -> np.ndarray:
 
 
 # =====================================================================================================
-# The scale searches of ggml-quants.c. Numba versions work on one group (1-D views, L written in place);
-# numpy versions (`*_np`) on a batch of groups at once: x, w of shape (B, n) -> (scale (B,), L (B, n)).
+# The scale searches of ggml-quants.c. Numba versions work on one group (1-D views, L written in place;
+# the hot make_qx/make_qkx searches also exist batched, SIMD across groups, in batched.py); numpy versions
+# (`*_np`) on a batch of groups at once: x, w of shape (B, n) -> (scale (B,), L (B, n)).
 # Sums run left to right over the group, as in C; weights are always explicit (ggml's NULL-weight paths
 # use w = x*x, which callers pass in). float(int) casts are exact for these small integers.
 # =====================================================================================================
@@ -276,11 +277,11 @@ def make_q3_quants(n, nmax, x, L):
     sumlx = F32(0.0)
     suml2 = F32(0.0)
     for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l
+        l = level(iscale * x[i], F32(-nmax), F32(nmax - 1))
+        L[i] = np.int64(l)
         w = x[i] * x[i]
-        sumlx += w * x[i] * F32(l)
-        suml2 += w * F32(l) * F32(l)
+        sumlx += w * x[i] * l
+        suml2 += w * l * l
     for itry in range(5):
         n_changed = 0
         for i in range(n):
@@ -338,73 +339,6 @@ def make_q3_quants_np(x, nmax):
     return np.where(zero, F32(0.0), scale), L
 
 
-@njit(cache=True, error_model="numpy")
-def make_qkx2_quants(n, nmax, x, w, L, Laux, rmin, rdelta, nstep, use_mad):
-    """make_qkx2_quants / make_qkx3_quants (identical given explicit weights): affine x ~ scale*L - the_min,
-    L in [0, nmax]; tries nstep+1 scales and keeps the least weighted error. Returns (scale, the_min)."""
-    mn = x[0]
-    mx = x[0]
-    sum_w = w[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
-        sum_w += w[i]
-        sum_x += w[i] * x[i]
-    if mn > 0:
-        mn = F32(0.0)
-    if mx <= mn:
-        for i in range(n):
-            L[i] = 0
-        return F32(0.0), -mn
-    zero = F32(0.0)
-    top = F32(nmax)
-    iscale = F32(nmax) / (mx - mn)
-    scale = F32(1.0) / iscale
-    best_error = F32(0.0)
-    for i in range(n):
-        l = level(iscale * (x[i] - mn), zero, top)
-        L[i] = np.int64(l)
-        diff = scale * l + mn - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best_error += w[i] * diff
-    if nstep < 1:
-        return scale, -mn
-    for step in range(nstep + 1):
-        iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)   # mn may have moved
-        sum_l = F32(0.0)
-        sum_l2 = F32(0.0)
-        sum_xl = F32(0.0)
-        for i in range(n):
-            l = level(iscale * (x[i] - mn), zero, top)
-            Laux[i] = np.int64(l)
-            sum_l += w[i] * l
-            sum_l2 += w[i] * l * l
-            sum_xl += w[i] * l * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > 0:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > 0:
-                this_min = F32(0.0)
-                this_scale = sum_xl / sum_l2
-            cur_error = F32(0.0)
-            for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                cur_error += w[i] * diff
-            if cur_error < best_error:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_error = cur_error
-                scale = this_scale
-                mn = this_min
-    return scale, -mn
-
-
-make_qkx3_quants = make_qkx2_quants
 
 
 def make_qkx2_quants_np(x, w, nmax, rmin, rdelta, nstep, use_mad):

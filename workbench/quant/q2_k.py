@@ -10,8 +10,8 @@ import numpy as np
 from numba import njit, prange
 
 from .batched import make_qkx_quants_batch
-from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
-                     put_fp16, round_fp16_np, seqsum_np)
+from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
+                     make_qp_quants_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
 
 NEEDS_IMATRIX = False
 BLOCK = np.dtype([("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", "<f2"), ("dmin", "<f2")])  # block_q2_K

@@ -9,7 +9,7 @@ from numba import njit, prange
 
 from .batched import make_qx_quants_batch
 from .common import (F32, get_fp16, make_qx_quants_np, pack_nibbles_np, put_fp16,
-                     round_fp16_np, safe_inverse_np, seqsum_np)
+                     safe_inverse_np, seqsum_np)
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -75,21 +75,25 @@ def _quantize_rows(x, qw, use_qw, out):
             for ib in range(nb):
                 for j in range(QK):
                     L[ib * QK + j] = Lt[j, ib]
-        else:                                       # quantize_row_q4_0_ref
             for ib in range(nb):
+                _put_block(out[r], ib * BYTES, d[ib], L[ib * QK:(ib + 1) * QK])
+        else:                                       # quantize_row_q4_0_ref, straight into the bytes
+            for ib in range(nb):
+                xb = row[ib * QK:(ib + 1) * QK]
                 amax = F32(0.0)
                 mx = F32(0.0)
                 for j in range(QK):
-                    v = row[ib * QK + j]
-                    if amax < abs(v):
-                        amax = abs(v)
-                        mx = v
-                d[ib] = mx / F32(-8.0)
-                inv = F32(1.0) / d[ib] if d[ib] != 0 else F32(0.0)
-                for j in range(QK):
-                    L[ib * QK + j] = min(15, np.int8(row[ib * QK + j] * inv + F32(8.5)))
-        for ib in range(nb):
-            _put_block(out[r], ib * BYTES, d[ib], L[ib * QK:(ib + 1) * QK])
+                    if amax < abs(xb[j]):
+                        amax = abs(xb[j])
+                        mx = xb[j]
+                dd = mx / F32(-8.0)
+                inv = F32(1.0) / dd if dd != 0 else F32(0.0)
+                o = ib * BYTES
+                put_fp16(out[r], o, dd)
+                for j in range(16):
+                    q0 = min(15, np.int32(xb[j] * inv + F32(8.5)))
+                    q1 = min(15, np.int32(xb[j + 16] * inv + F32(8.5)))
+                    out[r, o + 2 + j] = q0 | (q1 << 4)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

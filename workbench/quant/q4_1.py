@@ -100,10 +100,36 @@ def affine_row(row, qw, use_qw, nmax, L, d, m):
             L[ib * QK + j] = np.uint8(np.int32((xb[j] - mn) * inv + F32(0.5)) & 0xFF)
 
 
+@njit(cache=True, error_model="numpy")
+def _ref_row(row, out):
+    """quantize_row_q4_1_ref on one row, straight into the output bytes (the hot no-imatrix path)."""
+    for ib in range(row.shape[0] // QK):
+        xb = row[ib * QK:(ib + 1) * QK]
+        mn = xb[0]
+        mx = xb[0]
+        for j in range(1, QK):                    # same result as ggml's FLT_MAX start (first extreme kept)
+            if xb[j] < mn:
+                mn = xb[j]
+            if xb[j] > mx:
+                mx = xb[j]
+        d = (mx - mn) / F32(NMAX)
+        inv = F32(1.0) / d if d != 0 else F32(0.0)
+        o = ib * BYTES
+        put_fp16(out, o, d)
+        put_fp16(out, o + 2, mn)
+        for j in range(16):
+            q0 = min(NMAX, np.int32((xb[j] - mn) * inv + F32(0.5)))
+            q1 = min(NMAX, np.int32((xb[j + 16] - mn) * inv + F32(0.5)))
+            out[o + 4 + j] = q0 | (q1 << 4)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
+        if not use_qw:
+            _ref_row(x[r], out[r])
+            continue
         L = np.empty(x.shape[1], np.uint8)
         d = np.empty(nb, np.float32)
         m = np.empty(nb, np.float32)

@@ -9,9 +9,8 @@ then make_qp_quants(8, 63) for scales/mins). The group search is shared with Q5_
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, QK_K, get_fp16, make_qkx2_quants, make_qkx2_quants_np, make_qkx3_quants,
-                     make_qkx3_quants_np, make_qp_quants, make_qp_quants_np, nearest_int, nearest_int_np,
-                     put_fp16, round_fp16_np, seqsum_np)
+from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
+                     make_qp_quants_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
 from .batched import make_qkx_quants_batch
 from .q2_k import requantize_np
 

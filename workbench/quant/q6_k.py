@@ -8,7 +8,7 @@ raw imatrix values as weights (no sigma2 term). Group scales are quantized again
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, GROUP_MAX_EPS, QK_K, get_fp16, make_qx_quants, make_qx_quants_np, nearest_int,
+from .common import (F32, GROUP_MAX_EPS, QK_K, get_fp16, make_qx_quants_np, nearest_int,
                      nearest_int_np, put_fp16, round_fp16_np)
 from .batched import make_qx_quants_batch
 from .q2_k import requantize_np

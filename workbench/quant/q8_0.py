@@ -5,7 +5,7 @@ ggml ignores the importance matrix for Q8_0 (quantize_q8_0), and rounds with rou
 import numpy as np
 from numba import njit, prange
 
-from .common import FP16_TO_FP32, fp32_to_fp16_np, put_fp16, get_fp16, roundf, roundf_np, safe_inverse_np
+from .common import fp32_to_fp16_np, put_fp16, get_fp16, roundf, roundf_np, safe_inverse_np
 
 NEEDS_IMATRIX = False
 QK = 32
