@@ -68,13 +68,14 @@ def put_5bit(out, o, L):
 
 
 @njit(cache=True, error_model="numpy")
-def get_5bit(blk, o, j):
-    """Level j (0..31) of the block whose qh starts at blk[o]."""
-    qh = blk[o + j // 8]                                   # little-endian uint32: byte j//8, bit j%8
-    hi = (qh >> (j % 8)) & 1
-    b = blk[o + 4 + (j % 16)]
-    lo = (b & 0x0F) if j < 16 else (b >> 4)
-    return np.int32(lo) | (np.int32(hi) << 4)
+def unpack_5bit(blk, o, q):
+    """The 32 levels (0..31) of the block whose qh (little-endian uint32) starts at blk[o] -> q (int32)."""
+    qh = (np.int64(blk[o]) | (np.int64(blk[o + 1]) << 8) | (np.int64(blk[o + 2]) << 16)
+          | (np.int64(blk[o + 3]) << 24))
+    for j in range(16):
+        b = np.int64(blk[o + 4 + j])
+        q[j] = (b & 0x0F) | (((qh >> j) & 1) << 4)
+        q[j + 16] = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -123,11 +124,13 @@ def _quantize_rows(x, qw, use_qw, out):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
+        q = np.empty(QK, np.int32)
         for ib in range(out.shape[1] // QK):
             o = ib * BYTES
             d = get_fp16(blocks[r], o)
+            unpack_5bit(blocks[r], o + 2, q)
             for j in range(QK):
-                out[r, ib * QK + j] = d * F32(get_5bit(blocks[r], o + 2, j) - 16)
+                out[r, ib * QK + j] = d * F32(q[j] - 16)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

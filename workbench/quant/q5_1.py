@@ -8,7 +8,7 @@ from numba import njit, prange
 
 from .common import F32, get_fp16, pack_nibbles_np, put_fp16
 from .q4_1 import affine_imatrix_np, affine_ref_np, affine_row
-from .q5_0 import get_5bit, pack_high_bits_np, put_5bit, unpack_levels_np
+from .q5_0 import pack_high_bits_np, put_5bit, unpack_5bit, unpack_levels_np
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -60,12 +60,14 @@ def _quantize_rows(x, qw, use_qw, out):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
+        q = np.empty(QK, np.int32)
         for ib in range(out.shape[1] // QK):
             o = ib * BYTES
             d = get_fp16(blocks[r], o)
             m = get_fp16(blocks[r], o + 2)
+            unpack_5bit(blocks[r], o + 4, q)
             for j in range(QK):
-                out[r, ib * QK + j] = d * F32(get_5bit(blocks[r], o + 4, j)) + m
+                out[r, ib * QK + j] = d * F32(q[j]) + m
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
