@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from .iq1_s import snap_ternary
-from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
-                        fp16_from_bytes, fp32_to_fp16, nearest_int, pure_python)
+from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp32_to_fp16,
+                        nearest_int, pure_python)
 from .iq_grids import IQ1M_DELTA, grid
 
 BLOCK = QK_K

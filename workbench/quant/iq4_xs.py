@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .iq4_nl import NTRY, block_scales_ref, iq4_superblock, pack_nibbles
-from .iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args, f32,
+from .iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args,
                         fp16_bits, fp16_from_bytes, store_fp16)
 
 BLOCK = QK_K

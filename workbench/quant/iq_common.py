@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numba import njit
 
+from . import QuantInputError  # the package's ValueError subclass for bad arguments  # noqa: F401
+
 QK_K = 256
 f32 = np.float32
 
@@ -28,8 +30,6 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
                          dtype=np.int8)
 
 
-class QuantInputError(ValueError):
-    """Bad argument to an IQ/TQ quantizer (shape, dtype, missing importance matrix)."""
 
 
 # ----------------------------------------------------------------------------- argument checks
