@@ -149,3 +149,20 @@ def test_grid_neighbour_lists(type_name):
         start = -g.kmap[u] - 1
         got = list(g.neighbours[start + 1:start + 1 + g.neighbours[start]])
         assert got == want, f"{type_name}: neighbours of point {u} differ"
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_arbitrary_bytes_matches_gguf(type_name):
+    """Every bit pattern decodes as gguf.quants decodes it (NaN payloads aside), not only ggml's output."""
+    gguf_quants = pytest.importorskip("gguf.quants")
+    from gguf import GGMLQuantizationType
+
+    m = module(type_name)
+    n = 2 * m.BLOCK if m.BLOCK == 256 else 512
+    blocks = np.random.default_rng(1).integers(0, 256, (4, n // m.BLOCK * m.TYPE_SIZE), dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        want = gguf_quants.dequantize(blocks, GGMLQuantizationType[type_name]).reshape(4, n)
+        got = m.dequantize(blocks, n)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    bad = np.flatnonzero(~same)
+    assert bad.size == 0, f"{bad.size} values differ, first at {bad[0]}: {got.flat[bad[0]]!r} vs {want.flat[bad[0]]!r}"
