@@ -17,8 +17,9 @@ Quantization: ggml-quants.c ``quantize_row_iq2_xxs_impl`` (imatrix required).  P
 import numpy as np
 from numba import njit, prange
 
-from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_from_bytes,
-                        make_qp_quants, nearest_int, pure_python, signs_and_magnitudes, snap_group, store_fp16)
+from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
+                        fp16_from_bytes, grid_subblocks_ref, make_qp_quants, nearest_int, signs_and_magnitudes,
+                        snap_group, store_fp16)
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -126,15 +127,25 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """The same super-block algorithm executed by the Python interpreter (slow: a few blocks only)."""
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    then the super-block scale and packing."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ2_XXS", NEEDS_IMATRIX)
-    g = grid("IQ2_XXS")
-    out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
-    for r in range(x.shape[0]):
-        for ibl in range(x.shape[1] // QK_K):
-            pure_python(quantize_superblock)(x[r, ibl * QK_K:(ibl + 1) * QK_K], imatrix[ibl * QK_K:(ibl + 1) * QK_K],
-                                        g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
-    return out
+    scale, gidx, signs, live = grid_subblocks_ref(
+        x, imatrix, grid("IQ2_XXS"), bs=32, gs=8, kmax=KMAXQ, trials=range(-6, 7), step=0.1, parity=True,
+        sigma_mult=1, noimx=None, eps=GROUP_MAX_EPS, use_qp=True, resnap="all", on_grid_init=True)
+    scale = scale.reshape(-1, 8)  # (super-blocks, sub-blocks)
+    max_scale = scale.max(axis=1)
+    d = max_scale / np.float32(31)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.clip(np.rint(np.float32(0.5) * ((np.float32(1) / d)[:, None] * scale - np.float32(1))), 0, 15)
+    l = np.nan_to_num(l).astype(np.uint32)
+    w0 = np.where(live, (gidx.astype(np.uint32) << (8 * np.arange(4, dtype=np.uint32))).sum(axis=1), 0)
+    w1 = np.where(live, (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(axis=1), 0)
+    words = np.stack([w0.reshape(-1, 8), w1.reshape(-1, 8) | (l << 28)], axis=2).astype("<u4")  # (nsb, 8, 2)
+    words[max_scale == 0] = 0
+    dh = np.where(max_scale == 0, np.float32(0), d)
+    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), words.view(np.uint8).reshape(-1, 64)], 1)
+    return blocks.reshape(x.shape[0], -1)
 
 
 def dequantize_ref(blocks, n_per_row):

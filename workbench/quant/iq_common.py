@@ -362,3 +362,180 @@ def pure_python(fn):
         if isinstance(val, CPUDispatcher):
             glb[name] = pure_python(val)
     return out
+
+
+# ----------------------------------------------------------------------------- numpy references (grid)
+def seq_sum(terms):
+    """Sum over the last axis in C order (float32, left to right), vectorised over the other axes."""
+    acc = np.zeros(terms.shape[:-1], np.float32)
+    for j in range(terms.shape[-1]):
+        acc += terms[..., j]
+    return acc
+
+
+def make_qp_quants_np(x, nmax, w):
+    """make_qp_quants on rows of x (N, n) -> scale (N,), vectorised over rows (see make_qp_quants,
+    including the uint8 store of the levels)."""
+    x = x.astype(np.float32)
+    nmx = np.float32(nmax)
+    mx = np.maximum(np.float32(0), x.max(axis=1))
+    ok = mx >= GROUP_MAX_EPS
+    mx = np.where(ok, mx, np.float32(1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = nmx / mx
+        Lw = np.rint(iscale[:, None] * x).astype(np.int64) & 0xFF
+        scale = np.float32(1) / iscale
+        diff = x - scale[:, None] * Lw.astype(np.float32)
+        best_mse = seq_sum(w * diff * diff)
+        for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
+            iscale_is = (np.float32(0.1) * np.float32(is_) + nmx) / mx
+            scale_is = np.float32(1) / iscale_is
+            lv = np.minimum(nmax, np.rint(iscale_is[:, None] * x).astype(np.int64))
+            diff = x - scale_is[:, None] * lv.astype(np.float32)
+            mse = seq_sum(w * diff * diff)
+            iscale = np.where(mse < best_mse, iscale_is, iscale)
+            best_mse = np.where(mse < best_mse, mse, best_mse)
+        lv = np.minimum(nmax, np.rint(iscale[:, None] * x).astype(np.int64))
+        L = lv & 0xFF
+        lf = lv.astype(np.float32)
+        sumlx = seq_sum(w * x * lf)
+        suml2 = seq_sum(w * lf * lf)
+        active = np.ones(len(x), bool)
+        for _ in range(5):
+            changed = np.zeros(len(x), bool)
+            for i in range(x.shape[1]):
+                wi, xi, li = w[:, i], x[:, i], L[:, i].astype(np.float32)
+                slx = sumlx - wi * xi * li
+                sl2 = suml2 - wi * li * li
+                cond = active & (slx > 0) & (sl2 > 0)
+                new_l = np.minimum(nmax, np.rint(np.where(cond, xi * sl2 / slx, 0)).astype(np.int64))
+                nf = new_l.astype(np.float32)
+                slx2 = slx + wi * xi * nf
+                sl22 = sl2 + wi * nf * nf
+                acc = cond & (new_l != L[:, i]) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                L[:, i] = np.where(acc, new_l & 0xFF, L[:, i])
+                sumlx = np.where(acc, slx2, sumlx)
+                suml2 = np.where(acc, sl22, suml2)
+                changed |= acc
+            active &= changed
+        return np.where(ok & (suml2 > 0), sumlx / suml2, np.float32(0)).astype(np.float32)
+
+
+def snap_groups_np(levels, xval, waux, scale, g, bits):
+    """Vectorised snap_group: levels (N, ng, n) -> grid index (N, ng), levels replaced by the best listed
+    neighbour where the point is off the grid, on-grid flags (N, ng)."""
+    n = levels.shape[-1]
+    u = (levels << (bits * np.arange(n))).sum(axis=-1)
+    gi = g.kmap[u].astype(np.int64)
+    on = gi >= 0
+    r, c = np.nonzero(~on)
+    if len(r):
+        start = -gi[r, c] - 1
+        cnt = g.neighbours[start].astype(np.int64)
+        j = np.arange(1, cnt.max() + 1)
+        cand = g.neighbours[np.minimum(start[:, None] + j, len(g.neighbours) - 1)].astype(np.int64)
+        valid = j[None, :] <= cnt[:, None]
+        sc = np.broadcast_to(np.asarray(scale, np.float32), xval.shape[:1])[r]
+        d2 = np.zeros(cand.shape, np.float32)
+        for i in range(n):
+            diff = sc[:, None] * g.pos[cand, i].astype(np.float32) - xval[r, c, i][:, None]
+            d2 += waux[r, c, i][:, None] * diff * diff
+        d2 = np.where(valid, d2, np.inf)
+        best = cand[np.arange(len(r)), np.argmin(d2, axis=1)]  # first minimum, as 'd2 < best_d2'
+        gi[r, c] = best
+        levels[r, c] = (g.pos[best].astype(np.int64) - 1) // 2
+    return gi, on
+
+
+def _levels_np(id, xg, kmax):
+    """clamp(nearest_int(0.5*(id*x - 1)), 0, kmax-1); NaN/inf (dead sub-blocks) become harmless."""
+    v = np.nan_to_num(np.float32(0.5) * (id[:, None, None] * xg - np.float32(1)), nan=0.0, posinf=kmax,
+                      neginf=0.0)
+    return np.clip(np.rint(v), 0, kmax - 1).astype(np.int64)
+
+
+def grid_subblocks_ref(x, imatrix, g, *, bs, gs, kmax, trials, step, parity, sigma_mult, noimx, eps,
+                       use_qp, resnap, on_grid_init):
+    """Numpy reference of the sub-block search shared by quantize_row_iq2_xxs/iq2_xs/iq2_s/iq3_xxs/
+    iq3_s_impl, vectorised over all sub-blocks of x (rows, n).  Returns scale (nsb,), grid indices
+    (nsb, bs/gs), sign masks (nsb, bs/8) with the super-block grouping (rows*n/256, 256/bs).
+
+    bs/gs: sub-block and group sizes; kmax: levels 0..kmax-1; trials: is range, id = (2kmax-1 + is*step)/m;
+    parity: 7 sign bits + even parity (flip the least important element); sigma_mult: sigma2 = mult*mean(x^2);
+    noimx: importance without imatrix ('x2' or 'sigma': sigma2/4 + x^2); eps: skip threshold on max
+    (None: skip only max == 0); use_qp: start from make_qp_quants (IQ2_XXS); resnap: 'all' (IQ2_XXS: always
+    re-snap every group), 'off' (only groups off the grid), 'all_if_off' (IQ3_S); on_grid_init: IQ3_S starts
+    with every group flagged off the grid."""
+    bits = 2 if gs == 8 else 3
+    xs = x.reshape(-1, QK_K)
+    sigma2 = np.float32(sigma_mult) * seq_sum(xs * xs) / np.float32(QK_K)
+    xb = x.reshape(-1, bs)
+    nsb = QK_K // bs
+    s2 = np.repeat(sigma2, nsb)[:, None]
+    if imatrix is not None:
+        weight = np.tile(imatrix.reshape(-1, bs), (x.shape[0], 1)) * np.sqrt(s2 + xb * xb)
+    elif noimx == "sigma":
+        weight = np.float32(0.25) * s2 + xb * xb
+    else:
+        weight = xb * xb
+    waux = np.sqrt(weight)
+    # signs, one mask per 8 weights
+    neg = xb < 0
+    xval = np.abs(xb)
+    nb8 = bs // 8
+    bitsv = 1 << np.arange(8)
+    signs = (neg.reshape(-1, nb8, 8) * bitsv).sum(axis=-1)
+    if parity:
+        odd = neg.reshape(-1, nb8, 8).sum(axis=-1) % 2 == 1
+        imin = np.argmin((weight * xb * xb).reshape(-1, nb8, 8), axis=-1)
+        r, k = np.nonzero(odd)
+        pos8 = k * 8 + imin[r, k]
+        xval[r, pos8] = -xval[r, pos8]
+        signs[r, k] ^= 1 << imin[r, k]
+        signs &= 127
+    mx = xval.max(axis=1)
+    live = (mx >= eps) if eps is not None else (mx != 0)
+    ng = bs // gs
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if use_qp:
+            scale = make_qp_quants_np(xval, kmax + 1, weight)
+            denom = scale * np.float32(kmax)
+            live &= denom > 0
+        else:
+            scale = mx / np.float32(2 * kmax - 1)
+            denom = mx
+        best = np.zeros(len(xb), np.float32)
+        L = np.zeros((len(xb), ng, gs), np.int64)
+        on_grid = np.full((len(xb), ng), on_grid_init)
+        xg, wg = xval.reshape(-1, ng, gs), waux.reshape(-1, ng, gs)
+        for is_ in trials:
+            id = (np.float32(2 * kmax - 1) + np.float32(is_) * np.float32(step)) / denom
+            lv = _levels_np(id, xg, kmax)
+            _, on = snap_groups_np(lv, xg, wg, np.float32(1) / id, g, bits)
+            q = (2 * lv + 1).reshape(len(xb), bs).astype(np.float32)
+            sumqx, sumq2 = seq_sum(weight * xval * q), seq_sum(weight * q * q)
+            better = live & (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            scale = np.where(better, sumqx / sumq2, scale)
+            best = np.where(better, scale * sumqx, best)
+            L = np.where(better[:, None, None], lv, L)
+            on_grid = np.where(better[:, None], on, on_grid)
+        if resnap == "all":
+            todo = live & (scale > 0)
+            which = np.ones_like(on_grid)
+        else:
+            todo = live & ~on_grid.all(axis=1) & (scale > 0)
+            which = ~on_grid if resnap == "off" else np.ones_like(on_grid)
+        id = np.float32(1) / scale
+        lv = _levels_np(id, xg, kmax)
+        snap_groups_np(lv, xg, wg, scale, g, bits)
+        sel = todo[:, None] & which
+        L = np.where(sel[:, :, None], lv, L)
+        q = (2 * L + 1).reshape(len(xb), bs).astype(np.float32)
+        sumqx, sumq2 = seq_sum(weight * xval * q), seq_sum(weight * q * q)
+        scale = np.where(todo & (sumq2 > 0), sumqx / sumq2, scale)
+    flip = live & (scale < 0)
+    scale = np.where(flip, -scale, scale)
+    signs = np.where(flip[:, None], ~signs & (127 if parity else 255), signs)
+    scale = np.where(live, scale, np.float32(0)).astype(np.float32)
+    gidx = g.kmap[(L << (bits * np.arange(gs))).sum(axis=-1)].astype(np.int64)
+    return scale, gidx, signs, live
