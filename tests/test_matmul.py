@@ -147,3 +147,22 @@ def test_errors():
         matmul_raw(rows, GGMLType.Q4_0, 32, np.zeros((1, 64), np.float32), name="blk.0.attn_q.weight")
     with pytest.raises(MatmulError, match="multiple"):
         matmul_raw(rows, GGMLType.Q4_0, 48, np.zeros((1, 48), np.float32))
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.F16, GGMLType.F32], ids=lambda t: t.name)
+def test_batch_equals_single_token_sums(golden_blocks, wtype):
+    """The batched Q4_1 kernel reproduces ggml_vec_dot_q4_1_q8_1's sums bit for bit, like the one-token kernel
+    (float weights: tinyBLAS and vec_dot orders differ, so only closeness is expected there)."""
+    if wtype == GGMLType.Q4_1:
+        rows, K = golden_blocks["Q4_1"]
+    else:
+        K = 256
+        w = np.random.default_rng(3).standard_normal((6, K)).astype(np.float32)
+        rows = (w.astype(np.float16) if wtype == GGMLType.F16 else w).view(np.uint8).reshape(6, -1)
+    x = np.random.default_rng(4).standard_normal((5, K)).astype(np.float32)
+    batch = matmul_raw(rows, wtype, K, x)
+    single = np.concatenate([matmul_raw(rows, wtype, K, x[t:t + 1]) for t in range(5)])
+    if wtype == GGMLType.Q4_1:
+        np.testing.assert_array_equal(batch, single)
+    else:
+        np.testing.assert_allclose(batch, single, rtol=1e-5, atol=1e-5)

@@ -27,6 +27,7 @@ from workbench.gguf import GGMLType
 
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
 from .ops import F16_TABLE, round_f16 as _round_f16_scalar
+from .simd import fma32, hsum8
 
 _FAST = {"reassoc", "contract"}     # let LLVM vectorize the float sums; no nan/inf assumptions
 _FALLBACK_ROWS = 256                # rows dequantized at a time by the generic path
@@ -65,7 +66,7 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def _quantize_q8(x, bs, kind, S, xh, xsum):
+def _quantize_q8(x, bs, kind, S, xh, xsum, xq, dq_out):
     """Per block of bs: Q8_0/Q8_1 (kind 0/1, quantize_row_q8_0/_1 AVX2: q = rint(x*127/amax), d fp16)
     or Q8_K (kind 2, quantize_row_q8_K_ref: signed max, q = rint(-127/max x), d = 1/iscale in f32).
     Writes xhat = d * q and xsum = the scaled sum of q per sub-block of S (Q8_1: s = fp16(d * sum q))."""
@@ -95,6 +96,8 @@ def _quantize_q8(x, bs, kind, S, xh, xsum):
                 dq = _round_f16_scalar(d)
             for i in range(bs):
                 xh[t, o + i] = dq * q[i]
+                xq[t, o + i] = np.int8(q[i])
+            dq_out[t, b] = dq
             for j in range(bs // S):          # S > bs (no min term): nothing to sum
                 s = np.float32(0.0)
                 for i in range(j * S, (j + 1) * S):
@@ -102,7 +105,7 @@ def _quantize_q8(x, bs, kind, S, xh, xsum):
                 xsum[t, (o // S) + j] = _round_f16_scalar(s * d) if kind == 1 else s * dq
 
 
-def prepare_activations(x: np.ndarray, act_type: GGMLType, S: int, quantize_act: bool = True):
+def prepare_activations(x: np.ndarray, act_type: GGMLType, S: int, quantize_act: bool = True, with_ints=False):
     """x (T, K) -> (xhat (T, K), xsum (T, K // S)): the activations as ggml's vec_dot sees them,
     and their sums per sub-block of S (for the formats with a min)."""
     T, K = x.shape
@@ -117,8 +120,73 @@ def prepare_activations(x: np.ndarray, act_type: GGMLType, S: int, quantize_act:
     kind = {GGMLType.Q8_0: 0, GGMLType.Q8_1: 1, GGMLType.Q8_K: 2}[act_type]
     xh = np.empty((T, K), np.float32)
     xsum = np.zeros((T, max(K // S, 1)), np.float32)
-    _quantize_q8(x, bs, kind, S, xh, xsum)
+    xq = np.empty((T, K), np.int8)
+    dq = np.empty((T, K // bs), np.float32)
+    _quantize_q8(x, bs, kind, S, xh, xsum, xq, dq)
+    if with_ints:
+        return xh, xsum, xq, dq
     return xh, xsum
+
+
+@njit(cache=True, parallel=True)
+def _q4_1_q8_1(W, K, xq, dx, s, out):
+    """ggml_vec_dot_q4_1_q8_1 (AVX2) exactly, one token per call of the inner loop (generation):
+    per block 8 lanes of 4 integer products each, acc_lane = fma(d_w * d_x, lane sum, acc_lane);
+    result hsum_float_8(acc) + sum of m * s (the compiler contracts summs += m * s into an fma too)."""
+    N = W.shape[0]
+    T = xq.shape[0]
+    for r in prange(N):
+        row = W[r]
+        acc = np.zeros(8, np.float32)
+        for t in range(T):
+            acc[:] = 0.0
+            summs = np.float32(0.0)
+            for b in range(K // 32):
+                o = b * 20
+                summs = fma32(_h(row, o + 2), s[t, b], summs)
+                dd = _h(row, o) * dx[t, b]
+                for lane in range(8):
+                    isum = np.int32(0)
+                    for k in range(4):
+                        e = 4 * lane + k
+                        byte = row[o + 4 + (e % 16)]
+                        q = np.int32(byte & np.uint8(15)) if e < 16 else np.int32(byte >> np.uint8(4))
+                        isum += q * np.int32(xq[t, 32 * b + e])
+                    acc[lane] = fma32(dd, np.float32(isum), acc[lane])
+            out[t, r] = hsum8(acc) + summs
+
+
+@njit(cache=True, parallel=True)
+def _q4_1_q8_1_batch(W, K, xqT, dxT, sT, out):
+    """The same sums for T tokens at once, vectorized over tokens: xqT (K, T) integer activations as
+    float32 (lane sums of 4 products are exact in float32), dxT and sT (K/32, T)."""
+    N = W.shape[0]
+    T = xqT.shape[1]
+    for r in prange(N):
+        row = W[r]
+        acc = np.zeros((8, T), np.float32)
+        summs = np.zeros(T, np.float32)
+        dd = np.empty(T, np.float64)
+        for b in range(K // 32):
+            o = b * 20
+            d, m = _h(row, o), _h(row, o + 2)
+            for t in range(T):
+                summs[t] = fma32(m, sT[b, t], summs[t])
+                dd[t] = np.float64(d * dxT[b, t])
+            for lane in range(8):
+                e = 4 * lane          # elements e..e+3: low nibbles of bytes 0-15, then high nibbles
+                sh = np.uint8(0) if e < 16 else np.uint8(4)
+                q0 = np.float32((row[o + 4 + e % 16] >> sh) & np.uint8(15))
+                q1 = np.float32((row[o + 5 + e % 16] >> sh) & np.uint8(15))
+                q2 = np.float32((row[o + 6 + e % 16] >> sh) & np.uint8(15))
+                q3 = np.float32((row[o + 7 + e % 16] >> sh) & np.uint8(15))
+                x0, x1, x2, x3 = xqT[32 * b + e], xqT[32 * b + e + 1], xqT[32 * b + e + 2], xqT[32 * b + e + 3]
+                for t in range(T):
+                    ls = (q0 * x0[t] + q1 * x1[t]) + (q2 * x2[t] + q3 * x3[t])
+                    acc[lane, t] = np.float32(dd[t] * np.float64(ls) + np.float64(acc[lane, t]))
+        for t in range(T):
+            out[t, r] = (((acc[0, t] + acc[4, t]) + (acc[2, t] + acc[6, t]))
+                         + ((acc[1, t] + acc[5, t]) + (acc[3, t] + acc[7, t]))) + summs[t]
 
 
 # --- the kernels -----------------------------------------------------------------------------------
@@ -161,7 +229,7 @@ def _h(row, o):
 
 
 @njit(cache=True, fastmath=_FAST)
-def _row_dot(tid, row, K, x, xs):
+def _row_dot(tid, row, rowi8, K, x, xs):
     """One row of a Q4_0 / Q4_1 / Q8_0 weight . one token, decoding on the fly (ggml_vec_dot_*)."""
     acc = np.float32(0.0)
     if tid == _Q4_1 or tid == _Q4_0:
@@ -181,7 +249,7 @@ def _row_dot(tid, row, K, x, xs):
             o = b * 34
             s = np.float32(0.0)
             for j in range(32):
-                s += np.float32(np.int8(row[o + 2 + j])) * x[32 * b + j]
+                s += np.float32(rowi8[o + 2 + j]) * x[32 * b + j]
             acc += _h(row, o) * s
     return acc
 
@@ -191,17 +259,51 @@ def _gemv(W, tid, K, xh, xsum, out):
     """One token: out[0, r] = row_r . xhat (fused decode, parallel over rows)."""
     x = xh[0]
     xs = xsum[0]
+    Wi8 = W.view(np.int8)
     for r in prange(W.shape[0]):
-        out[0, r] = _row_dot(tid, W[r], K, x, xs)
+        out[0, r] = _row_dot(tid, W[r], Wi8[r], K, x, xs)
+
+
+@njit(cache=True, parallel=True)
+def _float_rows_exact(W, tid, K, xh, out, tiny_blas):
+    """F32/F16/BF16 weights in the order of ggml's float kernels: tinyBLAS (llamafile_sgemm, used by
+    mul_mat for two or more tokens: 8 lanes, one fma chain each, hsum8) or ggml_vec_dot_f16/_f32 (one
+    token, and every mul_mat_id: 4 x 8 lanes over chunks of 32, pairwise reduce, then the tail in order)."""
+    N = W.shape[0]
+    T = xh.shape[0]
+    K32 = K - K % 32
+    for r in prange(N):
+        w = np.empty(K, np.float32)
+        mins = np.zeros(1, np.float32)
+        decode_row(tid, W[r], K, w, mins)
+        lanes = np.zeros(32, np.float32)
+        for t in range(T):
+            lanes[:] = 0.0
+            if tiny_blas:
+                for i in range(K):
+                    lanes[i % 8] = fma32(w[i], xh[t, i], lanes[i % 8])
+                out[t, r] = hsum8(lanes)
+            else:
+                for i in range(K32):
+                    lanes[i % 32] = fma32(w[i], xh[t, i], lanes[i % 32])
+                x8 = np.empty(8, np.float32)
+                for i in range(8):
+                    x8[i] = (lanes[i] + lanes[16 + i]) + (lanes[8 + i] + lanes[24 + i])
+                acc = np.float64(((x8[0] + x8[4]) + (x8[1] + x8[5])) + ((x8[2] + x8[6]) + (x8[3] + x8[7])))
+                for i in range(K32, K):
+                    acc += np.float64(w[i] * xh[t, i])
+                out[t, r] = np.float32(acc)
 
 
 _FUSED = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
+_FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _Q4_0, _Q4_1 = int(GGMLType.Q4_0), int(GGMLType.Q4_1)
 
 
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
-               name: str = "weight") -> np.ndarray:
-    """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`."""
+               name: str = "weight", mul_mat_id: bool = False) -> np.ndarray:
+    """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`.
+    mul_mat_id: the rows are one expert of a stack (ggml_mul_mat_id never takes the tinyBLAS path)."""
     wtype = GGMLType(wtype)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != K:
@@ -216,6 +318,18 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
     if wtype in NATIVE_TYPES:
         # Q4_0's -8 offset is applied as a min over blocks of 32 in the fused path
         S = MIN_SUBBLOCK.get(wtype, 32 if wtype == GGMLType.Q4_0 else K)
+        if wtype in _FLOAT and quantize_act:
+            xh, _ = prepare_activations(x, act, K, True)
+            _float_rows_exact(rows, int(wtype), K, xh, out, T >= 2 and not mul_mat_id)
+            return out
+        if wtype == GGMLType.Q4_1 and quantize_act:
+            _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
+            if T == 1:
+                _q4_1_q8_1(rows, K, xq, dx, s, out)
+            else:
+                _q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
+                                 np.ascontiguousarray(dx.T), np.ascontiguousarray(s.T), out)
+            return out
         xh, xsum = prepare_activations(x, act, S, quantize_act)
         if T == 1 and wtype in _FUSED:
             _gemv(rows, int(wtype), K, xh, xsum, out)

@@ -2,8 +2,9 @@
 
 rms_norm   ggml_compute_forward_rms_norm_f32: sum of squares in double, scale = 1/sqrtf(mean + eps)
 rope       ggml_compute_forward_rope_flt, mode NORM (adjacent pairs), with ggml_rope_cache_init/rope_yarn
-softmax    ggml_compute_forward_soft_max_f32: max, expf(x - max), sum in double, times 1/sum
-swiglu     ggml_vec_swiglu_f32: x / (1 + expf(-x)) * g
+softmax    ggml_compute_forward_soft_max_f32: max, ggml_v_expf(x - max), chunk sums into a double, times 1/sum
+swiglu     ggml_vec_swiglu_f32: x / (1 + ggml_v_expf(-x)) * g
+The float sums follow the order of ggml's AVX2 code (see simd.py for why that matters).
 attention  the non-flash path of llm_graph_context::build_attn_mha: kq = mul_mat(k, q) (q converted to
            the cache type), softmax(kq * scale + causal mask), kqv = mul_mat(v, kq) (kq converted too)
 """
@@ -15,7 +16,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-_FAST = {"reassoc", "contract"}
+from .simd import expf, fma32, hsum8, silu
 
 # fp16 bits -> float32 for every bit pattern (the F16 KV cache is read through this table)
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -23,14 +24,16 @@ F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float1
 
 @njit(cache=True)
 def rms_norm(x, w, eps):
-    """(T, E) -> (T, E): x / sqrt(mean(x^2) + eps) * w."""
+    """(T, E) -> (T, E): x / sqrt(mean(x^2) + eps) * w, rounding as ggml (x*x in float, summed in double)."""
     T, E = x.shape
     out = np.empty_like(x)
+    eps32 = np.float32(eps)
     for t in range(T):
         s = 0.0
         for i in range(E):
-            s += np.float64(x[t, i]) * np.float64(x[t, i])
-        scale = np.float32(1.0) / np.float32(math.sqrt(np.float32(s / E + eps)))
+            s += np.float64(x[t, i] * x[t, i])
+        mean = np.float32(s / E)
+        scale = np.float32(1.0) / np.float32(math.sqrt(mean + eps32))
         for i in range(E):
             out[t, i] = (x[t, i] * scale) * w[i]
     return out
@@ -69,31 +72,50 @@ def rope(x, cs):
             for i in range(cs.shape[1]):
                 c, s = cs[t, i, 0], cs[t, i, 1]
                 x0, x1 = x[t, h, 2 * i], x[t, h, 2 * i + 1]
-                x[t, h, 2 * i] = x0 * c - x1 * s
-                x[t, h, 2 * i + 1] = x0 * s + x1 * c
+                # rotate_pairs, as GCC contracts it with -march=native: fma(x0, c, -(x1 s)), fma(x0, s, x1 c)
+                x[t, h, 2 * i] = fma32(x0, c, -(x1 * s))
+                x[t, h, 2 * i + 1] = fma32(x0, s, x1 * c)
 
 
 @njit(cache=True)
 def softmax_rows(x):
+    """ggml_soft_max (no mask, scale 1) per row: ggml_v_expf on chunks of 8, libm expf on the rest."""
     out = np.empty_like(x)
     for t in range(x.shape[0]):
-        mx = x[t].max()
-        s = 0.0
-        for i in range(x.shape[1]):
-            out[t, i] = np.float32(math.exp(x[t, i] - mx))
-            s += out[t, i]
-        inv = np.float32(1.0 / s)
-        for i in range(x.shape[1]):
-            out[t, i] *= inv
+        out[t] = _softmax_inplace(x[t].copy(), x.shape[1])
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def _softmax_inplace(w, n):
+    """ggml_vec_soft_max_f32 + scale on w[:n] (masked entries are -inf): exp(w - max) / sum."""
+    mx = np.float32(-np.inf)
+    for i in range(n):
+        mx = max(mx, w[i])
+    total = 0.0
+    n8 = n - n % 8
+    for c in range(0, n8, 8):
+        for i in range(c, c + 8):
+            w[i] = expf(w[i] - mx)
+        total += np.float64(hsum8(w[c:c + 8]))
+    for i in range(n8, n):
+        w[i] = np.float32(math.exp(w[i] - mx))
+        total += np.float64(w[i])
+    inv = np.float32(1.0 / total)
+    for i in range(n):
+        w[i] = w[i] * inv
+    return w
+
+
+@njit(cache=True)
 def swiglu(g, u):
-    """silu(g) * u, elementwise (T, F)."""
+    """silu(g) * u, elementwise (T, F) (ggml_vec_swiglu_f32 with ggml_v_silu; libm for a tail < 8)."""
     out = np.empty_like(g)
-    for t in prange(g.shape[0]):
-        for i in range(g.shape[1]):
+    F = g.shape[1]
+    for t in range(g.shape[0]):
+        for i in range(F - F % 8):
+            out[t, i] = silu(g[t, i]) * u[t, i]
+        for i in range(F - F % 8, F):
             x = g[t, i]
             out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
     return out
@@ -121,42 +143,91 @@ def round_f16(v):
     return np.float32(r) if abs(r) <= 65504.0 else np.float32(math.inf if r > 0 else -math.inf)
 
 
-@njit(cache=True, parallel=True, fastmath=_FAST)
-def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
-    """Causal GQA attention of T new queries against the cache.
+@njit(cache=True)
+def _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
+    """Causal GQA attention of T new queries against the cache, for query head job % H of token job // H.
 
     q (T, n_head, D) after RoPE; kc, vc (n_ctx, n_head_kv * D) float32, or fp16 bits (uint16, f16=True);
     query t sits at position n_past + t and sees keys 0 .. n_past + t. out (T, n_head * D).
-    With an F16 cache ggml's mul_mat converts q and the probabilities to fp16 first: so do we.
+    As llama.cpp: with an F16 cache mul_mat converts q and the probabilities to fp16 first; for a batch
+    (T >= 2) the products go through llamafile's tinyBLAS (8 lanes, one fma chain each, hsum8), for one
+    token through ggml_vec_dot_f16/_f32 (4 x 8 lanes over chunks of 32, then a pairwise reduce).
     """
     T, H, D = q.shape
     group = H // n_head_kv
-    for job in prange(T * H):
-        t = job // H
-        h = job % H
-        c0 = (h // group) * D
-        n_kv = n_past + t + 1
-        qv = np.empty(D, np.float32)
+    batch = T >= 2
+    t = job // H
+    h = job % H
+    c0 = (h // group) * D
+    n_kv = n_past + t + 1
+    qv = np.empty(D, np.float32)
+    for d in range(D):
+        qv[d] = round_f16(q[t, h, d]) if f16 else q[t, h, d]
+    # kq = K q, scaled (softmax_ext: wp = kq * scale + mask). mul_mat only reaches tinyBLAS when it had to
+    # convert q (F16 cache) and there are >= 2 tokens; otherwise ggml_vec_dot_f16/_f32, whose tail after the
+    # last chunk of 32 is summed in order (in double for f16, as a float fma chain for f32).
+    kq_tiny = batch and f16
+    D32 = D - D % 32
+    p = np.empty(n_kv, np.float32)
+    lanes = np.zeros(32, np.float32)
+    for j in range(n_kv):
+        lanes[:] = 0.0
+        if kq_tiny:
+            for d in range(D):
+                lanes[d % 8] = fma32(qv[d], _load(kc, j, c0 + d, table), lanes[d % 8])
+            p[j] = hsum8(lanes) * scale
+            continue
+        for d in range(D32):
+            lanes[d % 32] = fma32(qv[d], _load(kc, j, c0 + d, table), lanes[d % 32])
+        s = _reduce32(lanes) if D32 > 0 else np.float32(0.0)
+        if f16:
+            s64 = np.float64(s)
+            for d in range(D32, D):
+                s64 += np.float64(qv[d] * _load(kc, j, c0 + d, table))
+            s = np.float32(s64)
+        else:
+            for d in range(D32, D):
+                s = fma32(qv[d], _load(kc, j, c0 + d, table), s)
+        p[j] = s * scale
+    _softmax_inplace(p, n_kv)
+    # kqv = V^T p, accumulated per lane of j
+    acc = np.zeros((32, D), np.float32)
+    for j in range(n_kv):
+        pj = round_f16(p[j]) if f16 else p[j]
+        lane = j % 8 if batch else j % 32
         for d in range(D):
-            qv[d] = round_f16(q[t, h, d]) if f16 else q[t, h, d]
-        p = np.empty(n_kv, np.float32)
-        mx = -np.inf
-        for j in range(n_kv):
-            s = np.float32(0.0)
-            for d in range(D):
-                s += qv[d] * _load(kc, j, c0 + d, table)
-            p[j] = s * scale
-            mx = max(mx, p[j])
-        total = 0.0
-        for j in range(n_kv):
-            p[j] = np.float32(math.exp(p[j] - mx))
-            total += p[j]
-        inv = np.float32(1.0 / total)
-        o = out[t, h * D:(h + 1) * D]
-        o[:] = 0.0
-        for j in range(n_kv):
-            pj = p[j] * inv
-            if f16:
-                pj = round_f16(pj)
-            for d in range(D):
-                o[d] += pj * _load(vc, j, c0 + d, table)
+            acc[lane, d] = fma32(pj, _load(vc, j, c0 + d, table), acc[lane, d])
+    for d in range(D):
+        out[t, h * D + d] = hsum8(acc[:8, d]) if batch else _reduce32(acc[:, d])
+
+
+@njit(cache=True, parallel=True)
+def _attention_parallel(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
+    for job in prange(q.shape[0] * q.shape[1]):
+        _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
+
+
+@njit(cache=True)
+def _attention_serial(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
+    for job in range(q.shape[0] * q.shape[1]):
+        _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
+
+
+def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
+    """See _attention_job; small problems (one token, short context) skip the thread pool."""
+    T, H, D = q.shape
+    work = T * H * (n_past + T) * D
+    kernel = _attention_parallel if work > 1 << 18 else _attention_serial
+    kernel(q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
+
+
+@njit(cache=True, inline="always")
+def _reduce32(a):
+    """GGML_F16_VEC_REDUCE on 4 accumulators of 8 lanes (a[8 * k + lane]): pairwise, then two hadds."""
+    x = np.empty(8, np.float32)
+    for i in range(8):
+        x[i] = (a[i] + a[16 + i]) + (a[8 + i] + a[24 + i])
+    t0 = np.empty(4, np.float32)
+    for i in range(4):
+        t0[i] = x[i] + x[i + 4]
+    return (t0[0] + t0[1]) + (t0[2] + t0[3])

@@ -28,6 +28,7 @@ class Weight:
     type: GGMLType
     shape: tuple[int, ...]
     rows: np.ndarray            # uint8 (prod(shape[:-1]), row_bytes), a view of the file
+    is_expert: bool = False     # one expert of a stack: multiplied as ggml_mul_mat_id
 
     @property
     def n_per_row(self) -> int:
@@ -35,12 +36,12 @@ class Weight:
 
     def mul(self, x: np.ndarray, quantize_act: bool = True) -> np.ndarray:
         """x (T, n_per_row) -> x @ W^T (T, n_rows), as ggml_mul_mat(W, x)."""
-        return matmul_raw(self.rows, self.type, self.n_per_row, x, quantize_act, self.name)
+        return matmul_raw(self.rows, self.type, self.n_per_row, x, quantize_act, self.name, self.is_expert)
 
     def expert(self, e: int) -> "Weight":
         """The rows of expert e of a (n_expert, n_rows, n_per_row) stack (a view, no copy)."""
         n = self.shape[1]
-        return Weight(f"{self.name}[{e}]", self.type, self.shape[1:], self.rows[e * n:(e + 1) * n])
+        return Weight(f"{self.name}[{e}]", self.type, self.shape[1:], self.rows[e * n:(e + 1) * n], True)
 
     def get_rows(self, ids: np.ndarray) -> np.ndarray:
         """Float rows `ids` (ggml_get_rows): the token embedding of a batch."""
