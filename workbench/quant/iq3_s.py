@@ -16,8 +16,8 @@ in place); the last slots stay zero.  Stored super-block scale d*1.033, sub-bloc
 import numpy as np
 from numba import njit, prange
 
-from .iq_common import (QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_from_bytes, nearest_int,
-                        pure_python, snap_group, store_fp16)
+from .iq_common import (QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits, fp16_from_bytes,
+                        grid_subblocks_ref, nearest_int, snap_group, store_fp16)
 from .iq_grids import grid
 
 BLOCK = QK_K
@@ -125,28 +125,46 @@ def _quantize_kernel(x, qw, use_qw, pos, kmap, neighbours, out):
                                 pos, kmap, neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
 
 
-def _run(x, imatrix, superblock):
+def quantize(x, imatrix=None):
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_S")
     g = grid("IQ3_S")
     qw = imatrix if imatrix is not None else np.zeros(x.shape[1], np.float32)
     out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
-    if superblock is None:
-        _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
-        return out
-    for r in range(x.shape[0]):
-        for ibl in range(x.shape[1] // QK_K):
-            superblock(x[r, ibl * QK_K:(ibl + 1) * QK_K], qw[ibl * QK_K:(ibl + 1) * QK_K], imatrix is not None,
-                       g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
+    _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
     return out
 
 
-def quantize(x, imatrix=None):
-    return _run(x, imatrix, None)
-
-
 def quantize_ref(x, imatrix=None):
-    """The same super-block algorithm executed by the Python interpreter (slow: a few blocks only)."""
-    return _run(x, imatrix, pure_python(quantize_superblock))
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    then the super-block scale and packing (with ggml's slot shift after all-zero sub-blocks)."""
+    x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_S")
+    scale, gidx, signs, live = grid_subblocks_ref(
+        x, imatrix, grid("IQ3_S"), bs=32, gs=4, kmax=KMAXQ, trials=range(-9, 10), step=0.2, parity=False,
+        sigma_mult=2, noimx="x2", eps=None, use_qp=False, resnap="all_if_off", on_grid_init=False)
+    nsb = len(scale) // 8
+    live = live.reshape(nsb, 8)
+    gidx = np.where(live[:, :, None], gidx.reshape(nsb, 8, 8), 0)
+    signs = signs.reshape(nsb, 8, 4)
+    qs = np.zeros((nsb, 8, 8), np.uint8)
+    sg = np.zeros((nsb, 8, 4), np.uint8)
+    slot = np.cumsum(live, axis=1) - 1  # live sub-block -> its qs/signs slot
+    b, ib = np.nonzero(live)
+    qs[b, slot[b, ib]] = gidx[b, ib] & 255
+    sg[b, slot[b, ib]] = signs[b, ib]
+    qh = ((gidx >> 8) << np.arange(8)).sum(axis=2).astype(np.uint8)
+    scale = scale.reshape(nsb, 8)
+    max_scale = scale.max(axis=1)
+    d = max_scale / np.float32(31)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.clip(np.rint(np.float32(0.5) * ((np.float32(1) / d)[:, None] * scale - np.float32(1))), 0, 15)
+    l = np.nan_to_num(l).astype(np.uint8)
+    sc = l[:, 0::2] | (l[:, 1::2] << 4)
+    dead = max_scale == 0
+    sc[dead] = 0
+    dh = np.where(dead, np.float32(0), d * np.float32(1.033))
+    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), qs.reshape(nsb, 64), qh,
+                             sg.reshape(nsb, 32), sc], axis=1)
+    return blocks.reshape(x.shape[0], -1)
 
 
 def dequantize_ref(blocks, n_per_row):

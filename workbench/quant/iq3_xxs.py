@@ -14,8 +14,9 @@ off-grid groups re-snapped at the final scale.  The stored super-block scale is 
 import numpy as np
 from numba import njit, prange
 
-from .iq_common import (GROUP_MAX_EPS_IQ3_XXS, QK_K, check_blocks, check_quantize_args, f32, fit_odd,
-                        fp16_from_bytes, nearest_int, pure_python, signs_and_magnitudes, snap_group, store_fp16)
+from .iq_common import (GROUP_MAX_EPS_IQ3_XXS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
+                        fp16_from_bytes, grid_subblocks_ref, nearest_int, signs_and_magnitudes, snap_group,
+                        store_fp16)
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -117,28 +118,37 @@ def _quantize_kernel(x, qw, use_qw, pos, kmap, neighbours, out):
                                 pos, kmap, neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
 
 
-def _run(x, imatrix, superblock):
+def quantize(x, imatrix=None):
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_XXS")
     g = grid("IQ3_XXS")
     qw = imatrix if imatrix is not None else np.zeros(x.shape[1], np.float32)
     out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
-    if superblock is None:
-        _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
-        return out
-    for r in range(x.shape[0]):
-        for ibl in range(x.shape[1] // QK_K):
-            superblock(x[r, ibl * QK_K:(ibl + 1) * QK_K], qw[ibl * QK_K:(ibl + 1) * QK_K], imatrix is not None,
-                       g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
+    _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
     return out
 
 
-def quantize(x, imatrix=None):
-    return _run(x, imatrix, None)
-
-
 def quantize_ref(x, imatrix=None):
-    """The same super-block algorithm executed by the Python interpreter (slow: a few blocks only)."""
-    return _run(x, imatrix, pure_python(quantize_superblock))
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    then the super-block scale and packing."""
+    x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_XXS")
+    scale, gidx, signs, live = grid_subblocks_ref(
+        x, imatrix, grid("IQ3_XXS"), bs=32, gs=4, kmax=KMAXQ, trials=range(-15, 16), step=0.2, parity=True,
+        sigma_mult=2, noimx="x2", eps=GROUP_MAX_EPS_IQ3_XXS, use_qp=False, resnap="off", on_grid_init=True)
+    qs = np.where(live[:, None], gidx, 0).astype(np.uint8).reshape(-1, 64)
+    sw = np.where(live, (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))).sum(axis=1), 0)
+    scale = scale.reshape(-1, 8)
+    max_scale = scale.max(axis=1)
+    d = max_scale / np.float32(31)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.clip(np.rint(np.float32(0.5) * ((np.float32(1) / d)[:, None] * scale - np.float32(1))), 0, 15)
+    l = np.nan_to_num(l).astype(np.uint32)
+    words = (sw.reshape(-1, 8) | (l << 28)).astype("<u4")
+    dead = max_scale == 0
+    qs[dead] = 0
+    words[dead] = 0
+    dh = np.where(dead, np.float32(0), d * np.float32(1.0125))
+    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), qs, words.view(np.uint8)], axis=1)
+    return blocks.reshape(x.shape[0], -1)
 
 
 def dequantize_ref(blocks, n_per_row):
