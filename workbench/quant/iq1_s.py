@@ -16,8 +16,8 @@ d = max_scale/15; the stored super-block scale is d*1.125.
 import numpy as np
 from numba import njit, prange
 
-from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32,
-                        fp16_from_bytes, nearest_int, pure_python, store_fp16)
+from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
+                        fp16_from_bytes, nearest_int, seq_sum, store_fp16, ternary_snap_np)
 from .iq_grids import IQ1S_DELTA, grid
 
 BLOCK = QK_K
@@ -184,17 +184,74 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """The same super-block algorithm executed by the Python interpreter (slow: a few blocks only)."""
+    """Numpy reference, vectorised over all 32-weight blocks: the split search runs candidate by candidate in
+    ggml's order (i1, i2, then +shift before -shift) so that ties and rounding resolve as in C."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ1_S", NEEDS_IMATRIX)
     g = grid("IQ1_S")
-    out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
-    fn = pure_python(quantize_superblock)
-    with np.errstate(over="ignore"):  # -FLT_MAX * sumq2 overflows to -inf, as in C
-        for r in range(x.shape[0]):
-            for ibl in range(x.shape[1] // QK_K):
-                fn(x[r, ibl * QK_K:(ibl + 1) * QK_K], imatrix[ibl * QK_K:(ibl + 1) * QK_K],
-                   g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
-    return out
+    xs = x.reshape(-1, QK_K)
+    sigma2 = np.float32(2) * seq_sum(xs * xs) / np.float32(QK_K)
+    xb = x.reshape(-1, 32)
+    N = len(xb)
+    weight = np.tile(imatrix.reshape(-1, 32), (x.shape[0], 1)) * np.sqrt(np.repeat(sigma2, 8)[:, None] + xb * xb)
+    mx = np.abs(xb).max(axis=1)
+    live = mx >= GROUP_MAX_EPS_IQ1_S
+    idx = np.argsort(xb, axis=1, kind="stable")  # glibc qsort is a stable merge sort
+    wx = np.take_along_axis(weight * xb, idx, axis=1)
+    ws = np.take_along_axis(weight, idx, axis=1)
+    zero = np.zeros((N, 1), np.float32)
+    sumx = np.concatenate([zero, np.cumsum(wx, axis=1, dtype=np.float32)], axis=1)  # sequential prefix sums
+    sumw = np.concatenate([zero, np.cumsum(ws, axis=1, dtype=np.float32)], axis=1)
+    best = np.full(N, -FLT_MAX, np.float32)
+    scale = mx.copy()
+    bi1 = np.full(N, -1)
+    bi2 = np.full(N, -1)
+    shift = np.zeros(N, np.int64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i1 in range(33):
+            for i2 in range(i1, 33):
+                for sh, xx in ((1, X_P), (-1, X_M)):
+                    sqx = (sumx[:, i1] - sumx[:, 0]) * xx[0] + (sumx[:, i2] - sumx[:, i1]) * xx[1] \
+                        + (sumx[:, 32] - sumx[:, i2]) * xx[2]
+                    sq2 = (sumw[:, i1] - sumw[:, 0]) * xx[0] * xx[0] + (sumw[:, i2] - sumw[:, i1]) * xx[1] * xx[1] \
+                        + (sumw[:, 32] - sumw[:, i2]) * xx[2] * xx[2]
+                    better = (sq2 > 0) & (sqx * sqx > best * sq2)
+                    scale = np.where(better, sqx / sq2, scale)
+                    best = np.where(better, scale * sqx, best)
+                    bi1 = np.where(better, i1, bi1)
+                    bi2 = np.where(better, i2, bi2)
+                    shift = np.where(better, sh, shift)
+    live &= (bi1 >= 0) & (bi2 >= 0) & (shift != 0)
+    rank = np.empty_like(idx)
+    np.put_along_axis(rank, idx, np.arange(32)[None, :].repeat(N, 0), axis=1)  # sorted position of each x
+    L = np.where(rank < bi1[:, None], 0, np.where(rank < bi2[:, None], 1, 2))
+    neg = scale < 0
+    L = np.where(neg[:, None], 2 - L, L)
+    scale = np.where(neg, -scale, scale)
+    shift = np.where(neg, -shift, shift)
+    xx = np.where((shift == 1)[:, None], X_P, X_M)  # (N, 3)
+    xxg = np.repeat(xx[:, None, :], 4, axis=1)
+    gidx, on = ternary_snap_np(L.reshape(N, 4, 8), xb.reshape(N, 4, 8), weight.reshape(N, 4, 8), scale, xxg, g)
+    q = np.take_along_axis(xx, ((g.pos[gidx].astype(np.int64) - 1) // 2).reshape(N, 32), axis=1)
+    sqx, sq2 = seq_sum(weight * q * xb), seq_sum(weight * q * q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        refit = ~on.all(axis=1) & (sqx > 0) & (sq2 > 0)
+        scale = np.where(refit, sqx / sq2, scale)
+    scale = np.where(live, scale, np.float32(0))
+    gidx = np.where(live[:, None], gidx, 0)
+    shift = np.where(live, shift, 1)
+    qh = ((gidx >> 8) << (3 * np.arange(4))).sum(axis=1).reshape(-1, 8)
+    scale = scale.reshape(-1, 8)
+    max_scale = scale.max(axis=1)
+    d = max_scale / np.float32(15)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.clip(np.rint(np.float32(0.5) * ((np.float32(1) / d)[:, None] * scale - np.float32(1))), 0, 7)
+    l = np.nan_to_num(l).astype(np.int64) | np.where(shift.reshape(-1, 8) == -1, 8, 0)
+    alive = (max_scale > 0)[:, None]
+    qh = np.where(alive, qh | (l << 12), qh).astype("<u2")
+    dh = np.where(max_scale > 0, d * np.float32(1.125), np.float32(0))
+    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2),
+                             (gidx & 255).astype(np.uint8).reshape(-1, 32), qh.view(np.uint8)], axis=1)
+    return blocks.reshape(x.shape[0], -1)
 
 
 def dequantize_ref(blocks, n_per_row):

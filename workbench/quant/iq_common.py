@@ -539,3 +539,27 @@ def grid_subblocks_ref(x, imatrix, g, *, bs, gs, kmax, trials, step, parity, sig
     scale = np.where(live, scale, np.float32(0)).astype(np.float32)
     gidx = g.kmap[(L << (bits * np.arange(gs))).sum(axis=-1)].astype(np.int64)
     return scale, gidx, signs, live
+
+
+def ternary_snap_np(L, xg, wg, scale, xx, g):
+    """Vectorised iq1 snapping: levels L (N, ng, 8) in 0..2 -> grid index (N, ng) and on-grid flags; off-grid
+    groups take the listed neighbour minimising sum w*(scale*xx[level] - x)^2 (iq1_find_best_neighbour2).
+    xx: (N, ng, 3) shifted level values per group."""
+    u = (L << (2 * np.arange(8))).sum(axis=-1)
+    gi = g.kmap[u].astype(np.int64)
+    on = gi >= 0
+    r, c = np.nonzero(~on)
+    if len(r):
+        start = -gi[r, c] - 1
+        cnt = g.neighbours[start].astype(np.int64)
+        j = np.arange(1, cnt.max() + 1)
+        cand = g.neighbours[np.minimum(start[:, None] + j, len(g.neighbours) - 1)].astype(np.int64)
+        d2 = np.zeros(cand.shape, np.float32)
+        for i in range(8):
+            q = np.take_along_axis(xx[r, c], (g.pos[cand, i].astype(np.int64) - 1) // 2, axis=1)
+            diff = scale[r][:, None] * q - xg[r, c, i][:, None]
+            d2 += wg[r, c, i][:, None] * diff * diff
+        d2 = np.where(j[None, :] <= cnt[:, None], d2, np.inf)
+        best = cand[np.arange(len(r)), np.argmin(d2, axis=1)]
+        gi[r, c] = best
+    return gi, on
