@@ -16,8 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from .iq1_s import snap_ternary
-from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp32_to_fp16,
-                        nearest_int, pure_python)
+from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
+                        fp32_to_fp16, nearest_int, seq_sum, ternary_snap_np)
 from .iq_grids import IQ1M_DELTA, grid
 
 BLOCK = QK_K
@@ -198,29 +198,116 @@ def _quantize_kernel(x, qw, use_qw, pos, kmap, neighbours, out):
                                 pos, kmap, neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
 
 
-def _run(x, imatrix, superblock):
+def quantize(x, imatrix=None):
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ1_M")
     g = grid("IQ1_M")
     qw = imatrix if imatrix is not None else np.zeros(x.shape[1], np.float32)
     out = np.zeros((x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE), np.uint8)
-    if superblock is None:
-        _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
-        return out
-    with np.errstate(over="ignore"):  # -FLT_MAX * sumq2 overflows to -inf, as in C
-        for r in range(x.shape[0]):
-            for ibl in range(x.shape[1] // QK_K):
-                superblock(x[r, ibl * QK_K:(ibl + 1) * QK_K], qw[ibl * QK_K:(ibl + 1) * QK_K], imatrix is not None,
-                           g.pos, g.kmap, g.neighbours, out[r, ibl * TYPE_SIZE:(ibl + 1) * TYPE_SIZE])
+    _quantize_kernel(x, qw, imatrix is not None, g.pos, g.kmap, g.neighbours, out)
     return out
 
 
-def quantize(x, imatrix=None):
-    return _run(x, imatrix, None)
+def _group_levels(best_k):
+    """(N,) shift combination -> (N, 2, 3) level values of the two groups of 8."""
+    first = np.where((best_k < 2)[:, None], X_P, X_M)
+    second = np.where((best_k % 2 == 0)[:, None], X_P, X_M)
+    return np.stack([first, second], axis=1)
 
 
 def quantize_ref(x, imatrix=None):
-    """The same super-block algorithm executed by the Python interpreter (slow: a few blocks only)."""
-    return _run(x, imatrix, pure_python(quantize_superblock))
+    """Numpy reference, vectorised over all 16-weight blocks: the split search runs candidate by candidate in
+    ggml's order (i1, i2, then the four shift combinations), then the super-block refit of d."""
+    x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ1_M")
+    g = grid("IQ1_M")
+    xs = x.reshape(-1, QK_K)
+    nsb = len(xs)
+    sigma2 = np.float32(2) * seq_sum(xs * xs) / np.float32(QK_K)
+    xb = x.reshape(-1, 16)
+    N = len(xb)
+    if imatrix is not None:
+        weight = np.tile(imatrix.reshape(-1, 16), (x.shape[0], 1)) * np.sqrt(np.repeat(sigma2, 16)[:, None] + xb * xb)
+    else:
+        weight = xb * xb
+    mx = np.abs(xb).max(axis=1)
+    live = mx >= GROUP_MAX_EPS_IQ1_M
+    idx = np.argsort(xb, axis=1, kind="stable")  # glibc qsort is a stable merge sort
+    wx = np.take_along_axis(weight * xb, idx, axis=1)
+    ws = np.take_along_axis(weight, idx, axis=1)
+    half = idx >= 8
+    zero = np.zeros((N, 1), np.float32)
+    # prefix sums per half (adding an exact 0.0 for the other half's elements leaves a sum unchanged)
+    px = [np.concatenate([zero, np.cumsum(np.where(half == h, wx, 0), axis=1, dtype=np.float32)], 1) for h in (0, 1)]
+    pw = [np.concatenate([zero, np.cumsum(np.where(half == h, ws, 0), axis=1, dtype=np.float32)], 1) for h in (0, 1)]
+    p2, m2 = X_P[2], X_M[2]
+    cp1, cp2 = X_P[0] * X_P[0] - X_P[1] * X_P[1], X_P[1] * X_P[1] - X_P[2] * X_P[2]
+    cm1, cm2 = X_M[0] * X_M[0] - X_M[1] * X_M[1], X_M[1] * X_M[1] - X_M[2] * X_M[2]
+    best = np.full(N, -FLT_MAX, np.float32)
+    scale = mx.copy()
+    bi1 = np.full(N, -1)
+    bi2 = np.full(N, -1)
+    best_k = np.full(N, -1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for i1 in range(17):
+            for i2 in range(i1, 17):
+                qxp, qxm, q2p, q2m = [], [], [], []
+                for h in (0, 1):
+                    sx = px[h][:, i1] + px[h][:, i2]
+                    qxp.append(px[h][:, 16] * p2 - sx)
+                    qxm.append(px[h][:, 16] * m2 - sx)
+                    q2p.append(pw[h][:, 16] * p2 * p2 + pw[h][:, i1] * cp1 + pw[h][:, i2] * cp2)
+                    q2m.append(pw[h][:, 16] * m2 * m2 + pw[h][:, i1] * cm1 + pw[h][:, i2] * cm2)
+                combos = ((qxp[0] + qxp[1], q2p[0] + q2p[1]), (qxp[0] + qxm[1], q2p[0] + q2m[1]),
+                          (qxm[0] + qxp[1], q2m[0] + q2p[1]), (qxm[0] + qxm[1], q2m[0] + q2m[1]))
+                for k, (sqx, sq2) in enumerate(combos):
+                    better = (sq2 > 0) & (sqx * sqx > best * sq2)
+                    scale = np.where(better, sqx / sq2, scale)
+                    best = np.where(better, scale * sqx, best)
+                    bi1 = np.where(better, i1, bi1)
+                    bi2 = np.where(better, i2, bi2)
+                    best_k = np.where(better, k, best_k)
+    live &= (bi1 >= 0) & (bi2 >= 0) & (best_k >= 0)
+    rank = np.empty_like(idx)
+    np.put_along_axis(rank, idx, np.arange(16)[None, :].repeat(N, 0), axis=1)
+    L = np.where(rank < bi1[:, None], 0, np.where(rank < bi2[:, None], 1, 2))
+    neg = scale < 0
+    L = np.where(neg[:, None], 2 - L, L)
+    scale = np.where(neg, -scale, scale)
+    best_k = np.where(neg, 3 - best_k, best_k)
+    xx = _group_levels(best_k)  # (N, 2, 3)
+    gidx, on = ternary_snap_np(L.reshape(N, 2, 8), xb.reshape(N, 2, 8), weight.reshape(N, 2, 8), scale, xx, g)
+    lv = (g.pos[gidx].astype(np.int64) - 1) // 2  # (N, 2, 8)
+    q = np.take_along_axis(xx, lv, axis=2).reshape(N, 16)
+    sqx, sq2 = seq_sum(weight * q * xb), seq_sum(weight * q * q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        refit = ~on.all(axis=1) & (sqx > 0) & (sq2 > 0)
+        scale = np.where(refit, sqx / sq2, scale)
+    scale = np.where(live, scale, np.float32(0)).reshape(nsb, 16)
+    gidx = np.where(live[:, None], gidx, 0)  # (N, 2)
+    best_k = np.where(live, best_k, 0)
+    qs = (gidx & 255).astype(np.uint8).reshape(nsb, 32)
+    qh = ((gidx[:, 0] >> 8) | ((gidx[:, 1] >> 8) << 4)).reshape(nsb, 16)
+    # super-block: 3-bit scales against max_scale/15, then d refitted over all 256 weights in C order
+    max_scale = scale.max(axis=1)
+    alive = max_scale > 0
+    d = max_scale / np.float32(15)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l = np.clip(np.rint(np.float32(0.5) * ((np.float32(1) / d)[:, None] * scale - np.float32(1))), 0, 7)
+    l = np.nan_to_num(l).astype(np.int64)  # (nsb, 16)
+    sc = (l.reshape(nsb, 4, 4) << (3 * np.arange(4))).sum(axis=2)
+    qh = np.where(alive[:, None], qh | MASKS[best_k.reshape(nsb, 16)], qh)
+    lv = (g.pos[gidx].astype(np.int64) - 1) // 2  # empty sub-blocks decode as grid point 0
+    q = np.take_along_axis(_group_levels(best_k), lv, axis=2).reshape(nsb, 16, 16)
+    q = q * (2 * l + 1).astype(np.float32)[:, :, None]
+    xw, ww = xb.reshape(nsb, 16, 16), weight.reshape(nsb, 16, 16)
+    sqx = seq_sum((ww * q * xw).reshape(nsb, 256))
+    sq2 = seq_sum((ww * q * q).reshape(nsb, 256))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(sq2 > 0, sqx / sq2, d)
+    s = fp16_bits(d * np.float32(1.1125)).astype(np.int64)
+    top = np.stack([(s & 0x000F) << 12, (s & 0x00F0) << 8, (s & 0x0F00) << 4, s & 0xF000], axis=1)
+    sc = np.where(alive[:, None], sc | top, 0).astype("<u2")
+    blocks = np.concatenate([qs, qh.astype(np.uint8), sc.view(np.uint8)], axis=1)
+    return blocks.reshape(x.shape[0], -1)
 
 
 def dequantize_ref(blocks, n_per_row):

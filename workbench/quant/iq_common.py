@@ -339,31 +339,6 @@ def fit_odd(weight, xval, L, n):
     return sumqx, sumq2
 
 
-# ----------------------------------------------------------------------------- pure-Python execution
-_PURE = {}
-
-
-def pure_python(fn):
-    """The interpreted version of an @njit function, with every @njit function it calls (transitively,
-    through its module globals) also interpreted.  The grid formats use this as their reference: the
-    readable kernel source run by CPython on numpy float32 scalars, independent of numba's typing
-    (which would otherwise hand float32 results back to Python as float64)."""
-    import types
-
-    from numba.core.registry import CPUDispatcher
-
-    if fn in _PURE:
-        return _PURE[fn]
-    py = fn.py_func
-    glb = dict(py.__globals__)
-    out = types.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
-    _PURE[fn] = out
-    for name, val in py.__globals__.items():
-        if isinstance(val, CPUDispatcher):
-            glb[name] = pure_python(val)
-    return out
-
-
 # ----------------------------------------------------------------------------- numpy references (grid)
 def seq_sum(terms):
     """Sum over the last axis in C order (float32, left to right), vectorised over the other axes."""
