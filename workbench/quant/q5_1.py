@@ -42,10 +42,40 @@ def dequantize_ref(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- numba kernels
+@njit(cache=True, error_model="numpy")
+def _ref_row(row, out):
+    """quantize_row_q5_1_ref on one row, straight into the output bytes (the hot no-imatrix path)."""
+    for ib in range(row.shape[0] // QK):
+        xb = row[ib * QK:(ib + 1) * QK]
+        mn = xb[0]
+        mx = xb[0]
+        for j in range(1, QK):                    # same result as ggml's FLT_MAX start (first extreme kept)
+            if xb[j] < mn:
+                mn = xb[j]
+            if xb[j] > mx:
+                mx = xb[j]
+        d = (mx - mn) / F32(NMAX)
+        inv = F32(1.0) / d if d != 0 else F32(0.0)
+        o = ib * BYTES
+        put_fp16(out, o, d)
+        put_fp16(out, o + 2, mn)
+        qh = 0
+        for j in range(16):
+            q0 = np.int64((xb[j] - mn) * inv + F32(0.5)) & 0xFF          # (uint8_t), no clamp in ggml
+            q1 = np.int64((xb[j + 16] - mn) * inv + F32(0.5)) & 0xFF
+            out[o + 8 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+            qh |= (((q0 >> 4) & 1) << j) | (((q1 >> 4) & 1) << (j + 16))
+        for k in range(4):
+            out[o + 4 + k] = (qh >> (8 * k)) & 0xFF
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
+        if not use_qw:
+            _ref_row(x[r], out[r])
+            continue
         L = np.empty(x.shape[1], np.uint8)
         d = np.empty(nb, np.float32)
         m = np.empty(nb, np.float32)
