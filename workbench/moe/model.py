@@ -34,6 +34,8 @@ class Model:
         self.cache_type = cache_type
         self.quantize_act = quantize_act    # emulate ggml's activation quantization in the matmuls
         self.cache = KVCache(config.n_layer, n_ctx, config.n_embd_kv, cache_type)
+        self._tokenizer = None
+        self._chat_history = None          # tokens in the cache after the last chat() turn
 
     # --- incremental API --------------------------------------------------------------------------
     @property
@@ -56,16 +58,57 @@ class Model:
         out = self._run(self.cache, tokens, all_logits, None)
         return out if all_logits else out[-1]
 
+    # --- text API (tokenizer from the GGUF metadata) --------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        return self._tokenizer
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    @property
+    def add_bos(self) -> bool:
+        return self.tokenizer.add_bos
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids, remove_special: bool = False, unparse_special: bool = False) -> str:
+        return self.tokenizer.detokenize(ids, remove_special=remove_special, unparse_special=unparse_special)
+
+    def chat(self, messages, stream: bool = True, **kwargs):
+        """Answer `messages` with the chat template (see workbench.moe.generate.chat)."""
+        from .generate import chat
+
+        return chat(self, messages, stream=stream, **kwargs)
+
+    def fork(self) -> "Model":
+        """Another Model over the same memory-mapped weights with its own, empty KV cache (server slots)."""
+        m = Model(self.gguf, self.config, self.weights, self.n_ctx, self.n_threads, self.cache_type, self.quantize_act)
+        m._tokenizer = self._tokenizer
+        return m
+
     # --- one-shot API -----------------------------------------------------------------------------
-    def logits(self, tokens, capture_routing: bool = False):
+    def logits(self, tokens, capture_routing: bool = False, first_output: int = 0):
         """Logits (n, n_vocab) float32 at every position of `tokens` from a fresh context.
-        With capture_routing=True also a Routing (experts, weights of shape (n_layer, n, k))."""
+        With capture_routing=True also a Routing (experts, weights of shape (n_layer, n, k)).
+        first_output > 0 returns only the rows of positions first_output.. (what perplexity scores),
+        skipping the output matmul of the others."""
         tokens = self._check_tokens(tokens)
         if len(tokens) > self.n_ctx:
             raise ContextError(f"prompt of {len(tokens)} tokens is longer than the context (n_ctx={self.n_ctx})")
         cache = KVCache(self.config.n_layer, max(len(tokens), 1), self.config.n_embd_kv, self.cache_type)
         routing = [] if capture_routing else None
-        out = self._run(cache, tokens, True, routing)
+        out = self._run(cache, tokens, True, routing, first_output)
         if not capture_routing:
             return out
         if not self.config.is_moe:
@@ -86,7 +129,7 @@ class Model:
             raise ValueError(f"token {int(tokens[i])} at index {i} is outside the vocabulary (n_vocab={self.config.n_vocab})")
         return tokens
 
-    def _run(self, cache: KVCache, tokens: np.ndarray, all_logits: bool, routing) -> np.ndarray:
+    def _run(self, cache: KVCache, tokens: np.ndarray, all_logits: bool, routing, first_output: int = 0) -> np.ndarray:
         if self.n_threads:
             numba.set_num_threads(self.n_threads)
         outs = []
@@ -94,6 +137,8 @@ class Model:
             chunk = tokens[s:s + N_UBATCH]
             last = s + N_UBATCH >= len(tokens)
             rows = None if all_logits else np.array([len(chunk) - 1])
+            if all_logits and first_output > s:
+                rows = np.arange(max(first_output - s, 0), len(chunk))
             if not all_logits and not last:
                 rows = np.zeros(0, np.int64)        # no logits needed for this ubatch
             outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, self.quantize_act, routing))
