@@ -228,40 +228,46 @@ def _h(row, o):
     return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
 
 
-@njit(cache=True, fastmath=_FAST)
-def _row_dot(tid, row, rowi8, K, x, xs):
-    """One row of a Q4_0 / Q4_1 / Q8_0 weight . one token, decoding on the fly (ggml_vec_dot_*)."""
-    acc = np.float32(0.0)
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _row_dot(tid, row, rowi8, K, x, xs, acc):
+    """One row of a Q4_0 / Q4_1 / Q8_0 weight . one token, decoding on the fly; `acc` (32 lanes) keeps the
+    sum vectorized across blocks (the block scale is folded into the weights, mins added per block)."""
+    acc[:] = 0.0
+    extra = np.float32(0.0)
     if tid == _Q4_1 or tid == _Q4_0:
         bs = 20 if tid == _Q4_1 else 18
         for b in range(K // 32):
             o = b * bs
-            s = np.float32(0.0)
+            d = _h(row, o)
             for j in range(16):
                 q = row[o + bs - 16 + j]
-                s += np.float32(q & np.uint8(15)) * x[32 * b + j] + np.float32(q >> np.uint8(4)) * x[32 * b + j + 16]
+                acc[j] += (d * np.float32(q & np.uint8(15))) * x[32 * b + j]
+                acc[j + 16] += (d * np.float32(q >> np.uint8(4))) * x[32 * b + j + 16]
             if tid == _Q4_1:
-                acc += _h(row, o) * s + _h(row, o + 2) * xs[b]
+                extra += _h(row, o + 2) * xs[b]
             else:
-                acc += _h(row, o) * (s - np.float32(8.0) * xs[b])
+                extra -= (np.float32(8.0) * d) * xs[b]
     else:  # Q8_0
         for b in range(K // 32):
             o = b * 34
-            s = np.float32(0.0)
+            d = _h(row, o)
             for j in range(32):
-                s += np.float32(rowi8[o + 2 + j]) * x[32 * b + j]
-            acc += _h(row, o) * s
-    return acc
+                acc[j] += (d * np.float32(rowi8[o + 2 + j])) * x[32 * b + j]
+    return acc.sum() + extra
 
 
 @njit(cache=True, parallel=True, fastmath=_FAST)
-def _gemv(W, tid, K, xh, xsum, out):
-    """One token: out[0, r] = row_r . xhat (fused decode, parallel over rows)."""
+def _gemv(W, tid, K, xh, xsum, out, n_threads):
+    """One token: out[0, r] = row_r . xhat (fused decode, parallel over contiguous runs of rows)."""
     x = xh[0]
     xs = xsum[0]
     Wi8 = W.view(np.int8)
-    for r in prange(W.shape[0]):
-        out[0, r] = _row_dot(tid, W[r], Wi8[r], K, x, xs)
+    N = W.shape[0]
+    nw = min(n_threads, N)
+    for wk in prange(nw):
+        acc = np.empty(32, np.float32)
+        for r in range(wk * N // nw, (wk + 1) * N // nw):
+            out[0, r] = _row_dot(tid, W[r], Wi8[r], K, x, xs, acc)
 
 
 @njit(cache=True, parallel=True)
@@ -332,7 +338,7 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         xh, xsum = prepare_activations(x, act, S, quantize_act)
         if T == 1 and wtype in _FUSED:
-            _gemv(rows, int(wtype), K, xh, xsum, out)
+            _gemv(rows, int(wtype), K, xh, xsum, out, numba.get_num_threads())
         else:
             _matmul_rows(rows, int(wtype), K, S, wtype in MIN_SUBBLOCK, xh, xsum, out, numba.get_num_threads())
         return out
