@@ -166,3 +166,15 @@ def test_dequantize_arbitrary_bytes_matches_gguf(type_name):
     same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
     bad = np.flatnonzero(~same)
     assert bad.size == 0, f"{bad.size} values differ, first at {bad[0]}: {got.flat[bad[0]]!r} vs {want.flat[bad[0]]!r}"
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_empty_input(type_name):
+    m = module(type_name)
+    x = np.zeros((0, 2 * m.BLOCK), np.float32)
+    imatrix = np.ones(2 * m.BLOCK, np.float32)
+    row_bytes = 2 * m.TYPE_SIZE
+    for fn in (m.quantize, m.quantize_ref):
+        assert fn(x, imatrix).shape == (0, row_bytes)
+    for fn in (m.dequantize, m.dequantize_ref):
+        assert fn(np.zeros((0, row_bytes), np.uint8), 2 * m.BLOCK).shape == (0, 2 * m.BLOCK)

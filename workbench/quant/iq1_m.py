@@ -307,7 +307,7 @@ def quantize_ref(x, imatrix=None):
     top = np.stack([(s & 0x000F) << 12, (s & 0x00F0) << 8, (s & 0x0F00) << 4, s & 0xF000], axis=1)
     sc = np.where(alive[:, None], sc | top, 0).astype("<u2")
     blocks = np.concatenate([qs, qh.astype(np.uint8), sc.view(np.uint8)], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

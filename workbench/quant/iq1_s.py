@@ -251,7 +251,7 @@ def quantize_ref(x, imatrix=None):
     dh = np.where(max_scale > 0, d * np.float32(1.125), np.float32(0))
     blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2),
                              (gidx & 255).astype(np.uint8).reshape(-1, 32), qh.view(np.uint8)], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

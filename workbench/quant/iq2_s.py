@@ -153,7 +153,7 @@ def quantize_ref(x, imatrix=None):
     dh = np.where(dead, np.float32(0), d * np.float32(0.9875))
     blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), (gidx & 255).astype(np.uint8),
                              signs.astype(np.uint8), qh, sc], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

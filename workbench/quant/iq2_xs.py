@@ -142,7 +142,7 @@ def quantize_ref(x, imatrix=None):
     sc[dead] = 0
     dh = np.where(dead, np.float32(0), d)
     blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), q2.view(np.uint8), sc], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

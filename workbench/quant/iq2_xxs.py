@@ -145,7 +145,7 @@ def quantize_ref(x, imatrix=None):
     words[max_scale == 0] = 0
     dh = np.where(max_scale == 0, np.float32(0), d)
     blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), words.view(np.uint8).reshape(-1, 64)], 1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

@@ -164,7 +164,7 @@ def quantize_ref(x, imatrix=None):
     dh = np.where(dead, np.float32(0), d * np.float32(1.033))
     blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), qs.reshape(nsb, 64), qh,
                              sg.reshape(nsb, 32), sc], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

@@ -198,7 +198,7 @@ def quantize_ref(x, imatrix=None):
     L = best_index_int8_np(KVALUES_IQ4NL, id[:, None] * xs)
     qs = L[:, :16] | (L[:, 16:] << 4)
     blocks = np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2), qs], axis=1)
-    return blocks.reshape(rows, -1)
+    return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

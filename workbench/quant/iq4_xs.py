@@ -74,7 +74,7 @@ def quantize_ref(x, imatrix=None):
     qs = (L[:, :, :16] | (L[:, :, 16:] << 4)).reshape(-1, 128)
     blocks = np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2),
                              scales_h.view(np.uint8).reshape(-1, 2), scales_l, qs], axis=1)
-    return blocks.reshape(rows, -1)
+    return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):

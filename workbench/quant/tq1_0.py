@@ -53,7 +53,7 @@ def quantize_ref(x, imatrix=None):
     qs1 = _pack_trits(t[:, 160:240].reshape(-1, 5, 16).transpose(0, 2, 1), 1)
     qh = _pack_trits(t[:, 240:].reshape(-1, 4, 4).transpose(0, 2, 1), 3)
     blocks = np.concatenate([qs0, qs1, qh, fp16_bits(d).view(np.uint8).reshape(-1, 2)], axis=1)
-    return blocks.reshape(rows, -1)
+    return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
@@ -63,7 +63,7 @@ def dequantize_ref(blocks, n_per_row):
 
     def trits(q, n):  # (nb, k) bytes -> (nb, n*k) values in {-1, 0, 1}, digit-major
         p = (q[:, None, :].astype(np.uint16) * POW3[:n, None]) & 0xFF
-        return ((p * 3) >> 8).astype(np.int16).reshape(len(q), -1) - 1
+        return ((p * 3) >> 8).astype(np.int16).reshape(len(q), n * q.shape[1]) - 1
 
     t = np.concatenate([trits(blocks[:, :32], 5), trits(blocks[:, 32:48], 5), trits(blocks[:, 48:52], 4)], 1)
     return (t.astype(np.float32) * d[:, None]).reshape(-1, n_per_row)

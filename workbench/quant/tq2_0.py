@@ -23,7 +23,7 @@ def quantize_ref(x, imatrix=None):
     t = t.reshape(-1, 2, 4, 32).astype(np.uint8)  # (nb, group of 128, n, m)
     qs = t[:, :, 0] | (t[:, :, 1] << 2) | (t[:, :, 2] << 4) | (t[:, :, 3] << 6)
     blocks = np.concatenate([qs.reshape(-1, 64), fp16_bits(d).view(np.uint8).reshape(-1, 2)], axis=1)
-    return blocks.reshape(rows, -1)
+    return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
