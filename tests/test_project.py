@@ -22,6 +22,7 @@ def test_environment_yml_matches_pyproject():
     conda.pop("python"), conda.pop("pip")
     pip_section = [d for d in env["dependencies"] if isinstance(d, dict)]
     assert pip_section and "-e ." in pip_section[0]["pip"], "environment.yml installs the package itself"
+    conda.update({_name(d): d for d in pip_section[0]["pip"] if d != "-e ."})  # pip-only packages
     wanted = {_name(r): r for r in project["dependencies"]}
     assert set(conda) == set(wanted), f"only in environment.yml: {set(conda) - set(wanted)}; only in pyproject: {set(wanted) - set(conda)}"
     for name, req in wanted.items():
