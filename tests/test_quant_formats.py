@@ -30,10 +30,11 @@ def sample(rows: int, n: int, seed: int) -> np.ndarray:
     x = rng.standard_normal((rows, n)).astype(np.float32)
     x[0, rng.integers(0, n, 4)] *= 20                  # outliers
     x[0, :32] = 0                                      # an all-zero block
-    if rows > 1:
-        x[1, :256] = 0.5                               # constant
-        x[1, 256:512] = rng.random(256).astype(np.float32) * 1e-20   # tiny values
-        x[1, 512:] = -np.abs(x[1, 512:])               # all negative
+    if rows > 1:                                       # quarters of row 1 (a whole super-block when n = 1024)
+        q = n // 4
+        x[1, :q] = 0.5                                 # constant
+        x[1, q:2 * q] = rng.random(q).astype(np.float32) * 1e-20     # tiny values
+        x[1, 2 * q:] = -np.abs(x[1, 2 * q:])           # all negative
     return x
 
 
@@ -44,7 +45,7 @@ def gguf_type(t: GGMLType):
 @pytest.mark.parametrize("t", FOUND, ids=ids)
 def test_kernel_matches_reference(t):
     mod = format_module(t)
-    n = 512 if t.name in GRID_TYPES else 1024
+    n = 256 if t.name in GRID_TYPES else 1024
     x = sample(2, n, seed=int(t))
     imatrix = np.random.default_rng(1).random(n).astype(np.float32) + 0.01
     for im in ([imatrix] if mod.NEEDS_IMATRIX else [None, imatrix]):

@@ -193,7 +193,7 @@ def _dequantize_rows(blocks, out):
                 h, k, part = g // 8, (g % 8) // 2, g % 2
                 for l in range(16):
                     q = (blocks[r, o + 16 + 32 * h + 16 * part + l] >> (2 * k)) & 3
-                    out[r, i * QK_K + 16 * g + l] = dl * F32(q) - ml
+                    out[r, i * QK_K + 16 * g + l] = dl * F32(np.uint8(q)) - ml
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -187,7 +187,7 @@ def _dequantize_rows(blocks, out):
                     q = (np.int64(blk[32 + 32 * h + 16 * part + l]) >> (2 * k)) & 3
                     if not (np.int64(blk[j % 32]) >> (j // 32)) & 1:
                         q -= 4
-                    out[r, i * QK_K + j] = dl * F32(q)
+                    out[r, i * QK_K + j] = dl * F32(np.int8(q))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

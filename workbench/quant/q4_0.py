@@ -104,8 +104,8 @@ def _dequantize_rows(blocks, out):
             d = get_fp16(blocks[r], o)
             for j in range(16):
                 b = blocks[r, o + 2 + j]
-                out[r, ib * QK + j] = d * F32(np.int32(b & 0x0F) - 8)
-                out[r, ib * QK + j + 16] = d * F32(np.int32(b >> 4) - 8)
+                out[r, ib * QK + j] = d * F32(np.int8((b & 0x0F) - 8))
+                out[r, ib * QK + j + 16] = d * F32(np.int8((b >> 4) - 8))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -151,8 +151,8 @@ def _dequantize_rows(blocks, out):
             m = get_fp16(blocks[r], o + 2)
             for j in range(16):
                 b = blocks[r, o + 4 + j]
-                out[r, ib * QK + j] = d * F32(b & 0x0F) + m
-                out[r, ib * QK + j + 16] = d * F32(b >> 4) + m
+                out[r, ib * QK + j] = d * F32(np.uint8(b & 0x0F)) + m
+                out[r, ib * QK + j + 16] = d * F32(np.uint8(b >> 4)) + m
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -124,13 +124,13 @@ def _quantize_rows(x, qw, use_qw, out):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
-        q = np.empty(QK, np.int32)
+        q = np.empty(QK, np.int64)
         for ib in range(out.shape[1] // QK):
             o = ib * BYTES
             d = get_fp16(blocks[r], o)
             unpack_5bit(blocks[r], o + 2, q)
             for j in range(QK):
-                out[r, ib * QK + j] = d * F32(q[j] - 16)
+                out[r, ib * QK + j] = d * F32(np.int8(q[j] - 16))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -83,7 +83,7 @@ def _dequantize_rows(blocks, out):
                 for l in range(32):
                     q = (np.int64(blk[48 + 32 * (g // 2) + l]) >> shift) & 0xF
                     q |= ((np.int64(blk[16 + l]) >> g) & 1) << 4
-                    out[r, i * QK_K + 32 * g + l] = dl * F32(q) - ml
+                    out[r, i * QK_K + 32 * g + l] = dl * F32(np.uint8(q)) - ml
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -124,13 +124,13 @@ def _dequantize_rows(blocks, out):
                     b = np.int64(blk[64 * h + l + 32])
                     qh = np.int64(blk[128 + 32 * h + l])
                     base = i * QK_K + 128 * h + l
-                    out[r, base] = d * F32(np.int8(blk[192 + is_])) * F32(((a & 0xF) | ((qh & 3) << 4)) - 32)
+                    out[r, base] = d * F32(np.int8(blk[192 + is_])) * F32(np.int8(((a & 0xF) | ((qh & 3) << 4)) - 32))
                     out[r, base + 32] = (d * F32(np.int8(blk[192 + is_ + 2]))
-                                         * F32(((b & 0xF) | (((qh >> 2) & 3) << 4)) - 32))
+                                         * F32(np.int8(((b & 0xF) | (((qh >> 2) & 3) << 4)) - 32)))
                     out[r, base + 64] = (d * F32(np.int8(blk[192 + is_ + 4]))
-                                         * F32(((a >> 4) | (((qh >> 4) & 3) << 4)) - 32))
+                                         * F32(np.int8(((a >> 4) | (((qh >> 4) & 3) << 4)) - 32)))
                     out[r, base + 96] = (d * F32(np.int8(blk[192 + is_ + 6]))
-                                         * F32(((b >> 4) | (((qh >> 6) & 3) << 4)) - 32))
+                                         * F32(np.int8(((b >> 4) | (((qh >> 6) & 3) << 4)) - 32)))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
