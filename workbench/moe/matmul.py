@@ -156,23 +156,23 @@ def _q4_1_q8_1(W, K, xq, dx, s, out):
             out[t, r] = hsum8(acc) + summs
 
 
-@njit(cache=True, parallel=True)
-def _q4_1_q8_1_batch(W, K, xqT, dxT, sT, out):
+def _q4_1_q8_1_batch_impl(W, K, xqT, dxT, sT, out):
     """The same sums for T tokens at once, vectorized over tokens: xqT (K, T) integer activations as
-    float32 (lane sums of 4 products are exact in float32), dxT and sT (K/32, T)."""
+    float32 (lane sums of 4 products are exact in float32), dxT and sT (K/32, T). Compiled with
+    fastmath 'contract' so that `dd * ls + acc` is one hardware fma, like _mm256_fmadd_ps."""
     N = W.shape[0]
     T = xqT.shape[1]
     for r in prange(N):
         row = W[r]
         acc = np.zeros((8, T), np.float32)
         summs = np.zeros(T, np.float32)
-        dd = np.empty(T, np.float64)
+        dd = np.empty(T, np.float32)
         for b in range(K // 32):
             o = b * 20
             d, m = _h(row, o), _h(row, o + 2)
             for t in range(T):
-                summs[t] = fma32(m, sT[b, t], summs[t])
-                dd[t] = np.float64(d * dxT[b, t])
+                summs[t] = m * sT[b, t] + summs[t]
+                dd[t] = d * dxT[b, t]
             for lane in range(8):
                 e = 4 * lane          # elements e..e+3: low nibbles of bytes 0-15, then high nibbles
                 sh = np.uint8(0) if e < 16 else np.uint8(4)
@@ -183,10 +183,24 @@ def _q4_1_q8_1_batch(W, K, xqT, dxT, sT, out):
                 x0, x1, x2, x3 = xqT[32 * b + e], xqT[32 * b + e + 1], xqT[32 * b + e + 2], xqT[32 * b + e + 3]
                 for t in range(T):
                     ls = (q0 * x0[t] + q1 * x1[t]) + (q2 * x2[t] + q3 * x3[t])
-                    acc[lane, t] = np.float32(dd[t] * np.float64(ls) + np.float64(acc[lane, t]))
+                    acc[lane, t] = dd[t] * ls + acc[lane, t]
         for t in range(T):
             out[t, r] = (((acc[0, t] + acc[4, t]) + (acc[2, t] + acc[6, t]))
                          + ((acc[1, t] + acc[5, t]) + (acc[3, t] + acc[7, t]))) + summs[t]
+
+
+_q4_1_q8_1_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q4_1_q8_1_batch_impl)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _contracted(a, b, c):
+    return a * b + c
+
+
+def _hardware_fma() -> bool:
+    """Does 'contract' give a fused multiply-add here? (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 only when fused."""
+    a = np.float32(1 + 2.0 ** -12)
+    return bool(_contracted(a, a, np.float32(-(1 + 2.0 ** -11))) == np.float32(2.0 ** -24))
 
 
 # --- the kernels -----------------------------------------------------------------------------------
@@ -306,6 +320,9 @@ _FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _Q4_0, _Q4_1 = int(GGMLType.Q4_0), int(GGMLType.Q4_1)
 
 
+_HW_FMA = None
+
+
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
                name: str = "weight", mul_mat_id: bool = False) -> np.ndarray:
     """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`.
@@ -316,6 +333,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
         raise MatmulError(f"{name}: activations {x.shape} do not match n_per_row {K}")
     if K % wtype.block_size:
         raise MatmulError(f"{name}: n_per_row {K} is not a multiple of the {wtype.name} block size")
+    global _HW_FMA
+    if _HW_FMA is None:
+        _HW_FMA = _hardware_fma()
     act = vec_dot_type(wtype)
     N, T = rows.shape[0], x.shape[0]
     out = np.empty((T, N), np.float32)
@@ -330,7 +350,7 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q4_1 and quantize_act:
             _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if T == 1:
+            if T == 1 or not _HW_FMA:
                 _q4_1_q8_1(rows, K, xq, dx, s, out)
             else:
                 _q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
