@@ -99,13 +99,16 @@ def _quantize_rows(x, qw, use_qw, out):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out):
     for r in prange(blocks.shape[0]):
-        for ib in range(out.shape[1] // QK):
+        brow = blocks[r]
+        orow = out[r]
+        for ib in range(orow.shape[0] // QK):
             o = ib * BYTES
-            d = get_fp16(blocks[r], o)
+            d = get_fp16(brow, o)
+            y = orow[ib * QK:(ib + 1) * QK]
+            for j in range(16):                   # int8 casts keep the loops vectorizable
+                y[j] = d * F32(np.int8((brow[o + 2 + j] & 0x0F) - 8))
             for j in range(16):
-                b = blocks[r, o + 2 + j]
-                out[r, ib * QK + j] = d * F32(np.int8((b & 0x0F) - 8))
-                out[r, ib * QK + j + 16] = d * F32(np.int8((b >> 4) - 8))
+                y[j + 16] = d * F32(np.int8((brow[o + 2 + j] >> 4) - 8))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
