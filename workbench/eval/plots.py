@@ -166,3 +166,24 @@ def ppl_vs_experts(df: pd.DataFrame, path=None):
     ax.set_ylabel(label("perplexity", "困惑度"))
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def token_expert_heatmap(experts: np.ndarray, weights: np.ndarray, n_expert: int, path=None, tokens=None,
+                         max_tokens: int = 64):
+    """Routing weight of every expert for every token (rows = experts, columns = tokens), one panel per layer.
+    `experts`, `weights`: (n_layer, n_tok, k) as Model.logits(..., capture_routing=True) returns them."""
+    plt = _plt()
+    _setup_fonts()
+    L, T = experts.shape[0], min(experts.shape[1], max_tokens)
+    fig, axes = plt.subplots(L, 1, figsize=(min(2 + 0.18 * T, 16), 1.0 + 0.35 * n_expert * L), squeeze=False)
+    for il, ax in enumerate(axes[:, 0]):
+        dense = np.zeros((n_expert, T))
+        for k in range(experts.shape[2]):
+            dense[experts[il, :T, k], np.arange(T)] = weights[il, :T, k]
+        im = ax.imshow(dense, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_ylabel(label(f"layer {il}\nexpert", "专家"))
+        if tokens is not None and il == L - 1:
+            ax.set_xticks(range(T), [str(t) for t in tokens[:T]], rotation=90, fontsize=6)
+    axes[0, 0].set_title(label("routing weight per token", "每个词元的路由权重"))
+    fig.colorbar(im, ax=axes[:, 0].tolist())
+    return _save(fig, path)
