@@ -20,6 +20,9 @@ Inputs are validated here, once, so the format modules can assume well-formed ar
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 from ..gguf.constants import GGMLType
@@ -27,6 +30,34 @@ from .formats import UnknownTypeError, format_module, format_table, needs_imatri
 
 __all__ = ["quantize", "dequantize", "format_table", "needs_imatrix", "QuantInputError", "UnknownTypeError",
            "GGMLType"]
+
+
+def _drop_stale_numba_cache() -> None:
+    """numba's on-disk cache checks only the file of each cached function, so a kernel in q4_k.py that
+    inlines a helper from common.py would keep running the old helper after common.py changes. When any
+    source of this package changed since the cache was written, drop the package's cached kernels."""
+    pkg = Path(__file__).parent
+    cache = pkg / "__pycache__"
+    digest = hashlib.sha1(b"".join(p.name.encode() + p.read_bytes() for p in sorted(pkg.glob("*.py")))).hexdigest()
+    stamp = cache / "numba_sources.sha1"
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
+        try:
+            f.unlink()
+        except OSError:
+            pass
+    try:
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass
+
+
+_drop_stale_numba_cache()
 
 
 class QuantInputError(ValueError):

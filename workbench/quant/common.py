@@ -83,10 +83,15 @@ def nearest_int(fval):
 def level(v, lo, hi):
     """MAX(lo, MIN(hi, nearest_int(v))) as a float32, for the hot search loops.
 
-    Only for |v| <= 4194303, where nearest_int is exactly round-half-to-even (np.rint); the searches call it
-    with |v| <= nmax + 1 by construction. `+ 0` turns rint's -0.0 into the +0.0 of (float)0.
+    For |v| <= 4194303 nearest_int is exactly round-half-to-even (np.rint, fast); beyond that and for
+    inf/NaN (a scale that overflowed on subnormal inputs) ggml's bit trick gives a defined garbage value,
+    reproduced with nearest_int. `+ 0` turns rint's -0.0 into the +0.0 of (float)0.
     """
-    return min(max(np.rint(v), lo), hi) + np.float32(0.0)
+    if abs(v) <= np.float32(4194303.0):
+        r = np.rint(v)
+    else:
+        r = np.float32(nearest_int(v))
+    return min(max(r, lo), hi) + np.float32(0.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
