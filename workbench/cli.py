@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("workbench.gguf.convert_cli", "convert a Hugging Face checkpoint to GGUF (like convert_hf_to_gguf.py)"),
     "export-hf": ("workbench.gguf.export_cli", "export a GGUF model to a Hugging Face folder"),
     "quantize": ("workbench.quant.quantize_cli", "quantize a GGUF model to a llama-quantize ftype (Q4_K_M, ...)"),
+    "imatrix": ("workbench.quant.imatrix_cli", "importance matrix over a text, like llama-imatrix"),
     "perplexity": ("workbench.eval.perplexity_cli", "perplexity / KL divergence like llama-perplexity"),
     "serve": ("workbench.server.serve_cli", "llama-server/OpenAI-compatible HTTP server"),
     "modelfile": ("workbench.server.modelfile_cli", "write an ollama Modelfile for a GGUF"),

@@ -105,3 +105,103 @@ def _load_legacy(path: Path) -> Imatrix:
             (n,) = take("<i")
             datasets = [raw[pos:pos + n].decode("utf-8", errors="replace")]
     return Imatrix(data, file=str(path), datasets=datasets, chunk_count=chunks)
+
+
+# ------------------------------------------------------------------------------------ computing one
+
+class _Stats:
+    """Sum of squared activations per column (float32, accumulated row by row as llama-imatrix does) and
+    the number of rows seen, per matrix (one for a dense weight, one per expert for a stack)."""
+
+    def __init__(self, n_mat: int, n_per_row: int):
+        self.sum2 = np.zeros((n_mat, n_per_row), np.float32)
+        self.counts = np.zeros(n_mat, np.int64)
+
+    def add(self, mat: int, x: np.ndarray) -> None:
+        acc = self.sum2[mat]
+        for row in np.asarray(x, np.float32):
+            acc += row * row
+        self.counts[mat] += len(x)
+
+
+def _recording(weight, stats: dict, mat: int = 0, min_rows: int = 16):
+    """A stand-in for a workbench.moe Weight that records its inputs before multiplying."""
+    base = weight
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(base, name)
+
+        def mul(self, x, quantize_act=True):
+            name = base.name.split("[")[0]
+            n_mat = base.shape[0] if len(base.shape) == 3 else 1
+            if base.is_expert or len(x) >= min_rows:  # llama-imatrix skips dense batches of < 16 tokens
+                key = name if name.endswith(".weight") else name + ".weight"
+                st = stats.setdefault(key, _Stats(stats.get("_n_mat_" + key, n_mat), base.n_per_row))
+                st.add(mat, x)
+            return base.mul(x, quantize_act)
+
+        def expert(self, e):
+            key = base.name if base.name.endswith(".weight") else base.name + ".weight"
+            stats.setdefault("_n_mat_" + key, base.shape[0])
+            return _recording(base.expert(e), stats, e, min_rows)
+
+    return Recorder()
+
+
+_LAYER_WEIGHTS = ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down", "gate_inp", "gate_exps", "up_exps",
+                  "down_exps")
+
+
+def compute_imatrix(model_path, text: str, n_ctx: int = 512, n_chunks: int | None = None, dataset: str = "",
+                    progress: bool = True) -> Imatrix:
+    """llama-imatrix: mean of squared activations entering each matmul of the transformer blocks, per
+    column, per expert for MoE stacks, over non-overlapping n_ctx chunks of `text` (BOS handled as in
+    llama-perplexity)."""
+    from tqdm.auto import tqdm
+
+    from ..eval.perplexity import check_inputs, chunk_batches
+    from ..moe import load
+
+    model = load(model_path, n_ctx=n_ctx)
+    toks = np.asarray(model.tokenize(text, add_special=True), np.int32)
+    check_inputs(model, len(toks), n_ctx)
+    n_chunk = len(toks) // n_ctx if n_chunks is None else min(n_chunks, len(toks) // n_ctx)
+    stats: dict = {}
+    for lw in model.weights.layers:
+        for attr in _LAYER_WEIGHTS:
+            w = getattr(lw, attr)
+            if w is not None:
+                setattr(lw, attr, _recording(w, stats))
+    for _, batch in tqdm(chunk_batches(toks, n_ctx, n_chunk, model.bos_id if model.add_bos else None),
+                         total=n_chunk, desc="imatrix", disable=not progress):
+        model.logits(batch, first_output=n_ctx)
+    data, raw = {}, {}
+    for name, st in stats.items():
+        if name.startswith("_n_mat_"):
+            continue
+        raw[name] = st
+        cnt = st.counts.astype(np.float32)
+        data[name] = np.where(cnt[:, None] > 0, st.sum2 / np.where(cnt > 0, cnt, 1)[:, None], np.float32(1)).astype(
+            np.float32).reshape(-1)
+    imat = Imatrix(data, file="", datasets=[dataset] if dataset else [], chunk_count=n_chunk)
+    imat.raw = raw
+    imat.chunk_size = n_ctx
+    return imat
+
+
+def save_imatrix(imat: Imatrix, path) -> None:
+    """llama.cpp's GGUF imatrix layout: <name>.in_sum2 (n_per_row, n_mat) and <name>.counts (1, n_mat), F32."""
+    from ..gguf import GGMLType, TensorInfo, new_metadata, write_gguf
+
+    md = new_metadata([("general.type", "imatrix", VT.STRING),
+                       ("imatrix.datasets", list(imat.datasets), (VT.ARRAY, VT.STRING)),
+                       ("imatrix.chunk_count", int(imat.chunk_count), VT.UINT32),
+                       ("imatrix.chunk_size", int(getattr(imat, "chunk_size", 512)), VT.UINT32)])
+    tensors = []
+    for name in sorted(imat.raw):
+        st = imat.raw[name]
+        tensors.append(TensorInfo(f"{name}.in_sum2", GGMLType.F32, st.sum2.shape, data=st.sum2.astype(np.float32)))
+        tensors.append(TensorInfo(f"{name}.counts", GGMLType.F32, (len(st.counts), 1),
+                                  data=st.counts.astype(np.float32).reshape(-1, 1)))
+    write_gguf(path, md, tensors)
