@@ -1,0 +1,120 @@
+"""The chat notebook in a real browser: JupyterLab on a loopback port, Debian's Chromium driven by Playwright,
+run all cells, type a Chinese question, click Send, wait for the streamed answer, save a screenshot to
+data/reports/chat_browser.png. Skipped unless /usr/bin/chromium and the playwright package are installed
+(CI: `apt-get install -y chromium fonts-noto-cjk` and `pip install playwright`; no `playwright install`)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium"))
+QUESTION = "你好，请介绍一下北京"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyterlab exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, smollm2_path):
+    """JupyterLab serving a scratch copy of notebooks/05_chat.ipynb (so that autosave never writes outputs into
+    the repository), with private settings/workspace folders and no news or update checks."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(REPO / "notebooks" / "05_chat.ipynb", root / "05_chat.ipynb")
+    cfg = tmp_path_factory.mktemp("jupyter_config")
+    port, token = free_port(), "wb-test-token"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(cfg), "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
+    env.pop("WORKBENCH_DATA", None)
+    log = open(root / "jupyterlab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.token={token}", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
+         f"--LabApp.workspaces_dir={cfg / 'workspaces'}", f"--LabApp.user_settings_dir={cfg / 'settings'}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
+        yield f"http://127.0.0.1:{port}", token, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_chat_notebook_in_chromium(lab):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    base, token, root = lab
+    shot = REPO / "data" / "reports" / "chat_browser.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, locale="zh-CN")
+        try:
+            page.goto(f"{base}/lab/tree/05_chat.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+            # the kernel must be idle before running (Lab shows "Idle" in the toolbar kernel status)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            box = page.locator("textarea[placeholder^='Type a message']")
+            box.wait_for(timeout=300_000)
+            # the notebook's own programmatic turn finishes first (status "N tokens, X tok/s")
+            status = page.locator(".widget-label").filter(has_text="tok/s")
+            status.first.wait_for(timeout=300_000)
+            box.fill(QUESTION)
+            page.locator("button.jupyter-button", has_text="Send").click()
+            transcript = page.locator(".widget-html-content").filter(has_text=QUESTION)
+            transcript.wait_for(timeout=60_000)
+            # streamed text appears after the second "Assistant:" before the answer is complete
+            t0, seen = time.time(), ""
+            while time.time() - t0 < 300:
+                seen = transcript.inner_text()
+                answer = seen.split(QUESTION, 1)[-1].split("Assistant:", 1)[-1].strip()
+                if len(answer) >= 4:
+                    break
+                time.sleep(0.5)
+            assert len(answer) >= 4, f"no streamed answer in the transcript: {seen!r}"
+            page.locator(".widget-label").filter(has_text="tok/s").nth(0).wait_for(timeout=300_000)
+            page.wait_for_function("() => !document.querySelector('button.jupyter-button[disabled]') || "
+                                   "[...document.querySelectorAll('button.jupyter-button')]"
+                                   ".find(b => b.textContent.includes('Send')).disabled === false",
+                                   timeout=300_000)
+            page.locator(".jupyter-widgets.widget-vbox").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shot), full_page=False)
+        finally:
+            browser.close()
+    assert shot.exists() and shot.stat().st_size > 10_000
+    # the scratch copy may have been autosaved with outputs; the repository's notebook was not touched
+    assert '"outputs": []' in (REPO / "notebooks" / "05_chat.ipynb").read_text()
