@@ -61,6 +61,23 @@ def test_kernel_matches_reference(t):
         assert np.array_equal(y.view(np.uint32), y_ref.view(np.uint32)), f"{t.name}: dequantize != reference"
 
 
+LEGACY_AND_K = [t for t in BLOCK_TYPES if t.name[0] == "Q"]
+
+
+@pytest.mark.parametrize("t", LEGACY_AND_K, ids=lambda t: t.name)
+@pytest.mark.parametrize("scale", [1e-39, 1e-30, 1e30], ids=["subnormal", "tiny", "huge"])
+def test_extreme_magnitudes_kernel_matches_reference(t, scale):
+    """Scales that under/overflow (1/d = inf on subnormal blocks) must still follow ggml's arithmetic."""
+    mod = format_module(t)
+    n = 256 if t.block_size == 256 else 64
+    x = (np.random.default_rng(7).standard_normal((2, n)) * scale).astype(np.float32)
+    imatrix = np.random.default_rng(8).random(n).astype(np.float32) + 0.01
+    for im in ([imatrix] if mod.NEEDS_IMATRIX else [None, imatrix]):
+        with np.errstate(all="ignore"):
+            ref = mod.quantize_ref(x, im)
+        assert np.array_equal(mod.quantize(x, im), ref), f"{t.name} x{scale:g} imatrix={im is not None}"
+
+
 IN_GGUF = [t for t in FOUND if t.name in gguf.GGMLQuantizationType.__members__]
 
 

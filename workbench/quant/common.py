@@ -149,6 +149,21 @@ def safe_inverse_np(d) -> np.ndarray:
         return np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
 
 
+def signed_absmax_np(v) -> np.ndarray:
+    """Per row, the first value of largest |v| as ggml's `if (fabsf(v) > amax)` loop from amax = 0 finds it:
+    NaN never wins and an all-zero row gives 0."""
+    a = np.abs(v)
+    a = np.where(np.isnan(a), np.float32(0), a)
+    idx = a.argmax(axis=-1)
+    best = np.take_along_axis(v, idx[..., None], -1)[..., 0]
+    return np.where(np.take_along_axis(a, idx[..., None], -1)[..., 0] > 0, best, np.float32(0)).astype(np.float32)
+
+
+def max0_np(v) -> np.ndarray:
+    """Per row, ggml's `if (v > m) m = v` from m = 0: the largest value, NaN ignored, at least 0."""
+    return np.maximum(np.where(np.isnan(v), np.float32(0), v).max(axis=-1), np.float32(0)).astype(np.float32)
+
+
 def seqsum_np(terms, axis=-1) -> np.ndarray:
     """Left-to-right float32 sum, as ggml's `acc += term` loops (np.sum is pairwise: different bits)."""
     return np.cumsum(np.asarray(terms, dtype=np.float32), axis=axis, dtype=np.float32).take(-1, axis=axis)
@@ -231,8 +246,7 @@ def make_qx_quants(n, nmax, x, L, w):
 
 def make_qx_quants_np(x, nmax, w):
     B, n = x.shape
-    rows = np.arange(B)
-    mx = x[rows, np.argmax(np.abs(x), axis=1)]            # first element of largest |x|, sign kept
+    mx = signed_absmax_np(x)                              # first element of largest |x|, sign kept
     zero = np.abs(mx) < GROUP_MAX_EPS
     mx = np.where(zero, F32(1.0), mx)
 
@@ -313,7 +327,7 @@ def make_q3_quants(n, nmax, x, L):
 def make_q3_quants_np(x, nmax):
     """Batch make_q3_quants. Every group runs all 5 passes: a pass that changes nothing changes nothing again."""
     B, n = x.shape
-    mx = x[np.arange(B), np.argmax(np.abs(x), axis=1)]
+    mx = signed_absmax_np(x)
     zero = np.abs(mx) < GROUP_MAX_EPS
     mx = np.where(zero, F32(1.0), mx)
     w = x * x

@@ -11,7 +11,8 @@ from numba import njit, prange
 
 from .batched import make_qkx_quants_batch
 from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
-                     make_qp_quants_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
+                     make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
+                     seqsum_np)
 
 NEEDS_IMATRIX = False
 BLOCK = np.dtype([("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", "<f2"), ("dmin", "<f2")])  # block_q2_K
@@ -43,8 +44,7 @@ def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
     if imatrix is None:
         scales, mins, L = make_qkx2_quants_np(x16, np.abs(x16), 3, -0.5, 0.1, 15, True)
         scales, mins = scales.reshape(-1, 16), mins.reshape(-1, 16)
-        max_scale = np.maximum(scales.max(1), F32(0))
-        max_min = np.maximum(mins.max(1), F32(0))
+        max_scale, max_min = max0_np(scales), max0_np(mins)
         with np.errstate(divide="ignore", invalid="ignore"):
             ls = np.where((max_scale > 0)[:, None], nearest_int_np((F32(15) / max_scale)[:, None] * scales), 0)
             lm = np.where((max_min > 0)[:, None], nearest_int_np((F32(15) / max_min)[:, None] * mins), 0)

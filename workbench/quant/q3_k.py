@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (F32, QK_K, get_fp16, make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np,
-                     nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
+                     nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np, signed_absmax_np)
 from .batched import make_qx_quants_batch
 from .q2_k import pack_2bit, pack_2bit_np, requantize_np, unpack_2bit_np
 
@@ -42,7 +42,7 @@ def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
     if imatrix is None:
         scales, L = make_q3_quants_np(x16, 4)
         scales = scales.reshape(-1, 16)
-        max_scale = np.take_along_axis(scales, np.abs(scales).argmax(1)[:, None], 1)[:, 0]   # signed
+        max_scale = signed_absmax_np(scales)                       # signed, NaN never wins
         with np.errstate(divide="ignore", invalid="ignore"):
             iscale = F32(-32) / max_scale
             l = nearest_int_np(iscale[:, None] * scales)

@@ -10,7 +10,8 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
-                     make_qp_quants_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np)
+                     make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
+                     seqsum_np)
 from .batched import make_qkx_quants_batch
 from .q2_k import requantize_np
 
@@ -51,8 +52,7 @@ def scales_and_levels_np(x, imatrix, nmax):
         rmin, rdelta, nstep = REF_SEARCH[nmax]
         scales, mins, L = make_qkx2_quants_np(x32, av_x[:, None] + np.abs(x32), nmax, rmin, rdelta, nstep, False)
         scales, mins = scales.reshape(-1, 8), mins.reshape(-1, 8)
-        max_scale = np.maximum(scales.max(1), F32(0))
-        max_min = np.maximum(mins.max(1), F32(0))
+        max_scale, max_min = max0_np(scales), max0_np(mins)
         with np.errstate(divide="ignore"):
             inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0))
             inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0))

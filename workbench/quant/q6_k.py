@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (F32, GROUP_MAX_EPS, QK_K, get_fp16, make_qx_quants_np, nearest_int,
-                     nearest_int_np, put_fp16, round_fp16_np)
+                     nearest_int_np, put_fp16, round_fp16_np, signed_absmax_np)
 from .batched import make_qx_quants_batch
 from .q2_k import requantize_np
 
@@ -29,7 +29,7 @@ def quantize_ref(x: np.ndarray, imatrix=None) -> np.ndarray:
         w = np.broadcast_to(imatrix.reshape(1, -1), x.shape).reshape(-1, 16)
     scales, L = make_qx_quants_np(x16, 32, w)
     scales = scales.reshape(-1, 16)
-    max_scale = np.take_along_axis(scales, np.abs(scales).argmax(1)[:, None], 1)[:, 0]
+    max_scale = signed_absmax_np(scales)
     zero = np.abs(max_scale) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = F32(-128) / np.where(zero, F32(1), max_scale)
