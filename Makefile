@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test lab bench fetch clean
+.PHONY: demo test lab bench fetch clean clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,12 @@ lab: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PIP) -e ".[bench]"
-	$(BIN)/python -m workbench fetch --no-texts
+	$(BIN)/python -m workbench fetch
 	for s in bench/bench_*.py; do $(BIN)/python $$s || exit 1; done
+
+# numba's cache=True does not notice edits in modules a kernel calls: drop compiled kernels after such edits
+clean-cache:
+	find workbench -name '*.nbi' -o -name '*.nbc' | xargs rm -f
 
 clean:
 	rm -rf $(VENV) data/reports .pytest_cache
