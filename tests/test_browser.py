@@ -4,6 +4,7 @@ data/reports/chat_browser.png. Skipped unless /usr/bin/chromium and the playwrig
 (CI: `apt-get install -y chromium fonts-noto-cjk` and `pip install playwright`; no `playwright install`)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -19,7 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium"))
 QUESTION = "你好，请介绍一下北京"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed (pip install playwright)"),
+    pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None, reason="jupyterlab not installed"),
+]
 
 
 def free_port() -> int:
@@ -86,7 +91,7 @@ def lab(tmp_path_factory, smollm2_path):
 
 
 def test_chat_notebook_in_chromium(lab):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from playwright import sync_api
     base, token, root = lab
     shot = REPO / "data" / "reports" / "chat_browser.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
