@@ -48,13 +48,15 @@ def work_dir(name: str) -> Path:
 
 
 def toy_dir() -> Path:
-    """The toy checkpoints (tiny-llama, tiny-mixtral, tiny-mixtral8) shipped in ../shared/golden/toy
-    (or $WORKBENCH_SHARED/golden/toy)."""
+    """The toy checkpoints shipped in ../shared/golden/toy (or $WORKBENCH_SHARED/golden/toy, with llama.cpp's
+    reference conversions); on a machine without them, seeded stand-ins made offline under data/models/toy."""
     shared = Path(os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parent.parent.parent / "shared"))
     toy = shared / "golden" / "toy"
-    if not toy.is_dir():
-        raise FileNotFoundError(f"toy models not found at {toy}: set WORKBENCH_SHARED to the shared folder")
-    return toy
+    if toy.is_dir():
+        return toy
+    from .toy_models import ensure_toy_models
+
+    return ensure_toy_models(data_dir() / "models" / "toy")
 
 
 def read_text(lang: str = "en", max_chars: int | None = None) -> str:
