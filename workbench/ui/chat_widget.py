@@ -29,7 +29,7 @@ class ChatWidget(W.VBox):
         self.last_stats = None
 
         self.transcript = W.HTML(value="", layout=W.Layout(border="1px solid #ccc", padding="6px", min_height="240px",
-                                                           max_height="480px", overflow_y="auto", width="100%"))
+                                                           max_height="480px", overflow="auto", width="100%"))
         self.message = W.Textarea(placeholder="Type a message… / 输入消息…", layout=W.Layout(width="100%", height="64px"))
         self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
