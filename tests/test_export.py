@@ -83,13 +83,26 @@ def test_smollm2_round_trip(smollm2_path, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_transformers_loads_export(smollm2_path, tmp_path):
+    import torch
     import transformers
+
+    import workbench
 
     hf = export_hf(smollm2_path, tmp_path / "SmolLM2", dtype="f32")
     tok = transformers.AutoTokenizer.from_pretrained(hf)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf)
-    ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-    assert model(input_ids=__import__("torch").tensor([ids])).logits.shape[-1] == 49152
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == workbench.load(smollm2_path).tokenize(text, add_special=False, parse_special=True)
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    assert theirs.shape == (len(ids), 49152)
+    # same tokens in the workbench (on the source GGUF, F32 KV, exact activations): the exported weights are
+    # the dequantized source, so only the engines' arithmetic differs
+    ours = workbench.load(smollm2_path, n_ctx=256, cache_type="f32", quantize_act=False).logits(ids)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.9
+    assert np.abs(ours - theirs).max() < 0.05, np.abs(ours - theirs).max()
 
 
 def test_qk_permutation_is_inverted():
