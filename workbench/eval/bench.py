@@ -49,7 +49,35 @@ def prompt_tokens(n: int, n_vocab: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(100, min(n_vocab, 30000), size=n)]
 
 
-class WorkbenchRunner:
+class Runner:
+    """pp / tg timing on top of an engine's reset() and eval(tokens)."""
+
+    name = ""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def eval(self, tokens) -> None:
+        raise NotImplementedError
+
+    def pp(self, tokens) -> float:
+        """Prompt processing tokens/s: the whole prompt in one call from an empty context."""
+        self.reset()
+        t0 = time.perf_counter()
+        self.eval(tokens)
+        return len(tokens) / (time.perf_counter() - t0)
+
+    def tg(self, tokens) -> float:
+        """Generation tokens/s: one token per call after the first."""
+        self.reset()
+        self.eval(tokens[:1])
+        t0 = time.perf_counter()
+        for t in tokens[1:]:
+            self.eval([t])
+        return (len(tokens) - 1) / (time.perf_counter() - t0)
+
+
+class WorkbenchRunner(Runner):
     name = "workbench"
 
     def __init__(self, path, n_threads: int, n_ctx: int = 1024):
@@ -57,26 +85,10 @@ class WorkbenchRunner:
 
         self.model = load(path, n_ctx=n_ctx, n_threads=n_threads)
         self.n_vocab = self.model.config.n_vocab
-
-    def pp(self, tokens) -> float:
-        self.model.reset()
-        t0 = time.perf_counter()
-        self.model.eval(tokens)
-        return len(tokens) / (time.perf_counter() - t0)
-
-    def tg(self, tokens) -> float:
-        self.model.reset()
-        self.model.eval(tokens[:1])
-        t0 = time.perf_counter()
-        for t in tokens[1:]:
-            self.model.eval([t])
-        return (len(tokens) - 1) / (time.perf_counter() - t0)
-
-    def logits(self, tokens) -> np.ndarray:
-        return self.model.logits(tokens)
+        self.reset, self.eval = self.model.reset, self.model.eval
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(Runner):
     name = "llama.cpp"
 
     def __init__(self, path, n_threads: int, n_ctx: int = 1024, logits_all: bool = False):
@@ -85,20 +97,7 @@ class LlamaCppRunner:
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                          n_batch=512, n_ubatch=512, logits_all=logits_all, verbose=False)
         self.n_vocab = self.llm.n_vocab()
-
-    def pp(self, tokens) -> float:
-        self.llm.reset()
-        t0 = time.perf_counter()
-        self.llm.eval(tokens)
-        return len(tokens) / (time.perf_counter() - t0)
-
-    def tg(self, tokens) -> float:
-        self.llm.reset()
-        self.llm.eval(tokens[:1])
-        t0 = time.perf_counter()
-        for t in tokens[1:]:
-            self.llm.eval([t])
-        return (len(tokens) - 1) / (time.perf_counter() - t0)
+        self.reset, self.eval = self.llm.reset, self.llm.eval
 
 
 def llama_cpp_available() -> bool:
