@@ -177,7 +177,8 @@ def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, para
             discard = (model.n_past - keep) // 2
             kept = tokens[:keep] + tokens[keep + discard:]
             model.reset()
-            logits = model.eval(kept[:-1]) if len(kept) > 1 else None
+            if len(kept) > 1:
+                model.eval(kept[:-1])       # the last kept token is `tok`, evaluated below
             tokens = kept
             truncated = True
         logits = model.eval([tok])

@@ -54,6 +54,17 @@ def to_f32(t: TensorInfo) -> np.ndarray:
     return dequantize(t.rows(), t.type, t.n_per_row)
 
 
+def imatrix_size(t: TensorInfo) -> int:
+    """Values an importance entry needs: one per column, per expert of a 3-D stack."""
+    return t.n_per_row * (t.shape[0] if len(t.shape) == 3 else 1)
+
+
+def imatrix_values(imat, t: TensorInfo) -> np.ndarray | None:
+    """The importance entry for tensor t when its size fits, else None."""
+    vec = imat.get(t.name) if imat is not None else None
+    return vec if vec is not None and vec.size == imatrix_size(t) else None
+
+
 def _quantize_tensor(t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
     from . import dequantize, quantize
 
@@ -109,11 +120,11 @@ def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False
             raise QuantizeError(f"{p.name} is already {p.src_type.name}: requantizing is disabled "
                                 f"(pass allow_requantize=True / --allow-requantize)")
         vec = imat.get(p.name) if imat is not None else None
-        n_expert = t.shape[0] if len(t.shape) == 3 else 1
-        if vec is not None and vec.size != t.n_per_row * n_expert and p.name != "token_embd.weight":
+        fitting = imatrix_values(imat, t)
+        if vec is not None and fitting is None and p.name != "token_embd.weight":
             raise QuantizeError(f"imatrix entry for {p.name} has {vec.size} values, the tensor needs "
-                                f"{t.n_per_row * n_expert}: is the imatrix for another model?")
-        if p.requires_imatrix and vec is None:
+                                f"{imatrix_size(t)}: is the imatrix for another model?")
+        if p.requires_imatrix and fitting is None:
             raise QuantizeError(f"{p.name} -> {p.dst_type.name} needs an importance matrix "
                                 f"({ftype.name} is a very low-bit quantization): pass imatrix=...")
 
@@ -136,10 +147,8 @@ def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False
             if p.dst_type == p.src_type:
                 data, err = t.data, 0.0
             else:
-                vec = imat.get(p.name) if imat is not None else None
-                if vec is not None and vec.size != t.n_per_row * (t.shape[0] if len(t.shape) == 3 else 1):
-                    vec = None  # token_embd with a mismatching entry: ignored, as llama.cpp does
-                data, err = _quantize_tensor(t, p, vec, with_error)
+                # a token_embd entry of the wrong size is ignored, as llama.cpp does
+                data, err = _quantize_tensor(t, p, imatrix_values(imat, t), with_error)
             w.write_tensor(p.name, data)
             rows.append({"name": p.name, "old_type": p.src_type.name, "new_type": p.dst_type.name,
                          "shape": tuple(t.shape), "old_bytes": t.nbytes, "new_bytes": p.dst_type.nbytes(t.shape),
