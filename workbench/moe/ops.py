@@ -87,8 +87,12 @@ def softmax_rows(x):
 
 
 @njit(cache=True)
-def _softmax_inplace(w, n):
-    """ggml_vec_soft_max_f32 + scale on w[:n] (masked entries are -inf): exp(w - max) / sum."""
+def _softmax_inplace(w, n, masked_tail=False):
+    """ggml_vec_soft_max_f32 + scale on w[:n]: exp(w - max) / sum, ggml_v_expf on chunks of 8, libm on a tail.
+
+    masked_tail: w is a row of attention scores that llama.cpp continues with masked (-inf) cells, because its
+    n_kv is padded to a multiple of 256; there the last partial chunk also goes through ggml_v_expf and the
+    masked lanes add 0 to its sum."""
     mx = np.float32(-np.inf)
     for i in range(n):
         mx = max(mx, w[i])
@@ -98,9 +102,13 @@ def _softmax_inplace(w, n):
         for i in range(c, c + 8):
             w[i] = expf(w[i] - mx)
         total += np.float64(hsum8(w[c:c + 8]))
-    for i in range(n8, n):
-        w[i] = np.float32(math.exp(w[i] - mx))
-        total += np.float64(w[i])
+    if masked_tail and n8 < n:
+        chunk = np.zeros(8, np.float32)
+        for i in range(n8, n):
+            w[i] = expf(w[i] - mx)
+            chunk[i - n8] = w[i]
+        total += np.float64(hsum8(chunk))
+        n8 = n
     inv = np.float32(1.0 / total)
     for i in range(n):
         w[i] = w[i] * inv
@@ -189,7 +197,7 @@ def _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
             for d in range(D32, D):
                 s = fma32(qv[d], _load(kc, j, c0 + d, table), s)
         p[j] = s * scale
-    _softmax_inplace(p, n_kv)
+    _softmax_inplace(p, n_kv, True)                # n_kv is padded to 256 in llama.cpp: no libm tail
     # kqv = V^T p, accumulated per lane of j
     acc = np.zeros((32, D), np.float32)
     for j in range(n_kv):
