@@ -124,3 +124,59 @@ def float_rows_exact(W, tid, K, xh, out, tiny_blas):
                 for i in range(K32, K):
                     acc += np.float64(w[i] * xh[t, i])
                 out[t, r] = np.float32(acc)
+
+
+@njit(cache=True, parallel=True)
+def q8_0_q8_0(W, K, xq, dx, out):
+    """ggml_vec_dot_q8_0_q8_0 (AVX2) exactly: per block of 32, 8 lanes of 4 integer products
+    (mul_sum_i8_pairs_float), acc_lane = fma(d_w * d_x, lane sum, acc_lane); result hsum_float_8(acc).
+    llamafile's tinyBLAS_Q0_AVX (two or more tokens) sums in the same order."""
+    N = W.shape[0]
+    T = xq.shape[0]
+    Wi8 = W.view(np.int8)
+    for r in prange(N):
+        row, rowi8 = W[r], Wi8[r]
+        acc = np.zeros(8, np.float32)
+        for t in range(T):
+            acc[:] = 0.0
+            for b in range(K // 32):
+                o = b * 34
+                dd = _h(row, o) * dx[t, b]
+                for lane in range(8):
+                    isum = np.int32(0)
+                    for k in range(4):
+                        e = 4 * lane + k
+                        isum += np.int32(rowi8[o + 2 + e]) * np.int32(xq[t, 32 * b + e])
+                    acc[lane] = fma32(dd, np.float32(isum), acc[lane])
+            out[t, r] = hsum8(acc)
+
+
+def _q8_0_q8_0_batch_impl(W, K, xqT, dxT, out):
+    """q8_0_q8_0 for T tokens at once, vectorized over tokens like _q4_1_q8_1_batch_impl (xqT (K, T) integer
+    activations as float32: a lane sum of 4 products stays below 2^16, exact)."""
+    N = W.shape[0]
+    T = xqT.shape[1]
+    Wi8 = W.view(np.int8)
+    for r in prange(N):
+        row, rowi8 = W[r], Wi8[r]
+        acc = np.zeros((8, T), np.float32)
+        dd = np.empty(T, np.float32)
+        for b in range(K // 32):
+            o = b * 34
+            d = _h(row, o)
+            for t in range(T):
+                dd[t] = d * dxT[b, t]
+            for lane in range(8):
+                e = 4 * lane
+                q0, q1 = np.float32(rowi8[o + 2 + e]), np.float32(rowi8[o + 3 + e])
+                q2, q3 = np.float32(rowi8[o + 4 + e]), np.float32(rowi8[o + 5 + e])
+                x0, x1, x2, x3 = xqT[32 * b + e], xqT[32 * b + e + 1], xqT[32 * b + e + 2], xqT[32 * b + e + 3]
+                for t in range(T):
+                    ls = (q0 * x0[t] + q1 * x1[t]) + (q2 * x2[t] + q3 * x3[t])
+                    acc[lane, t] = dd[t] * ls + acc[lane, t]
+        for t in range(T):
+            out[t, r] = (((acc[0, t] + acc[4, t]) + (acc[2, t] + acc[6, t]))
+                         + ((acc[1, t] + acc[5, t]) + (acc[3, t] + acc[7, t])))
+
+
+q8_0_q8_0_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q8_0_q8_0_batch_impl)

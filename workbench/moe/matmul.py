@@ -13,7 +13,7 @@ them): equal up to float rounding order. `quantize_act=False` gives the exact fl
 
 Prompt path: decode R rows at a time, reuse them for every token (parallel over row chunks).
 Generation path (one token): fused decode+dot per block for the common formats, no buffer.
-Q4_1 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (exact_dots.py); the activations for
+Q4_1, Q8_0 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (exact_dots.py); the activations for
 all types come from activations.py. Types without a native decoder go through
 `workbench.quant.dequantize`, a block of rows at a time.
 """
@@ -26,7 +26,8 @@ from workbench.gguf import GGMLType
 
 from .activations import prepare_activations, vec_dot_type
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .exact_dots import _h, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch
+from .exact_dots import (_h, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
+                         q8_0_q8_0_batch)
 
 _FAST = {"reassoc", "contract"}     # let LLVM vectorize the float sums; no nan/inf assumptions
 _FALLBACK_ROWS = 256                # rows dequantized at a time by the generic path
@@ -152,6 +153,13 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             else:
                 q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
                                  np.ascontiguousarray(dx.T), np.ascontiguousarray(s.T), out)
+            return out
+        if wtype == GGMLType.Q8_0 and quantize_act:
+            _, _, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
+            if T == 1 or not _HW_FMA:
+                q8_0_q8_0(rows, K, xq, dx, out)
+            else:
+                q8_0_q8_0_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
             return out
         xh, xsum = prepare_activations(x, act, S, quantize_act)
         if T == 1 and wtype in _FUSED:

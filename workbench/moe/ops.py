@@ -109,6 +109,9 @@ def _softmax_inplace(w, n, masked_tail=False):
             chunk[i - n8] = w[i]
         total += np.float64(hsum8(chunk))
         n8 = n
+    for i in range(n8, n):
+        w[i] = np.float32(math.exp(w[i] - mx))
+        total += np.float64(w[i])
     inv = np.float32(1.0 / total)
     for i in range(n):
         w[i] = w[i] * inv
