@@ -149,12 +149,12 @@ def test_errors():
         matmul_raw(rows, GGMLType.Q4_0, 48, np.zeros((1, 48), np.float32))
 
 
-@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.F16, GGMLType.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32], ids=lambda t: t.name)
 def test_batch_equals_single_token_sums(golden_blocks, wtype):
-    """The batched Q4_1 kernel reproduces ggml_vec_dot_q4_1_q8_1's sums bit for bit, like the one-token kernel
-    (float weights: tinyBLAS and vec_dot orders differ, so only closeness is expected there)."""
-    if wtype == GGMLType.Q4_1:
-        rows, K = golden_blocks["Q4_1"]
+    """The batched Q4_1 / Q8_0 kernels reproduce ggml_vec_dot_q4_1_q8_1 / _q8_0_q8_0's sums bit for bit, like
+    the one-token kernels (float weights: tinyBLAS and vec_dot orders differ, so only closeness is expected)."""
+    if wtype in (GGMLType.Q4_1, GGMLType.Q8_0):
+        rows, K = golden_blocks[wtype.name]
     else:
         K = 256
         w = np.random.default_rng(3).standard_normal((6, K)).astype(np.float32)
@@ -162,7 +162,31 @@ def test_batch_equals_single_token_sums(golden_blocks, wtype):
     x = np.random.default_rng(4).standard_normal((5, K)).astype(np.float32)
     batch = matmul_raw(rows, wtype, K, x)
     single = np.concatenate([matmul_raw(rows, wtype, K, x[t:t + 1]) for t in range(5)])
-    if wtype == GGMLType.Q4_1:
+    if wtype in (GGMLType.Q4_1, GGMLType.Q8_0):
         np.testing.assert_array_equal(batch, single)
     else:
         np.testing.assert_allclose(batch, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.F16, GGMLType.BF16, GGMLType.F32], ids=lambda t: t.name)
+def test_float_batch_kernel_is_the_spec(wtype):
+    """The token-vectorized tinyBLAS kernel (hardware fma) gives float_rows_exact's sums bit for bit."""
+    from workbench.moe.activations import round_bf16
+    from workbench.moe.exact_dots import float_rows_batch, float_rows_exact, hardware_fma
+
+    if not hardware_fma():
+        pytest.skip("no hardware fma: the batch kernel is not used")
+    rng = np.random.default_rng(5)
+    K, N, T = 200, 7, 9
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    if wtype == GGMLType.F16:
+        rows = w.astype(np.float16).view(np.uint8).reshape(N, -1)
+    elif wtype == GGMLType.BF16:
+        rows = (round_bf16(w).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(N, -1)
+    else:
+        rows = w.view(np.uint8).reshape(N, -1)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    spec, fast = np.empty((T, N), np.float32), np.empty((T, N), np.float32)
+    float_rows_exact(rows, int(wtype), K, x, spec, True)
+    float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(x.T), fast)
+    np.testing.assert_array_equal(fast, spec)

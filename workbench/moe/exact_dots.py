@@ -180,3 +180,27 @@ def _q8_0_q8_0_batch_impl(W, K, xqT, dxT, out):
 
 
 q8_0_q8_0_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q8_0_q8_0_batch_impl)
+
+
+def _float_rows_batch_impl(W, tid, K, xT, out):
+    """float_rows_exact's tinyBLAS order for T >= 2 tokens, vectorized over tokens: xT (K, T) activations.
+    Compiled with fastmath 'contract' so that `w * x + acc` is one hardware fma (only used where it is)."""
+    N = W.shape[0]
+    T = xT.shape[1]
+    for r in prange(N):
+        w = np.empty(K, np.float32)
+        mins = np.zeros(1, np.float32)
+        decode_row(tid, W[r], K, w, mins)
+        acc = np.zeros((8, T), np.float32)
+        for i in range(K):
+            wi = w[i]
+            xi = xT[i]
+            a = acc[i % 8]
+            for t in range(T):
+                a[t] = wi * xi[t] + a[t]
+        for t in range(T):
+            out[t, r] = (((acc[0, t] + acc[4, t]) + (acc[2, t] + acc[6, t]))
+                         + ((acc[1, t] + acc[5, t]) + (acc[3, t] + acc[7, t])))
+
+
+float_rows_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_float_rows_batch_impl)

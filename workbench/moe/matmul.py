@@ -26,7 +26,7 @@ from workbench.gguf import GGMLType
 
 from .activations import prepare_activations, vec_dot_type
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .exact_dots import (_h, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
+from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
 _FAST = {"reassoc", "contract"}     # let LLVM vectorize the float sums; no nan/inf assumptions
@@ -144,7 +144,11 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
         S = MIN_SUBBLOCK.get(wtype, 32 if wtype == GGMLType.Q4_0 else K)
         if wtype in _FLOAT and quantize_act:
             xh, _ = prepare_activations(x, act, K, True)
-            float_rows_exact(rows, int(wtype), K, xh, out, T >= 2 and not mul_mat_id)
+            tiny_blas = T >= 2 and not mul_mat_id
+            if tiny_blas and _HW_FMA:
+                float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(xh.T), out)
+            else:
+                float_rows_exact(rows, int(wtype), K, xh, out, tiny_blas)
             return out
         if wtype == GGMLType.Q4_1 and quantize_act:
             _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
