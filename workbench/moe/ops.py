@@ -224,9 +224,23 @@ def _attention_serial(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
         _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
 
 
+_FAST_F16 = None
+
+
 def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
-    """See _attention_job; small problems (one token, short context) skip the thread pool."""
+    """See _attention_job; small problems (one token, short context) skip the thread pool. Prompt batches on
+    an F16 cache, on a host with hardware fma, go through attention_f16: the same sums, vectorized."""
+    global _FAST_F16
     T, H, D = q.shape
+    if f16:
+        if _FAST_F16 is None:
+            from .exact_dots import hardware_fma
+            _FAST_F16 = hardware_fma()
+        if _FAST_F16 and T >= 16 and D % 8 == 0:   # prompt batches (converting the cache costs a few tokens' work)
+            from .attention_f16 import attention_f16
+            attention_f16(q, kc.view(np.float16).astype(np.float32), vc.view(np.float16).astype(np.float32),
+                          n_past, n_head_kv, scale, out)
+            return
     work = T * H * (n_past + T) * D
     kernel = _attention_parallel if work > 1 << 18 else _attention_serial
     kernel(q, kc, vc, n_past, n_head_kv, scale, f16, table, out)

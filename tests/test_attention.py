@@ -1,0 +1,39 @@
+"""The vectorized F16-cache attention (attention_f16) against the readable spec (ops._attention_job)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.moe import ops
+from workbench.moe.attention_f16 import attention_f16, round_f16_inplace
+from workbench.moe.exact_dots import hardware_fma
+
+
+@pytest.mark.parametrize("T, n_past, D", [(1, 0, 64), (1, 45, 64), (1, 40, 40), (2, 0, 64), (17, 3, 64),
+                                          (40, 100, 128), (33, 0, 24)])
+def test_attention_f16_is_the_spec(T, n_past, D):
+    if not hardware_fma():
+        pytest.skip("no hardware fma: the spec kernel is used")
+    rng = np.random.default_rng(T * 1000 + n_past)
+    H, Hkv = 6, 2
+    q = (rng.standard_normal((T, H, D)) * 3).astype(np.float32)
+    k = (rng.standard_normal((n_past + T, Hkv * D)) * 2).astype(np.float16)
+    v = rng.standard_normal((n_past + T, Hkv * D)).astype(np.float16)
+    spec, fast = np.empty((T, H * D), np.float32), np.empty((T, H * D), np.float32)
+    ops._attention_serial(q, k.view(np.uint16), v.view(np.uint16), n_past, Hkv, np.float32(D ** -0.5), True,
+                          ops.F16_TABLE, spec)
+    attention_f16(q, k.astype(np.float32), v.astype(np.float32), n_past, Hkv, np.float32(D ** -0.5), fast)
+    bad = np.argwhere(spec != fast)
+    assert not len(bad), f"first difference at (token, column) {bad[0]}: {spec[tuple(bad[0])]} vs {fast[tuple(bad[0])]}"
+
+
+def test_round_f16_inplace_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.random(20000) ** 12, rng.standard_normal(20000) * 100,
+                        [0.0, -0.0, 65504.0, 65519.99, 65520.0, -70000.0, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -25,
+                         2.0 ** -14, 2.0 ** -14 * (1 - 2.0 ** -12)]]).astype(np.float32)
+    got = x.copy()
+    round_f16_inplace(got, len(got))
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
