@@ -250,6 +250,29 @@ class Keys:
         FINETUNE = "general.finetune"
         SIZE_LABEL = "general.size_label"
         LICENSE = "general.license"
+        AUTHOR = "general.author"
+        VERSION = "general.version"
+        ORGANIZATION = "general.organization"
+        DESCRIPTION = "general.description"
+        TAGS = "general.tags"
+        LANGUAGES = "general.languages"
+        # recommended sampler settings (llama.cpp's LLM_KV_GENERAL_SAMPLING_*)
+        SAMPLING_SEQUENCE = "general.sampling.sequence"
+        SAMPLING_TOP_K = "general.sampling.top_k"
+        SAMPLING_TOP_P = "general.sampling.top_p"
+        SAMPLING_MIN_P = "general.sampling.min_p"
+        SAMPLING_XTC_PROBABILITY = "general.sampling.xtc_probability"
+        SAMPLING_XTC_THRESHOLD = "general.sampling.xtc_threshold"
+        SAMPLING_TEMP = "general.sampling.temp"
+        SAMPLING_PENALTY_LAST_N = "general.sampling.penalty_last_n"
+        SAMPLING_PENALTY_REPEAT = "general.sampling.penalty_repeat"
+        SAMPLING_MIROSTAT = "general.sampling.mirostat"
+        SAMPLING_MIROSTAT_TAU = "general.sampling.mirostat_tau"
+        SAMPLING_MIROSTAT_ETA = "general.sampling.mirostat_eta"
+        # The model-card keys are "general." + a field name: general.author, general.license.link,
+        # general.base_model.{i}.repo_url, ... (gguf-py's Metadata.set_gguf_meta_model); the converter builds
+        # them from the field names it reads, with this prefix.
+        PREFIX = "general."
 
     class LLM:
         VOCAB_SIZE = "{arch}.vocab_size"
@@ -266,6 +289,7 @@ class Keys:
         LAYERNORM_RMS_EPS = "{arch}.attention.layer_norm_rms_epsilon"
         KEY_LENGTH = "{arch}.attention.key_length"
         VALUE_LENGTH = "{arch}.attention.value_length"
+        SCALE = "{arch}.attention.scale"
 
     class Rope:
         DIMENSION_COUNT = "{arch}.rope.dimension_count"
@@ -273,6 +297,13 @@ class Keys:
         SCALING_TYPE = "{arch}.rope.scaling.type"
         SCALING_FACTOR = "{arch}.rope.scaling.factor"
         SCALING_ORIG_CTX_LEN = "{arch}.rope.scaling.original_context_length"
+        SCALING_ATTN_FACTOR = "{arch}.rope.scaling.attn_factor"
+        SCALING_YARN_LOG_MUL = "{arch}.rope.scaling.yarn_log_multiplier"
+        SCALING_YARN_EXT_FACTOR = "{arch}.rope.scaling.yarn_ext_factor"
+        SCALING_YARN_ATTN_FACTOR = "{arch}.rope.scaling.yarn_attn_factor"
+        SCALING_YARN_BETA_FAST = "{arch}.rope.scaling.yarn_beta_fast"
+        SCALING_YARN_BETA_SLOW = "{arch}.rope.scaling.yarn_beta_slow"
+        SCALE_LINEAR = "{arch}.rope.scale_linear"  # old name of rope.scaling.factor (LLM_KV_ROPE_SCALE_LINEAR)
 
     class Tokenizer:
         MODEL = "tokenizer.ggml.model"
@@ -284,12 +315,26 @@ class Keys:
         BOS_ID = "tokenizer.ggml.bos_token_id"
         EOS_ID = "tokenizer.ggml.eos_token_id"
         EOT_ID = "tokenizer.ggml.eot_token_id"
+        EOM_ID = "tokenizer.ggml.eom_token_id"
         UNK_ID = "tokenizer.ggml.unknown_token_id"
+        SEP_ID = "tokenizer.ggml.seperator_token_id"  # (sic) llama.cpp's and gguf-py's spelling
         PAD_ID = "tokenizer.ggml.padding_token_id"
+        MASK_ID = "tokenizer.ggml.mask_token_id"
         ADD_BOS = "tokenizer.ggml.add_bos_token"
         ADD_EOS = "tokenizer.ggml.add_eos_token"
+        ADD_SEP = "tokenizer.ggml.add_sep_token"
         ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
+        NORMALIZER_LOWERCASE = "tokenizer.ggml.normalizer.lowercase"
+        NORMALIZER_STRIP_ACCENTS = "tokenizer.ggml.normalizer.strip_accents"
         CHAT_TEMPLATE = "tokenizer.chat_template"
+        CHAT_TEMPLATES = "tokenizer.chat_templates"  # names of the extra tokenizer.chat_template.<name>
+        # fill-in-the-middle special tokens
+        FIM_PRE_ID = "tokenizer.ggml.fim_pre_token_id"
+        FIM_SUF_ID = "tokenizer.ggml.fim_suf_token_id"
+        FIM_MID_ID = "tokenizer.ggml.fim_mid_token_id"
+        FIM_PAD_ID = "tokenizer.ggml.fim_pad_token_id"
+        FIM_REP_ID = "tokenizer.ggml.fim_rep_token_id"
+        FIM_SEP_ID = "tokenizer.ggml.fim_sep_token_id"
 
     class Imatrix:
         FILE = "quantize.imatrix.file"

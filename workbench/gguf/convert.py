@@ -206,10 +206,10 @@ def output_path(outfile: Path, md: Metadata, ftype: LlamaFileType) -> Path:
     ("Tiny-Llama-4.2M-F16.gguf"); a file name may hold {ftype}/{outtype} templates (lower-case type)."""
     label = {LlamaFileType.ALL_F32: "F32"}.get(ftype, ftype.name)
     if outfile.is_dir():
-        g = lambda k: md.get(f"general.{k}")  # noqa: E731
-        name = (g("basename") or g("name") or "ggml-model").strip().replace(" ", "-").replace("/", "-")
-        parts = [name] + [str(g(k)).strip().replace(" ", "-") for k in ("size_label", "finetune", "version")
-                          if g(k) is not None]
+        G = Keys.General
+        name = (md.get(G.BASENAME) or md.get(G.NAME) or "ggml-model").strip().replace(" ", "-").replace("/", "-")
+        parts = [name] + [str(md.get(k)).strip().replace(" ", "-") for k in (G.SIZE_LABEL, G.FINETUNE, G.VERSION)
+                          if md.get(k) is not None]
         return outfile / ("-".join(parts + [label.upper()]) + ".gguf")
     lower = label.lower()
     try:

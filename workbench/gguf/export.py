@@ -24,15 +24,13 @@ from .reader import GGUFFile, TensorInfo, read_gguf
 from .safetensors import LazyTensor, bf16_to_f32, f32_to_bf16, write_sharded
 from .vocab import PRE_TOKENIZERS
 
-K = Keys.Tokenizer
+K, G = Keys.Tokenizer, Keys.General
 DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}
-SAMPLING_TO_GENERATION = {"general.sampling.top_k": "top_k", "general.sampling.top_p": "top_p",
-                          "general.sampling.temp": "temperature",
-                          "general.sampling.penalty_repeat": "repetition_penalty"}
-CARD_FIELDS = {"general.name": "name", "general.author": "author", "general.version": "version",
-               "general.organization": "organization", "general.finetune": "finetune",
-               "general.basename": "basename", "general.size_label": "size_label", "general.license": "license",
-               "general.description": "description"}
+SAMPLING_TO_GENERATION = {G.SAMPLING_TOP_K: "top_k", G.SAMPLING_TOP_P: "top_p", G.SAMPLING_TEMP: "temperature",
+                          G.SAMPLING_PENALTY_REPEAT: "repetition_penalty"}
+CARD_FIELDS = {G.NAME: "name", G.AUTHOR: "author", G.VERSION: "version", G.ORGANIZATION: "organization",
+               G.FINETUNE: "finetune", G.BASENAME: "basename", G.SIZE_LABEL: "size_label", G.LICENSE: "license",
+               G.DESCRIPTION: "description"}
 
 
 class ExportError(ValueError):
@@ -193,7 +191,7 @@ def tokenizer_json(md) -> dict:
     pre = md.get(K.PRE, "default")
     spec = next(((n, p) for name, n, p in PRE_TOKENIZERS if name == pre), None)
     if spec is None:
-        raise ExportError(f"tokenizer.ggml.pre {pre!r} has no known tokenizer.json pre-tokenizer "
+        raise ExportError(f"{K.PRE} {pre!r} has no known tokenizer.json pre-tokenizer "
                           f"(known: {', '.join(n for n, _, _ in PRE_TOKENIZERS)})")
     tokens, types = md[K.LIST], md.get(K.TOKEN_TYPE)
     vocab, added = {}, []
@@ -261,12 +259,12 @@ def model_card(md) -> str:
     for k, field in CARD_FIELDS.items():
         if k in md:
             lines.append(f"{field}: {json.dumps(str(md[k]), ensure_ascii=False)}")
-    if "general.languages" in md:
+    if G.LANGUAGES in md:
         lines.append("language:")
-        lines += [f"- {json.dumps(str(v), ensure_ascii=False)}" for v in md["general.languages"]]
-    if "general.tags" in md:
+        lines += [f"- {json.dumps(str(v), ensure_ascii=False)}" for v in md[G.LANGUAGES]]
+    if G.TAGS in md:
         lines.append("tags:")
-        lines += [f"- {json.dumps(str(v), ensure_ascii=False)}" for v in md["general.tags"]]
+        lines += [f"- {json.dumps(str(v), ensure_ascii=False)}" for v in md[G.TAGS]]
     lines += ["---", "", "Exported from GGUF by workbench (`python -m workbench export-hf`).", ""]
     return "\n".join(lines)
 

@@ -12,20 +12,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .constants import GGUFValueType as VT
+from .constants import GGUFValueType as VT, Keys
 
-_G = "general."
+G = Keys.General
+_G = G.PREFIX  # "general." + a model-card field name is its GGUF key
 # (generation_config.json key(s), GGUF key, type), in Metadata.set_gguf_meta_model's order.
-# GGUF key names spelled here, not in constants.py, until the lead moves them (house style).
 SAMPLING = [
-    (("sequence",), "sampling.sequence", VT.STRING), (("top_k",), "sampling.top_k", VT.INT32),
-    (("top_p",), "sampling.top_p", VT.FLOAT32), (("min_p",), "sampling.min_p", VT.FLOAT32),
-    (("xtc_probability",), "sampling.xtc_probability", VT.FLOAT32),
-    (("xtc_threshold",), "sampling.xtc_threshold", VT.FLOAT32), (("temperature",), "sampling.temp", VT.FLOAT32),
-    (("penalty_last_n",), "sampling.penalty_last_n", VT.INT32),
-    (("penalty_repeat", "repetition_penalty"), "sampling.penalty_repeat", VT.FLOAT32),
-    (("mirostat",), "sampling.mirostat", VT.INT32), (("mirostat_tau",), "sampling.mirostat_tau", VT.FLOAT32),
-    (("mirostat_eta",), "sampling.mirostat_eta", VT.FLOAT32),
+    (("sequence",), G.SAMPLING_SEQUENCE, VT.STRING), (("top_k",), G.SAMPLING_TOP_K, VT.INT32),
+    (("top_p",), G.SAMPLING_TOP_P, VT.FLOAT32), (("min_p",), G.SAMPLING_MIN_P, VT.FLOAT32),
+    (("xtc_probability",), G.SAMPLING_XTC_PROBABILITY, VT.FLOAT32),
+    (("xtc_threshold",), G.SAMPLING_XTC_THRESHOLD, VT.FLOAT32), (("temperature",), G.SAMPLING_TEMP, VT.FLOAT32),
+    (("penalty_last_n",), G.SAMPLING_PENALTY_LAST_N, VT.INT32),
+    (("penalty_repeat", "repetition_penalty"), G.SAMPLING_PENALTY_REPEAT, VT.FLOAT32),
+    (("mirostat",), G.SAMPLING_MIROSTAT, VT.INT32), (("mirostat_tau",), G.SAMPLING_MIROSTAT_TAU, VT.FLOAT32),
+    (("mirostat_eta",), G.SAMPLING_MIROSTAT_ETA, VT.FLOAT32),
 ]
 # model-card fields in the order they are written after general.name
 AUTHORSHIP = ["author", "version", "organization", "finetune", "basename", "description", "quantized_by",
@@ -223,8 +223,8 @@ def general_metadata(model_dir, shapes: dict[str, tuple[int, ...]]) -> list[tupl
     for gen_keys, key, vt in SAMPLING:
         value = next((gen[k] for k in gen_keys if k in gen), None)
         if value is not None:
-            out.append((_G + key, value, vt))
-    out.append((_G + "name", md.get("name") or model_dir.name, VT.STRING))
+            out.append((key, value, vt))
+    out.append((G.NAME, md.get("name") or model_dir.name, VT.STRING))
     for field in AUTHORSHIP:
         value = md.get(field)
         if value is None:

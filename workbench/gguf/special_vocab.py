@@ -19,13 +19,11 @@ from .constants import GGUFValueType as VT, Keys
 K = Keys.Tokenizer
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 # SpecialVocab writes these via GGUFWriter.add_{typ}_token_id; types without such a method (cls) are
-# dropped. Keys not in constants.py are spelled here.
+# dropped.
 SPECIAL_ID_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID, "eot": K.EOT_ID,
-                   "sep": "tokenizer.ggml.seperator_token_id", "mask": "tokenizer.ggml.mask_token_id",
-                   "eom": "tokenizer.ggml.eom_token_id"}
-ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": "tokenizer.ggml.add_sep_token"}
-NORMALIZER_KEYS = {"lowercase": "tokenizer.ggml.normalizer.lowercase",
-                   "strip_accents": "tokenizer.ggml.normalizer.strip_accents"}
+                   "sep": K.SEP_ID, "mask": K.MASK_ID, "eom": K.EOM_ID}
+ADD_KEYS = {"bos": K.ADD_BOS, "eos": K.ADD_EOS, "sep": K.ADD_SEP}
+NORMALIZER_KEYS = {"lowercase": K.NORMALIZER_LOWERCASE, "strip_accents": K.NORMALIZER_STRIP_ACCENTS}
 
 
 class SpecialVocabError(ValueError):
@@ -199,7 +197,7 @@ def _named_templates(choices: list) -> list[tuple[str, Any, Any]]:
                 names.append(name)
                 out.append((f"{K.CHAT_TEMPLATE}.{name}", text, VT.STRING))
     if names:
-        out.append(("tokenizer.chat_templates", names, (VT.ARRAY, VT.STRING)))
+        out.append((K.CHAT_TEMPLATES, names, (VT.ARRAY, VT.STRING)))
     if default is not None:
         out.append((K.CHAT_TEMPLATE, default, VT.STRING))
     return out

@@ -14,17 +14,6 @@ from workbench.gguf import Keys, key
 
 SUPPORTED_ARCHS = ("llama",)  # Mixtral GGUFs are arch "llama" with expert_count > 0
 
-# Keys not (yet) spelled in workbench/gguf/constants.py (llama.cpp's src/llama-arch.cpp LLM_KV_NAMES).
-# TODO(lead): move these to constants.py Keys.Rope.
-_ROPE_YARN_LOG_MUL = "{arch}.rope.scaling.yarn_log_multiplier"
-_ROPE_YARN_EXT_FACTOR = "{arch}.rope.scaling.yarn_ext_factor"
-_ROPE_YARN_ATTN_FACTOR = "{arch}.rope.scaling.yarn_attn_factor"
-_ROPE_YARN_BETA_FAST = "{arch}.rope.scaling.yarn_beta_fast"
-_ROPE_YARN_BETA_SLOW = "{arch}.rope.scaling.yarn_beta_slow"
-_ROPE_SCALING_ATTN_FACTOR = "{arch}.rope.scaling.attn_factor"
-_ROPE_SCALE_LINEAR = "{arch}.rope.scale_linear"          # old name of rope.scaling.factor
-_ATTENTION_SCALE = "{arch}.attention.scale"
-
 
 class ConfigError(ValueError):
     """The GGUF metadata does not describe a model this engine can run; the message names the key."""
@@ -105,24 +94,24 @@ class LlamaConfig:
         scaling = str(get(Keys.Rope.SCALING_TYPE, "linear"))
         if scaling not in ("none", "linear", "yarn"):
             raise ConfigError(f"{key(Keys.Rope.SCALING_TYPE, arch)}={scaling!r} is not supported")
-        factor = float(get(Keys.Rope.SCALING_FACTOR, get(_ROPE_SCALE_LINEAR, 0.0)))
+        factor = float(get(Keys.Rope.SCALING_FACTOR, get(Keys.Rope.SCALE_LINEAR, 0.0)))
         freq_scale = 1.0 if (factor == 0.0 or scaling == "none") else 1.0 / factor
-        ext_factor = float(get(_ROPE_YARN_EXT_FACTOR, -1.0))
+        ext_factor = float(get(Keys.Rope.SCALING_YARN_EXT_FACTOR, -1.0))
         if ext_factor < 0:
             ext_factor = 1.0 if scaling == "yarn" else 0.0
-        attn_factor = float(get(_ROPE_YARN_ATTN_FACTOR, 1.0))
+        attn_factor = float(get(Keys.Rope.SCALING_YARN_ATTN_FACTOR, 1.0))
         if ext_factor != 0.0:
             scale = 1.0 / freq_scale
 
             def mscale(s, m):
                 return 1.0 if s <= 1.0 else 0.1 * m * math.log(s) + 1.0
 
-            log_mul = float(get(_ROPE_YARN_LOG_MUL, 0.0))
+            log_mul = float(get(Keys.Rope.SCALING_YARN_LOG_MUL, 0.0))
             attn_factor = mscale(scale, 1.0) / mscale(scale, log_mul) if log_mul else mscale(scale, 1.0)
             # ggml's rope_yarn multiplies by 1 + 0.1 ln(1/freq_scale) again: cancel it (llama.cpp #17945)
             attn_factor = float(np.float32(attn_factor / (1.0 + 0.1 * math.log(scale))))
-        attn_factor *= float(get(_ROPE_SCALING_ATTN_FACTOR, 1.0))
-        attn_scale = float(get(_ATTENTION_SCALE, 0.0))
+        attn_factor *= float(get(Keys.Rope.SCALING_ATTN_FACTOR, 1.0))
+        attn_scale = float(get(Keys.Attention.SCALE, 0.0))
 
         return cls(
             arch=arch, n_vocab=int(n_vocab), n_ctx_train=n_ctx_train, n_embd=n_embd,
@@ -134,6 +123,7 @@ class LlamaConfig:
             rope_freq_base=float(get(Keys.Rope.FREQ_BASE, 10000.0)), rope_freq_scale=freq_scale,
             rope_scaling=scaling, n_ctx_orig=int(get(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train)),
             yarn_ext_factor=ext_factor, yarn_attn_factor=attn_factor,
-            yarn_beta_fast=float(get(_ROPE_YARN_BETA_FAST, 32.0)), yarn_beta_slow=float(get(_ROPE_YARN_BETA_SLOW, 1.0)),
+            yarn_beta_fast=float(get(Keys.Rope.SCALING_YARN_BETA_FAST, 32.0)),
+            yarn_beta_slow=float(get(Keys.Rope.SCALING_YARN_BETA_SLOW, 1.0)),
             kq_scale=attn_scale if attn_scale else 1.0 / math.sqrt(head_dim),
         )

@@ -35,13 +35,9 @@ ATTR_LSTRIP, ATTR_RSTRIP = 1 << 7, 1 << 8
 _TYPE_TO_ATTR = {1: ATTR_NORMAL, 2: ATTR_UNKNOWN, 3: ATTR_CONTROL, 4: ATTR_USER_DEFINED,
                  5: ATTR_UNUSED, 6: ATTR_BYTE}
 
-# Keys not (yet) in workbench/gguf/constants.py -- local until the lead adds them there.
-_KEY_EOM_ID = "tokenizer.ggml.eom_token_id"
-_KEY_SEP_ID = "tokenizer.ggml.seperator_token_id"  # (sic) gguf's spelling
-_KEY_MASK_ID = "tokenizer.ggml.mask_token_id"
-_KEY_FIM = {"pre": "tokenizer.ggml.fim_pre_token_id", "suf": "tokenizer.ggml.fim_suf_token_id",
-            "mid": "tokenizer.ggml.fim_mid_token_id", "pad": "tokenizer.ggml.fim_pad_token_id",
-            "rep": "tokenizer.ggml.fim_rep_token_id", "sep": "tokenizer.ggml.fim_sep_token_id"}
+# fill-in-the-middle token kind -> its id key (LLM_KV_TOKENIZER_FIM_*_ID in llama_vocab::impl::load)
+_FIM_KEYS = {"pre": Keys.Tokenizer.FIM_PRE_ID, "suf": Keys.Tokenizer.FIM_SUF_ID, "mid": Keys.Tokenizer.FIM_MID_ID,
+             "pad": Keys.Tokenizer.FIM_PAD_ID, "rep": Keys.Tokenizer.FIM_REP_ID, "sep": Keys.Tokenizer.FIM_SEP_ID}
 
 # token texts llama.cpp recognises as end-of-turn / end-of-generation (llama_vocab::impl::load)
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
@@ -124,8 +120,8 @@ class Tokenizer:
 
         bos, eos, unk = (special_id(Keys.Tokenizer.BOS_ID, bos), special_id(Keys.Tokenizer.EOS_ID, eos),
                          special_id(Keys.Tokenizer.UNK_ID, unk))
-        eot, eom = special_id(Keys.Tokenizer.EOT_ID, None), special_id(_KEY_EOM_ID, None)
-        fim = {k: special_id(key, None) for k, key in _KEY_FIM.items()}
+        eot, eom = special_id(Keys.Tokenizer.EOT_ID, None), special_id(Keys.Tokenizer.EOM_ID, None)
+        fim = {k: special_id(key, None) for k, key in _FIM_KEYS.items()}
         add_bos = bool(md.get(Keys.Tokenizer.ADD_BOS, add_bos))
         add_eos = bool(md.get(Keys.Tokenizer.ADD_EOS, add_eos))
 

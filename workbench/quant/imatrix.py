@@ -194,7 +194,7 @@ def save_imatrix(imat: Imatrix, path) -> None:
     """llama.cpp's GGUF imatrix layout: <name>.in_sum2 (n_per_row, n_mat) and <name>.counts (1, n_mat), F32."""
     from ..gguf import GGMLType, TensorInfo, new_metadata, write_gguf
 
-    md = new_metadata([("general.type", "imatrix", VT.STRING),
+    md = new_metadata([(Keys.General.TYPE, "imatrix", VT.STRING),
                        ("imatrix.datasets", list(imat.datasets), (VT.ARRAY, VT.STRING)),
                        ("imatrix.chunk_count", int(imat.chunk_count), VT.UINT32),
                        ("imatrix.chunk_size", int(getattr(imat, "chunk_size", 512)), VT.UINT32)])

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from ..gguf import Keys
 from ..moe.chat import ChatTemplateError, render_chat, stop_strings
 from ..moe.generate import ContextOverflowError, Event, generate
 from ..moe.sampling import SamplingError, SamplingParams
@@ -232,7 +233,7 @@ def build_app(engine: Engine, api_key: str | None = None) -> Starlette:
         return JSONResponse({
             "default_generation_settings": settings_json(engine, SamplingParams(), -1, [], 0xFFFFFFFF),
             "total_slots": len(engine.slots), "model_path": engine.model.gguf.path, "model_alias": engine.alias,
-            "chat_template": engine.metadata.get("tokenizer.chat_template", ""), "n_ctx": engine.model.n_ctx,
+            "chat_template": engine.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE, ""), "n_ctx": engine.model.n_ctx,
             "build_info": "llm-workbench"})
 
     async def models(request):
