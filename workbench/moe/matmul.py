@@ -25,6 +25,7 @@ from numba import njit, prange
 from workbench.gguf import GGMLType
 
 from .activations import prepare_activations, vec_dot_type
+from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
@@ -119,6 +120,8 @@ _Q4_0, _Q4_1 = int(GGMLType.Q4_0), int(GGMLType.Q4_1)
 
 
 _HW_FMA = None
+# weight types whose sums another module reproduces bit for bit (ggml's AVX2 vec_dot / tinyBLAS / repack order)
+_EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) for t in mod.SUPPORTED}
 
 
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
@@ -139,6 +142,10 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
+    if quantize_act and wtype in _EXACT:
+        exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
+        if exact is not None:
+            return exact
     if wtype in NATIVE_TYPES:
         # Q4_0's -8 offset is applied as a min over blocks of 32 in the fused path
         S = MIN_SUBBLOCK.get(wtype, 32 if wtype == GGMLType.Q4_0 else K)
