@@ -27,13 +27,10 @@ CONFIG_DEFAULTS = {
     "mixtral": {"vocab_size": 32000, "max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-5,
                 "rope_theta": 1e6, "num_local_experts": 8, "num_experts_per_tok": 2},
 }
-# keys not yet in constants.py (spelled here until the lead moves them)
-ROPE_YARN_KEYS = {"extrapolation_factor": "{arch}.rope.scaling.yarn_ext_factor",
-                  "attention_factor": "{arch}.rope.scaling.yarn_attn_factor",
-                  "beta_fast": "{arch}.rope.scaling.yarn_beta_fast",
-                  "beta_slow": "{arch}.rope.scaling.yarn_beta_slow"}
-
-
+ROPE_YARN_KEYS = {"extrapolation_factor": Keys.Rope.SCALING_YARN_EXT_FACTOR,
+                  "attention_factor": Keys.Rope.SCALING_YARN_ATTN_FACTOR,
+                  "beta_fast": Keys.Rope.SCALING_YARN_BETA_FAST,
+                  "beta_slow": Keys.Rope.SCALING_YARN_BETA_SLOW}
 
 
 class ConfigError(ValueError):
