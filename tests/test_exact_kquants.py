@@ -17,7 +17,7 @@ from workbench.moe.activations import prepare_activations
 from workbench.moe.exact_dots import _contracted, hardware_fma
 from workbench.quant import dequantize, quantize
 
-TYPES = [GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS]
+TYPES = [GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K]
 KV = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int64)
 
 
@@ -27,11 +27,11 @@ def _f16(b, o):
 
 def decode(blocks, wtype):
     """blocks (nb, type_size) -> (q (nb, 256) int64 as the AVX2 kernel multiplies it, scale per element
-    (nb, 256), d, dmin, mins (nb, 8))."""
+    (nb, 256), d, dmin, mins per 16 elements (nb, 16))."""
     nb = blocks.shape[0]
     q = np.zeros((nb, 256), np.int64)
     dmin = np.zeros(nb, np.float32)
-    mins = np.zeros((nb, 8), np.int64)
+    mins = np.zeros((nb, 16), np.int64)
     if wtype == GGMLType.Q6_K:
         ql, qh = blocks[:, :128].astype(np.int64), blocks[:, 128:192].astype(np.int64)
         for n in range(2):
@@ -45,10 +45,11 @@ def decode(blocks, wtype):
         scs = np.zeros((nb, 8), np.int64)
         for j in range(8):
             if j < 4:
-                scs[:, j], mins[:, j] = s[:, j] & 63, s[:, j + 4] & 63
+                scs[:, j], mins[:, 2 * j] = s[:, j] & 63, s[:, j + 4] & 63
             else:
                 scs[:, j] = (s[:, j + 4] & 15) | ((s[:, j - 4] >> 6) << 4)
-                mins[:, j] = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+                mins[:, 2 * j] = (s[:, j + 4] >> 4) | ((s[:, j] >> 6) << 4)
+            mins[:, 2 * j + 1] = mins[:, 2 * j]
         qh, qs = blocks[:, 16:48].astype(np.int64), blocks[:, 48:176].astype(np.int64)
         for j in range(4):
             b = qs[:, 32 * j:32 * j + 32]
@@ -70,6 +71,13 @@ def decode(blocks, wtype):
                 high = (hm >> (4 * n + j)) & 1
                 q[:, 128 * n + 32 * j:128 * n + 32 * j + 32] = low - 4 * (1 - high)
         return q, np.repeat(scs, 16, axis=1), _f16(blocks, 108), dmin, mins
+    if wtype == GGMLType.Q2_K:
+        qs = blocks[:, 16:80].astype(np.int64)
+        for n in range(2):
+            for j in range(4):
+                q[:, 128 * n + 32 * j:128 * n + 32 * j + 32] = (qs[:, 32 * n:32 * n + 32] >> (2 * j)) & 3
+        sc = np.repeat(blocks[:, :16].astype(np.int64) & 15, 16, axis=1)
+        return q, sc, _f16(blocks, 80), _f16(blocks, 82), blocks[:, :16].astype(np.int64) >> 4
     sh = blocks[:, 2:4].copy().view("<u2")[:, 0].astype(np.int64)
     sl, qs = blocks[:, 4:8].astype(np.int64), blocks[:, 8:136].astype(np.int64)
     ls = np.stack([((sl[:, ib // 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4) for ib in range(8)], 1)
@@ -102,14 +110,18 @@ def spec(rows, wtype, K, x, tiled):
                 bs = bsums[t, 16 * b:16 * b + 16]
                 if wtype == GGMLType.Q6_K:                     # q8sclsub
                     lanes = lanes - 32 * (bs * sc[r, b, ::16]).reshape(8, 2).sum(axis=1)
-                m = int((mins[r, b] * bs.reshape(8, 2).sum(axis=1)).sum())
+                mb = mins[r, b] * bs                           # min * bsums per 16 (Q5_K: a min per 32)
+                m = int(mb.sum())
                 if tiled:
                     res = np.float32(d[r, b] * np.float32(lanes.sum()))
-                    if wtype == GGMLType.Q5_K:
+                    if wtype in (GGMLType.Q5_K, GGMLType.Q2_K):
                         res = _fma(-dmin[r, b], np.float32(m), res)
                     acc[0] = _fma(res, dy[t, b], acc[0])
                 else:
                     dd = np.float32(dy[t, b] * d[r, b])
+                    if wtype == GGMLType.Q2_K:                 # the mins, lane k = sub-blocks 2k, 2k+1
+                        for k in range(8):
+                            acc[k] = _fma(np.float32(-dy[t, b] * dmin[r, b]), np.float32(mb[2 * k] + mb[2 * k + 1]), acc[k])
                     for k in range(8):
                         acc[k] = _fma(dd, np.float32(lanes[k]), acc[k])
                     if wtype == GGMLType.Q5_K:
@@ -148,8 +160,8 @@ def test_decode_matches_dequantize(wtype):
     if wtype == GGMLType.Q6_K:
         q = q - 32
     y = d[:, None] * sc.astype(np.float32) * q.astype(np.float32)
-    if wtype == GGMLType.Q5_K:
-        y = y - dmin[:, None] * np.repeat(mins, 32, axis=1).astype(np.float32)
+    if wtype in (GGMLType.Q5_K, GGMLType.Q2_K):
+        y = y - dmin[:, None] * np.repeat(mins, 16, axis=1).astype(np.float32)
     ref = dequantize(rows, wtype, 512).reshape(-1, 256)
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-7)
 

@@ -21,7 +21,15 @@ What differs per type is only which integers land in a lane:
         (GCC contracts that statement into an fma, like Q4_1's summs).
   Q3_K  signed q = low 2 bits - 4 * (high bit not set), times the 6-bit scale - 32.
   IQ4_XS kvalues_iq4nl[nibble] times the 6-bit scale - 32.
-  Q2_K  not here yet.
+  Q2_K  unsigned 2-bit q times the 4-bit scale (per 16); before the scale fma of each super-block,
+        acc[k] = fma(dmin, (float)(min[2k] * bsums[2k] + min[2k+1] * bsums[2k+1]), acc[k]),
+        dmin = -y.d * fp16(x.dmin).
+
+From 8 tokens on (ggml_tiled_min_batch; for mul_mat_id: 8 tokens routed to the expert), mul_mat takes
+ggml_compute_forward_mul_mat_tiled instead (tiled/tiled.cpp, tiled_run_microtile_avx2): per super-block
+the whole integer sum s1 = sum of scale * signed q * q8 (the AVX2 bias tricks cancel exactly) and, for
+Q5_K / Q2_K, s2 = sum of min * bsums; res = d_w * (float) s1, res = fnmadd(dmin_w, (float) s2, res),
+out = fma(res, y.d, out), super-block after super-block (no lanes, no horizontal sum).
 """
 from __future__ import annotations
 
@@ -36,12 +44,13 @@ from .simd import hsum8
 
 QK_K = 256
 TILED_MIN_BATCH = 8       # tiled.cpp ggml_tiled_min_batch
-_Q6_K, _Q5_K, _Q3_K, _IQ4_XS = 0, 1, 2, 3
-_KIND = {GGMLType.Q6_K: _Q6_K, GGMLType.Q5_K: _Q5_K, GGMLType.Q3_K: _Q3_K, GGMLType.IQ4_XS: _IQ4_XS}
-_BLOCK_BYTES = np.array([210, 176, 110, 136], np.int64)      # sizeof(block_q6_K / q5_K / q3_K / iq4_xs)
+_Q6_K, _Q5_K, _Q3_K, _IQ4_XS, _Q2_K = 0, 1, 2, 3, 4
+_KIND = {GGMLType.Q6_K: _Q6_K, GGMLType.Q5_K: _Q5_K, GGMLType.Q3_K: _Q3_K, GGMLType.IQ4_XS: _IQ4_XS,
+         GGMLType.Q2_K: _Q2_K}
+_BLOCK_BYTES = np.array([210, 176, 110, 136, 84], np.int64)  # sizeof(block_q6_K / q5_K / q3_K / iq4_xs / q2_K)
 _KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
 
-SUPPORTED = (GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K)
+SUPPORTED = (GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K)
 
 
 @njit(cache=True, inline="always")
@@ -117,6 +126,16 @@ def _decode_block(kind, row, o, w, sc, mins):
                         q -= 4
                     w[e] = sc[e // 16] * q
         return _h(row, o + 108), np.float32(0.0)
+    if kind == _Q2_K:                   # scales[16] (scale | min << 4) qs[64] d dmin
+        for k in range(16):
+            sc[k] = np.int32(row[o + k] & 15)
+            mins[k] = np.int32(row[o + k] >> 4)
+        for n in range(2):
+            for j in range(4):          # shift 2j of qs[32n + l]
+                for l in range(32):
+                    e = 128 * n + 32 * j + l
+                    w[e] = sc[e // 16] * np.int32((row[o + 16 + 32 * n + l] >> (2 * j)) & 3)
+        return _h(row, o + 80), _h(row, o + 82)
     # IQ4_XS: d scales_h(u16) scales_l[4] qs[128]
     sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
     for ib in range(8):
@@ -133,7 +152,7 @@ def _decode_block(kind, row, o, w, sc, mins):
 def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
     """T tokens of Q8_K activations (xqT (K, T) int32 quants, dT (K/256, T) scales, bsT (K/16, T) int32
     bsums) times the rows W; out (T, N).
-    tiled False: ggml_vec_dot_{q6_K,q5_K,q3_K,iq4_xs}_q8_K (AVX2): 8 float lanes, hsum_float_8 (+ summs).
+    tiled False: ggml_vec_dot_{q6_K,q5_K,q3_K,iq4_xs,q2_K}_q8_K (AVX2): 8 float lanes, hsum_float_8 (+ summs).
     tiled True: tiled_run_microtile_avx2 (tiled/tiled-kernel.cpp): per super-block the whole integer sum
     s1 (and s2 = the mins' sum), res = d_w * s1 (- dmin_w * s2 as one fnmadd), out = fma(res, d_y, out)
     block after block."""
@@ -145,7 +164,7 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
         row = W[r]
         w = np.empty(QK_K, np.int32)
         sc = np.zeros(16, np.int32)
-        mins = np.zeros(8, np.int32)
+        mins = np.zeros(16, np.int32)
         isum = np.empty((8, T), np.int32)
         acc = np.zeros((8, T), np.float32)
         summs = np.zeros(T, np.float32)
@@ -167,20 +186,28 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
                     for t in range(T):
                         isum[k, t] -= 32 * (b0[t] * sc[2 * k] + b1[t] * sc[2 * k + 1])
             for t in range(T):
-                m = np.int32(0)         # Q5_K: sum of min_j * (bsums 2j + 2j+1), exact in float32
+                m = np.int32(0)         # sum of min * bsums (Q5_K: mins per 32, Q2_K: per 16)
                 if kind == _Q5_K:
                     for j in range(8):
                         m += mins[j] * (bsT[16 * b + 2 * j, t] + bsT[16 * b + 2 * j + 1, t])
+                elif kind == _Q2_K:
+                    for j in range(16):
+                        m += mins[j] * bsT[16 * b + j, t]
                 if tiled:
                     s1 = np.int32(0)
                     for k in range(8):
                         s1 += isum[k, t]
                     res = dw * np.float32(s1)
-                    if kind == _Q5_K:
+                    if kind == _Q5_K or kind == _Q2_K:
                         res = fma_exact(-dmw, np.float32(m), res)
                     acc[0, t] = fma_exact(res, dT[b, t], acc[0, t])
                 else:
                     d = dT[b, t] * dw
+                    if kind == _Q2_K:   # the mins first: madd_epi16(mins, bsums), one lane per 2 sub-blocks
+                        dmin = -dT[b, t] * dmw
+                        for k in range(8):
+                            mk = mins[2 * k] * bsT[16 * b + 2 * k, t] + mins[2 * k + 1] * bsT[16 * b + 2 * k + 1, t]
+                            acc[k, t] = fma_exact(dmin, np.float32(mk), acc[k, t])
                     for k in range(8):
                         acc[k, t] = fma_exact(d, np.float32(isum[k, t]), acc[k, t])
                     if kind == _Q5_K:
