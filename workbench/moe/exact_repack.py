@@ -157,10 +157,11 @@ def q4_K_q8_K(W, K, xq, dx, n_gemm, out):
             out[t, r] = acc - accm
 
 
-def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, n_gemm, out):
-    """q4_K_q8_K vectorized over tokens (xqT (K, T) as float32, dxT (K/256, T)), 'contract' fastmath for
-    the fmas. A sub-block's dot (< 32 * 15 * 127) and bsum are exact in float32; the scaled sums are
-    gathered in float64 (exact) and rounded to float32 once, as _mm256_cvtepi32_ps rounds the int32."""
+def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, bsT, n_gemm, out):
+    """q4_K_q8_K vectorized over tokens (xqT (K, T) as float32, dxT (K/256, T), bsT (K/32, T) the sums of
+    q_x per sub-block, as ggml reads them from block_q8_K.bsums), 'contract' fastmath for the fmas.
+    A sub-block's dot (< 32 * 15 * 127) and bsum are exact in float32; the scaled sums are gathered in
+    float64 (exact) and rounded to float32 once, as _mm256_cvtepi32_ps rounds the int32."""
     N = W.shape[0]
     T = xqT.shape[1]
     for r in prange(N):
@@ -168,7 +169,6 @@ def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, n_gemm, out):
         acc = np.zeros(T, np.float32)
         accm = np.zeros(T, np.float32)
         dot = np.empty(T, np.float32)
-        bsum = np.empty(T, np.float32)
         isum = np.zeros(T, np.float64)
         imin = np.zeros(T, np.float64)
         dd = np.empty(T, np.float32)
@@ -182,14 +182,13 @@ def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, n_gemm, out):
             for j in range(8):
                 sc, m = _scale_min_k4(row, o, j)
                 dot[:] = 0.0
-                bsum[:] = 0.0
+                bsum = bsT[8 * b + j]
                 for l in range(32):
                     byte = row[o + 16 + 32 * (j // 2) + l]
                     q = np.float32((byte >> np.uint8(4)) if j % 2 else (byte & np.uint8(15)))
                     xl = xqT[256 * b + 32 * j + l]
                     for t in range(T):
                         dot[t] += q * xl[t]
-                        bsum[t] += xl[t]
                 for t in range(T):
                     isum[t] += np.float64(sc) * np.float64(dot[t])
                     imin[t] += np.float64(m) * np.float64(bsum[t])
@@ -219,8 +218,8 @@ _HW_FMA = None
 def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     """(T, N) float32 bit-equal to ggml-cpu's repacked mul_mat on AVX2, or None when llama.cpp would not
     repack the weight (row count not a multiple of 8; block-size misfit) or for mul_mat_id (experts).
-    vectorized: force (True) or avoid (False) the token-vectorized kernels; default: when the hardware fma
-    is available."""
+    vectorized: force (True) or avoid (False) the token-vectorized kernels; default: for 4 or more tokens
+    when the hardware fma is available (one token: the scalar kernels are faster)."""
     global _HW_FMA
     wtype = GGMLType(wtype)
     if wtype not in SUPPORTED or mul_mat_id:
@@ -236,14 +235,15 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     if vectorized is None:
         if _HW_FMA is None:
             _HW_FMA = hardware_fma()
-        vectorized = _HW_FMA
+        vectorized = _HW_FMA and T >= 4
     rows = np.ascontiguousarray(rows)
     if wtype == GGMLType.Q4_K:
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)
         n_gemm = T - T % 4                      # forward_mul_mat_one_chunk: gemm for whole groups of 4
         if vectorized:
-            q4_K_q8_K_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T),
-                            n_gemm, out)
+            xqT = np.ascontiguousarray(xq.T, dtype=np.float32)
+            bsT = np.ascontiguousarray(xqT.reshape(K // 32, 32, T).sum(axis=1, dtype=np.float32))   # exact
+            q4_K_q8_K_batch(rows, K, xqT, np.ascontiguousarray(dx.T), bsT, n_gemm, out)
         else:
             q4_K_q8_K(rows, K, xq, dx, n_gemm, out)
         return out
