@@ -125,7 +125,7 @@ def test_random_blocks_all_bit_patterns(wtype):
 def test_batch_equals_single_tokens(wtype):
     """ggml uses one order for every batch size (Q5_0: tinyBLAS = vec_dot; Q5_1: vec_dot only), so the
     token-vectorized batch kernel must give the one-token kernel's sums bit for bit; mul_mat_id too."""
-    K, N, T = 576, 24, 9
+    K, N, T = 576, 23, 9
     rows = _random_rows(wtype, N, K, 11)
     x = np.random.default_rng(12).standard_normal((T, K)).astype(np.float32)
     batch = exact_legacy.matmul(rows, wtype, K, x)
@@ -141,6 +141,18 @@ def test_batch_equals_single_tokens(wtype):
         else:
             exact_legacy.q5_1_q8_1(rows, K, xq, dx, s, spec)
         np.testing.assert_array_equal(batch, spec)
+
+
+@pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
+def test_without_hardware_fma(monkeypatch, wtype):
+    """Where 'contract' gives no fused multiply-add, the fma32 spec kernels serve every batch size."""
+    K, N = 192, 6
+    rows = _random_rows(wtype, N, K, 21)
+    monkeypatch.setattr(exact_legacy, "_HW_FMA", False)
+    for T in (1, 4):
+        x = np.random.default_rng(22 + T).standard_normal((T, K)).astype(np.float32)
+        msg = _first_bad(exact_legacy.matmul(rows, wtype, K, x), _spec(rows, wtype, K, x))
+        assert not msg, f"{wtype.name} T={T} (fma32 kernels): {msg}"
 
 
 def test_dispatch_from_matmul_raw():

@@ -20,6 +20,10 @@ in int32 and in float32 (|sum| < 2^14), so only the float order above matters.
 Block layouts (ggml-common.h): block_q5_0 = d (fp16), qh (u32), qs[16];  block_q5_1 = d, m (fp16), qh,
 qs[16]. Element j < 16 is the low nibble of qs[j] plus bit j of qh as 16; element j + 16 the high nibble
 of qs[j] plus bit j + 16 of qh. Q5_0 subtracts 16 (bytes_from_bits_32 + andnot 0xF0 in the SIMD code).
+
+Kernels: q5_0_q8_0 / q5_1_q8_1 are the readable spec (fma emulated by fma32, any number of tokens, used when
+'contract' gives no hardware fma); q5_gemv (one token) and q5_batch (token-vectorized, 4 rows at a time)
+compute the same sums with hardware fmas. The tests check all of them against each other bit for bit.
 """
 from __future__ import annotations
 
@@ -101,42 +105,93 @@ def q5_1_q8_1(W, K, xq, dx, s, out):
             out[t, r] = hsum8(acc) + summs
 
 
+def _q5_gemv_impl(W, K, bs, xf, dx, s, out):
+    """One token (xf (1, K) integer activations as float32), the sums of q5_0_q8_0 / q5_1_q8_1 (bs = 22 / 24)
+    with hardware fmas (fastmath 'contract', only used where hardware_fma() holds): the 32 products of a
+    block are exact in float32 (|q x| < 2^12), so they can be formed 32 wide before the 8 lane sums."""
+    N = W.shape[0]
+    has_min = bs == 24
+    off = np.float32(0 if has_min else 16)
+    x = xf[0]
+    for r in prange(N):
+        row = W[r]
+        acc = np.zeros(8, np.float32)
+        pr = np.empty(32, np.float32)
+        summs = np.float32(0.0)
+        for b in range(K // 32):
+            o = b * bs
+            p = o + bs - 20                                 # qh, then qs[16]
+            qh = (np.uint32(row[p]) | (np.uint32(row[p + 1]) << np.uint32(8))
+                  | (np.uint32(row[p + 2]) << np.uint32(16)) | (np.uint32(row[p + 3]) << np.uint32(24)))
+            for j in range(16):
+                byte = np.uint32(row[p + 4 + j])
+                lo = (byte & np.uint32(15)) | (((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+                hi = (byte >> np.uint32(4)) | (((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+                pr[j] = (np.float32(lo) - off) * x[32 * b + j]
+                pr[j + 16] = (np.float32(hi) - off) * x[32 * b + j + 16]
+            dd = _h(row, o) * dx[0, b]
+            if has_min:
+                summs = _h(row, o + 2) * s[0, b] + summs
+            for lane in range(8):
+                ls = (pr[4 * lane] + pr[4 * lane + 1]) + (pr[4 * lane + 2] + pr[4 * lane + 3])
+                acc[lane] = dd * ls + acc[lane]
+        out[0, r] = hsum8(acc) + summs
+
+
+q5_gemv = njit(cache=True, parallel=True, fastmath={"contract"})(_q5_gemv_impl)
+
+
 def _q5_batch_impl(W, K, bs, xqT, dxT, sT, out):
     """q5_0_q8_0 (bs = 22, sT unused) or q5_1_q8_1 (bs = 24) for T tokens at once, vectorized over tokens:
     xqT (K, T) integer activations as float32 (a lane sum of 4 products is exact), dxT and sT (K/32, T).
-    Compiled with fastmath 'contract' so that `dd * ls + acc` and `m * s + summs` are hardware fmas, like
-    _mm256_fmadd_ps and GCC's contraction of summs += m * s (only used where hardware_fma() holds)."""
+    Rows go 4 at a time so that each load of the activations serves 4 rows. Compiled with fastmath
+    'contract' so that `dd * ls + acc` and `m * s + summs` are hardware fmas, like _mm256_fmadd_ps (only
+    used where hardware_fma() holds)."""
     N = W.shape[0]
     T = xqT.shape[1]
     has_min = bs == 24
     off = 0 if has_min else 16
-    for r in prange(N):
-        row = W[r]
-        acc = np.zeros((8, T), np.float32)
-        summs = np.zeros(T, np.float32)
-        dd = np.empty(T, np.float32)
-        q = np.empty(32, np.int32)
+    for g in prange((N + 3) // 4):
+        r0 = 4 * g
+        nr = min(4, N - r0)                 # the last group may be short: its missing rows stay zero
+        acc = np.zeros((4, 8, T), np.float32)
+        summs = np.zeros((4, T), np.float32)
+        dd = np.zeros((4, T), np.float32)
+        qi = np.empty(32, np.int32)
+        q = np.zeros((4, 32), np.float32)
         for b in range(K // 32):
             o = b * bs
-            _unpack5(row, o + bs - 20, off, q)
-            d = _h(row, o)
-            if has_min:
-                m = _h(row, o + 2)
+            for i in range(nr):
+                row = W[r0 + i]
+                _unpack5(row, o + bs - 20, off, qi)
+                for e in range(32):
+                    q[i, e] = np.float32(qi[e])
+                d = _h(row, o)
                 for t in range(T):
-                    summs[t] = m * sT[b, t] + summs[t]
-            for t in range(T):
-                dd[t] = d * dxT[b, t]
+                    dd[i, t] = d * dxT[b, t]
+                if has_min:
+                    m = _h(row, o + 2)
+                    for t in range(T):
+                        summs[i, t] = m * sT[b, t] + summs[i, t]
             for lane in range(8):
                 e = 4 * lane
-                q0, q1 = np.float32(q[e]), np.float32(q[e + 1])
-                q2, q3 = np.float32(q[e + 2]), np.float32(q[e + 3])
                 x0, x1, x2, x3 = xqT[32 * b + e], xqT[32 * b + e + 1], xqT[32 * b + e + 2], xqT[32 * b + e + 3]
+                a0, a1, a2, a3 = acc[0, lane], acc[1, lane], acc[2, lane], acc[3, lane]
+                d0, d1, d2, d3 = dd[0], dd[1], dd[2], dd[3]
+                w00, w01, w02, w03 = q[0, e], q[0, e + 1], q[0, e + 2], q[0, e + 3]
+                w10, w11, w12, w13 = q[1, e], q[1, e + 1], q[1, e + 2], q[1, e + 3]
+                w20, w21, w22, w23 = q[2, e], q[2, e + 1], q[2, e + 2], q[2, e + 3]
+                w30, w31, w32, w33 = q[3, e], q[3, e + 1], q[3, e + 2], q[3, e + 3]
                 for t in range(T):
-                    ls = (q0 * x0[t] + q1 * x1[t]) + (q2 * x2[t] + q3 * x3[t])
-                    acc[lane, t] = dd[t] * ls + acc[lane, t]
-        for t in range(T):
-            out[t, r] = ((((acc[0, t] + acc[4, t]) + (acc[2, t] + acc[6, t]))
-                          + ((acc[1, t] + acc[5, t]) + (acc[3, t] + acc[7, t]))) + summs[t])
+                    y0, y1, y2, y3 = x0[t], x1[t], x2[t], x3[t]
+                    a0[t] = d0[t] * ((w00 * y0 + w01 * y1) + (w02 * y2 + w03 * y3)) + a0[t]
+                    a1[t] = d1[t] * ((w10 * y0 + w11 * y1) + (w12 * y2 + w13 * y3)) + a1[t]
+                    a2[t] = d2[t] * ((w20 * y0 + w21 * y1) + (w22 * y2 + w23 * y3)) + a2[t]
+                    a3[t] = d3[t] * ((w30 * y0 + w31 * y1) + (w32 * y2 + w33 * y3)) + a3[t]
+        for i in range(nr):
+            for t in range(T):
+                out[t, r0 + i] = ((((acc[i, 0, t] + acc[i, 4, t]) + (acc[i, 2, t] + acc[i, 6, t]))
+                                   + ((acc[i, 1, t] + acc[i, 5, t]) + (acc[i, 3, t] + acc[i, 7, t]))) + summs[i, t])
 
 
 q5_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q5_batch_impl)
@@ -162,12 +217,15 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     if _HW_FMA is None:
         _HW_FMA = hardware_fma()
     _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
-    if T == 1 or not _HW_FMA:
+    bs = wtype.type_size
+    if not _HW_FMA:                 # the spec kernels, fma emulated
         if wtype == GGMLType.Q5_0:
             q5_0_q8_0(rows, K, xq, dx, out)
         else:
             q5_1_q8_1(rows, K, xq, dx, s, out)
+    elif T == 1:
+        q5_gemv(rows, K, bs, xq.astype(np.float32), dx, s, out)
     else:
-        q5_batch(rows, K, 22 if wtype == GGMLType.Q5_0 else 24, np.ascontiguousarray(xq.T, dtype=np.float32),
-                 np.ascontiguousarray(dx.T), np.ascontiguousarray(s.T), out)
+        q5_batch(rows, K, bs, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T),
+                 np.ascontiguousarray(s.T), out)
     return out
