@@ -170,21 +170,30 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
         summs = np.zeros(T, np.float32)
         for b in range(nb):
             dw, dmw = _decode_block(kind, row, b * bsz, w, sc, mins)
-            isum[:] = 0
-            for c in range(8):
-                for k in range(8):
-                    lane = isum[k]
-                    for i in range(4):
-                        e = 32 * c + 4 * k + i
-                        we = w[e]
-                        xe = xqT[b * QK_K + e]
+            o = b * QK_K
+            if not tiled:               # vec_dot: 8 lanes per token (few tokens: scalar loops)
+                for t in range(T):
+                    for k in range(8):
+                        s = np.int32(0)
+                        for c in range(8):
+                            for i in range(4):
+                                e = 32 * c + 4 * k + i
+                                s += w[e] * xqT[o + e, t]
+                        isum[k, t] = s
+                if kind == _Q6_K:       # q8sclsub: the -32 offset, lane k on bsums 2k and 2k+1
+                    for k in range(8):
                         for t in range(T):
-                            lane[t] += we * xe[t]
-            if kind == _Q6_K:           # q8sclsub: the -32 offset, lane k on bsums 2k and 2k+1
-                for k in range(8):
-                    b0, b1 = bsT[16 * b + 2 * k], bsT[16 * b + 2 * k + 1]
+                            isum[k, t] -= 32 * (bsT[16 * b + 2 * k, t] * sc[2 * k] + bsT[16 * b + 2 * k + 1, t] * sc[2 * k + 1])
+            else:                       # tiled: only the super-block total s1, tokens innermost
+                isum[0, :] = 0
+                for e in range(0, QK_K, 4):
+                    w0, w1, w2, w3 = w[e], w[e + 1], w[e + 2], w[e + 3]
                     for t in range(T):
-                        isum[k, t] -= 32 * (b0[t] * sc[2 * k] + b1[t] * sc[2 * k + 1])
+                        isum[0, t] += (w0 * xqT[o + e, t] + w1 * xqT[o + e + 1, t]) + (w2 * xqT[o + e + 2, t] + w3 * xqT[o + e + 3, t])
+                if kind == _Q6_K:       # the -32 offset of every sub-block
+                    for j in range(16):
+                        for t in range(T):
+                            isum[0, t] -= 32 * sc[j] * bsT[16 * b + j, t]
             for t in range(T):
                 m = np.int32(0)         # sum of min * bsums (Q5_K: mins per 32, Q2_K: per 16)
                 if kind == _Q5_K:
@@ -194,10 +203,7 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
                     for j in range(16):
                         m += mins[j] * bsT[16 * b + j, t]
                 if tiled:
-                    s1 = np.int32(0)
-                    for k in range(8):
-                        s1 += isum[k, t]
-                    res = dw * np.float32(s1)
+                    res = dw * np.float32(isum[0, t])
                     if kind == _Q5_K or kind == _Q2_K:
                         res = fma_exact(-dmw, np.float32(m), res)
                     acc[0, t] = fma_exact(res, dT[b, t], acc[0, t])
@@ -217,18 +223,19 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
 
 
 def matmul(rows, wtype, K, x, mul_mat_id=False):
-    """(T, N) float32 bit-equal to ggml-cpu's mul_mat (and mul_mat_id: the same vec_dot) on AVX2,
-    or None when not handled."""
+    """(T, N) float32 bit-equal to ggml-cpu's mul_mat and mul_mat_id on AVX2, or None when not handled."""
     wtype = GGMLType(wtype)
     kind = _KIND.get(wtype)
     if kind is None or K % QK_K or rows.ndim != 2 or rows.shape[1] != wtype.row_bytes(K):
         return None
     x = np.ascontiguousarray(x, dtype=np.float32)
     T = x.shape[0]
+    out = np.empty((T, rows.shape[0]), np.float32)
+    if T == 0:
+        return out
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 16, True, with_ints=True)
     xq32 = xq.astype(np.int32)
     bs = xq32.reshape(T, K // 16, 16).sum(axis=2, dtype=np.int32)      # block_q8_K bsums
-    out = np.empty((T, rows.shape[0]), np.float32)
     # ggml_compute_forward_mul_mat_tiled takes batches of >= 8 tokens (ggml_tiled_min_batch; for
     # mul_mat_id: >= 8 tokens routed to the expert); smaller ones go through the type's vec_dot
     tiled = T >= TILED_MIN_BATCH
