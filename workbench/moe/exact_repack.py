@@ -217,12 +217,13 @@ _HW_FMA = None
 
 def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     """(T, N) float32 bit-equal to ggml-cpu's repacked mul_mat on AVX2, or None when llama.cpp would not
-    repack the weight (row count not a multiple of 8; block-size misfit) or for mul_mat_id (experts).
+    repack the weight (row count not a multiple of 8; block-size misfit). mul_mat_id (one expert's rows):
+    repack's forward_mul_mat_id sends every token through the gemv kernel, so no groups of 4.
     vectorized: force (True) or avoid (False) the token-vectorized kernels; default: for 4 or more tokens
     when the hardware fma is available (one token: the scalar kernels are faster)."""
     global _HW_FMA
     wtype = GGMLType(wtype)
-    if wtype not in SUPPORTED or mul_mat_id:
+    if wtype not in SUPPORTED:
         return None
     N = rows.shape[0]
     if N % 8 or K % wtype.block_size:
@@ -239,7 +240,7 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     rows = np.ascontiguousarray(rows)
     if wtype == GGMLType.Q4_K:
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)
-        n_gemm = T - T % 4                      # forward_mul_mat_one_chunk: gemm for whole groups of 4
+        n_gemm = 0 if mul_mat_id else T - T % 4    # forward_mul_mat_one_chunk: gemm for whole groups of 4
         if vectorized:
             xqT = np.ascontiguousarray(xq.T, dtype=np.float32)
             bsT = np.ascontiguousarray(xqT.reshape(K // 32, 32, T).sum(axis=1, dtype=np.float32))   # exact
