@@ -1,11 +1,12 @@
-"""exact_kquants: the AVX2 vec_dot / tiled sums of Q6_K, Q5_K, Q3_K, IQ4_XS against a numpy spec.
+"""exact_kquants: the AVX2 vec_dot / tiled sums of Q6_K, Q5_K, Q3_K, IQ4_XS, Q2_K against a numpy spec.
 
 The spec below decodes the blocks with vectorized numpy (independently of the numba decoder; the decode
 is itself checked against workbench.quant.dequantize) and writes ggml's float structure plainly:
   vec_dot (ggml_vec_dot_*_q8_K, AVX2, < 8 tokens): lane k of a super-block = the products of elements
       32c + 4k .. +3 (Q6_K: unsigned q, minus q8sclsub), acc_k = fma(d_y * d_w, lane, acc_k), hsum_float_8
-      (+ summs = fma(-d_y * dmin_w, mins . bsums, summs) for Q5_K)
-  tiled (tiled_run_microtile_avx2, >= 8 tokens): res = d_w * s1 (Q5_K: fnmadd dmin_w * s2), out = fma(res, d_y, out)
+      (+ summs = fma(-d_y * dmin_w, mins . bsums, summs) for Q5_K; Q2_K: a mins fma per lane first)
+  tiled (tiled_run_microtile_avx2, >= 8 tokens): res = d_w * s1 (Q5_K / Q2_K: fnmadd dmin_w * s2),
+      out = fma(res, d_y, out)
 The bit-equality with llama.cpp itself is checked by /work/diag/mmcheck.py (needs llama-cpp-python).
 """
 import numpy as np
@@ -15,7 +16,7 @@ from workbench.gguf import GGMLType
 from workbench.moe import exact_kquants as ek
 from workbench.moe.activations import prepare_activations
 from workbench.moe.exact_dots import _contracted, hardware_fma
-from workbench.quant import dequantize, quantize
+from workbench.quant import dequantize
 
 TYPES = [GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K]
 KV = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int64)
@@ -133,10 +134,20 @@ def spec(rows, wtype, K, x, tiled):
     return out
 
 
+_D_OFFSETS = {GGMLType.Q6_K: (208,), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,), GGMLType.IQ4_XS: (0,),
+              GGMLType.Q2_K: (80, 82)}
+
+
 def _weights(wtype, N=8, K=512, seed=0):
+    """Random blocks: every bit pattern of quants and scales is a valid block; only the fp16 d / dmin are
+    set to finite positive values (quantizing random floats would only reach part of the patterns)."""
     rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((N, K)) * rng.uniform(0.01, 1.0, (N, 1))).astype(np.float32)
-    return quantize(w, wtype)
+    nb = K // 256
+    raw = rng.integers(0, 256, (N, nb, wtype.type_size), dtype=np.uint8)
+    for o in _D_OFFSETS[wtype]:
+        d = rng.uniform(1e-4, 1e-2, (N, nb)).astype(np.float16)
+        raw[:, :, o:o + 2] = d.view(np.uint8).reshape(N, nb, 2)
+    return raw.reshape(N, nb * wtype.type_size)
 
 
 def _acts(T, K=512, seed=1):
@@ -198,7 +209,7 @@ def test_tokens_are_independent(wtype):
         bs = xq.reshape(T, 32, 16).sum(axis=2, dtype=np.int32)
         for t in range(T):
             one = np.empty((1, rows.shape[0]), np.float32)
-            ek.kquant_q8_K(rows, ek._KIND[wtype], 512, np.ascontiguousarray(xq[t:t + 1].T),
+            ek.kquant_q8_K(rows, ek._KIND[wtype], 512, xq[t:t + 1], np.ascontiguousarray(xq[t:t + 1].T),
                            np.ascontiguousarray(dx[t:t + 1].T), np.ascontiguousarray(bs[t:t + 1].T), tiled, one)
             assert np.array_equal(one[0], batch[t]), f"T={T} token {t}: " + _first_bad(one, batch[t:t + 1])
         # mul_mat_id takes the same kernels for the tokens routed to one expert
@@ -209,7 +220,7 @@ def test_fallbacks():
     rows = _weights(GGMLType.Q6_K)
     x = _acts(2)
     assert ek.matmul(rows, GGMLType.Q4_K, 512, x) is None              # not handled here
-    assert ek.matmul(_weights(GGMLType.Q8_0), GGMLType.Q8_0, 512, x) is None
+    assert ek.matmul(np.zeros((8, GGMLType.Q8_0.row_bytes(512)), np.uint8), GGMLType.Q8_0, 512, x) is None
     assert ek.matmul(rows[:, :-1], GGMLType.Q6_K, 512, x) is None       # rows do not match K
     assert ek.matmul(rows, GGMLType.Q6_K, 768, np.zeros((2, 768), np.float32)) is None
     assert set(ek.SUPPORTED) <= set(TYPES)

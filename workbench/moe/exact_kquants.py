@@ -1,10 +1,10 @@
-"""Exact ggml sums for the k-quants that ggml-cpu multiplies with ggml_vec_dot_*_q8_K on AVX2.
+"""Exact ggml sums for the k-quants Q6_K, Q5_K, Q3_K, IQ4_XS and Q2_K on an AVX2 (no AVX512) CPU.
 
-On an AVX2 (no AVX512) CPU, mul_mat never repacks Q6_K / Q5_K / Q3_K / IQ4_XS (repack.cpp's
-ggml_repack_get_optimal_repack_type only picks them on NEON; Q2_K only with AVX512) and llamafile's
-tinyBLAS does not take k-quants, so every token, batch or not, and every mul_mat_id expert goes through
-the type's vec_dot against activations quantized to Q8_K (quantize_row_q8_K_ref). The AVX2 kernels
-(arch/x86/quants.c) share one float structure:
+There mul_mat never repacks them (repack.cpp's ggml_repack_get_optimal_repack_type picks Q5_K / Q6_K only
+on NEON, Q2_K only with AVX512) and llamafile's tinyBLAS does not take k-quants. Activations are
+quantized to Q8_K (quantize_row_q8_K_ref). Below 8 tokens (and for a mul_mat_id expert with fewer than 8
+routed tokens) every row goes through the type's AVX2 vec_dot (arch/x86/quants.c), which share one float
+structure:
 
     per super-block of 256:  sumi[8]   eight int32 lanes; lane k holds the products of the elements
                                        32c + 4k .. 32c + 4k + 3 of every 32-element chunk c, each times
@@ -58,7 +58,7 @@ def _h(row, o):
     return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def fma_exact(a, b, c):
     """_mm256_fmadd_ps on one lane, correctly rounded: a*b is exact in double; TwoSum gives the rounding
     error e of the double sum s, and when s sits exactly on a float midpoint the exact value lies on the
@@ -149,8 +149,8 @@ def _decode_block(kind, row, o, w, sc, mins):
 
 
 @njit(cache=True, parallel=True)
-def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
-    """T tokens of Q8_K activations (xqT (K, T) int32 quants, dT (K/256, T) scales, bsT (K/16, T) int32
+def kquant_q8_K(W, kind, K, xq, xqT, dT, bsT, tiled, out):
+    """T tokens of Q8_K activations (xq (T, K) and xqT (K, T): the int32 quants, dT (K/256, T) scales, bsT (K/16, T) int32
     bsums) times the rows W; out (T, N).
     tiled False: ggml_vec_dot_{q6_K,q5_K,q3_K,iq4_xs,q2_K}_q8_K (AVX2): 8 float lanes, hsum_float_8 (+ summs).
     tiled True: tiled_run_microtile_avx2 (tiled/tiled-kernel.cpp): per super-block the whole integer sum
@@ -166,20 +166,23 @@ def kquant_q8_K(W, kind, K, xqT, dT, bsT, tiled, out):
         sc = np.zeros(16, np.int32)
         mins = np.zeros(16, np.int32)
         isum = np.empty((8, T), np.int32)
+        prod = np.empty(QK_K, np.int32)
+        part = np.empty(32, np.int32)
         acc = np.zeros((8, T), np.float32)
         summs = np.zeros(T, np.float32)
         for b in range(nb):
             dw, dmw = _decode_block(kind, row, b * bsz, w, sc, mins)
             o = b * QK_K
-            if not tiled:               # vec_dot: 8 lanes per token (few tokens: scalar loops)
+            if not tiled:               # vec_dot: 8 lanes per token (few tokens: one at a time)
                 for t in range(T):
-                    for k in range(8):
-                        s = np.int32(0)
-                        for c in range(8):
-                            for i in range(4):
-                                e = 32 * c + 4 * k + i
-                                s += w[e] * xqT[o + e, t]
-                        isum[k, t] = s
+                    for e in range(QK_K):
+                        prod[e] = w[e] * xq[t, o + e]
+                    part[:] = 0         # the 32 bytes of a register: sum over the 8 chunks ...
+                    for c in range(8):
+                        for j in range(32):
+                            part[j] += prod[32 * c + j]
+                    for k in range(8):  # ... then 4 bytes per int32 lane
+                        isum[k, t] = (part[4 * k] + part[4 * k + 1]) + (part[4 * k + 2] + part[4 * k + 3])
                 if kind == _Q6_K:       # q8sclsub: the -32 offset, lane k on bsums 2k and 2k+1
                     for k in range(8):
                         for t in range(T):
@@ -239,6 +242,6 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     # ggml_compute_forward_mul_mat_tiled takes batches of >= 8 tokens (ggml_tiled_min_batch; for
     # mul_mat_id: >= 8 tokens routed to the expert); smaller ones go through the type's vec_dot
     tiled = T >= TILED_MIN_BATCH
-    kquant_q8_K(np.ascontiguousarray(rows), kind, K, np.ascontiguousarray(xq32.T), np.ascontiguousarray(dx.T),
+    kquant_q8_K(np.ascontiguousarray(rows), kind, K, xq32, np.ascontiguousarray(xq32.T), np.ascontiguousarray(dx.T),
                 np.ascontiguousarray(bs.T), tiled, out)
     return out
