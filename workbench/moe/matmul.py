@@ -13,8 +13,10 @@ them): equal up to float rounding order. `quantize_act=False` gives the exact fl
 
 Prompt path: decode R rows at a time, reuse them for every token (parallel over row chunks).
 Generation path (one token): fused decode+dot per block for the common formats, no buffer.
-Q4_1, Q8_0 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (exact_dots.py); the activations for
-all types come from activations.py. Types without a native decoder go through
+Q4_1, Q8_0 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (exact_dots.py); so are Q5_0/Q5_1
+(exact_legacy.py), the types llama.cpp repacks on AVX2, Q4_0/IQ4_NL/Q4_K (exact_repack.py), and Q2_K..Q6_K/IQ4_XS
+(exact_kquants.py); the remaining types keep the float order below. The activations for all types come from
+activations.py. Types without a native decoder go through
 `workbench.quant.dequantize`, a block of rows at a time.
 """
 
