@@ -29,6 +29,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
+from .lanes_ir import lane_order, q4_1_gemv, q8_0_gemv
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -161,7 +162,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q4_1 and quantize_act:
             _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if T == 1 or not _HW_FMA:
+            if T == 1:
+                q4_1_gemv(rows, K, lane_order(xq)[0], dx[0], s[0], out[0])
+            elif not _HW_FMA:
                 q4_1_q8_1(rows, K, xq, dx, s, out)
             else:
                 q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
@@ -169,7 +172,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q8_0 and quantize_act:
             _, _, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if T == 1 or not _HW_FMA:
+            if T == 1:
+                q8_0_gemv(rows, K, lane_order(xq)[0], dx[0], out[0])
+            elif not _HW_FMA:
                 q8_0_q8_0(rows, K, xq, dx, out)
             else:
                 q8_0_q8_0_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)

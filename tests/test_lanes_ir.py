@@ -1,0 +1,85 @@
+"""workbench.moe.lanes_ir: the one-token Q4_1 / Q8_0 kernels written as LLVM vector code must give, bit for
+bit, the sums of the scalar statement of ggml's AVX2 order (exact_dots.q4_1_q8_1 / q8_0_q8_0), on random
+block bytes (every nibble and int8 pattern), odd row counts and the row lengths SmolLM2 and 7B models use."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.gguf import GGMLType
+from workbench.moe.activations import prepare_activations, vec_dot_type
+from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
+from workbench.moe.lanes_ir import lane_order, q4_1_gemv, q8_0_gemv
+from workbench.moe.matmul import matmul_raw
+
+
+def _random_rows(wtype, N, K, seed):
+    """Random block bytes with finite fp16 scales (d, and m for Q4_1) at the start of each block."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, (N, K // 32, wtype.type_size), dtype=np.uint8)
+    n_half = 2 if wtype == GGMLType.Q4_1 else 1
+    scales = (rng.standard_normal((N, K // 32, n_half)) * 0.02).astype(np.float16)
+    rows[:, :, :2 * n_half] = scales.view(np.uint8).reshape(N, K // 32, 2 * n_half)
+    return rows.reshape(N, -1)
+
+
+def _activations(wtype, K, seed):
+    x = np.random.default_rng(seed).standard_normal((1, K)).astype(np.float32)
+    x[0, :7] *= 40                                     # an outlier block, as real activations have
+    _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
+    return x, s, xq, dx
+
+
+def test_lane_order():
+    xq = np.arange(64, dtype=np.int8)[None]
+    xl = lane_order(xq)
+    assert xl.shape == (1, 2, 4, 8) and xl.dtype == np.float32
+    assert xl[0, 1, 2, 3] == 32 + 4 * 3 + 2            # [t, b, k, l] = x[32 b + 4 l + k]
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+@pytest.mark.parametrize("N,K", [(1, 32), (7, 64), (129, 576), (64, 1536), (33, 4096)])
+def test_gemv_equals_scalar_order(wtype, N, K):
+    rows = _random_rows(wtype, N, K, seed=N * 7 + K)
+    _, s, xq, dx = _activations(wtype, K, seed=K)
+    ref = np.empty((1, N), np.float32)
+    got = np.full(N, np.nan, np.float32)
+    if wtype == GGMLType.Q4_1:
+        q4_1_q8_1(rows, K, xq, dx, s, ref)
+        q4_1_gemv(rows, K, lane_order(xq)[0], dx[0], s[0], got)
+    else:
+        q8_0_q8_0(rows, K, xq, dx, ref)
+        q8_0_gemv(rows, K, lane_order(xq)[0], dx[0], got)
+    assert np.isfinite(ref).all()
+    np.testing.assert_array_equal(got, ref[0])
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+def test_matmul_raw_one_token_is_the_gemv(wtype):
+    """matmul_raw's one-token path (generation) gives the same bits as the scalar spec and stays close to
+    the float product of the dequantized rows."""
+    N, K = 96, 576
+    rows = _random_rows(wtype, N, K, seed=3)
+    x, s, xq, dx = _activations(wtype, K, seed=4)
+    ref = np.empty((1, N), np.float32)
+    if wtype == GGMLType.Q4_1:
+        q4_1_q8_1(rows, K, xq, dx, s, ref)
+    else:
+        q8_0_q8_0(rows, K, xq, dx, ref)
+    got = matmul_raw(rows, wtype, K, x)
+    np.testing.assert_array_equal(got, ref)
+    from workbench.quant import dequantize
+    exact = x.astype(np.float64) @ dequantize(rows, wtype, K).astype(np.float64).T
+    assert np.abs(got - exact).max() <= 0.02 * np.abs(exact).max()
+
+
+def test_rows_with_a_stride():
+    """A view of every other row (a row stride bigger than the row) reads the right bytes."""
+    K = 64
+    rows = _random_rows(GGMLType.Q8_0, 20, K, seed=9)
+    _, _, xq, dx = _activations(GGMLType.Q8_0, K, seed=10)
+    ref = np.empty((1, 10), np.float32)
+    q8_0_q8_0(np.ascontiguousarray(rows[::2]), K, xq, dx, ref)
+    got = np.empty(10, np.float32)
+    q8_0_gemv(rows[::2], K, lane_order(xq)[0], dx[0], got)
+    np.testing.assert_array_equal(got, ref[0])
