@@ -9,7 +9,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import lane_order, q4_1_gemv, q8_0_gemv
+from workbench.moe.lanes_ir import f16_bits_to_f32, lane_order, q4_1_gemv, q8_0_gemv, q8_lanes
 from workbench.moe.matmul import matmul_raw
 
 
@@ -83,3 +83,39 @@ def test_rows_with_a_stride():
     got = np.empty(10, np.float32)
     q8_0_gemv(rows[::2], K, lane_order(xq)[0], dx[0], got)
     np.testing.assert_array_equal(got, ref[0])
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+def test_q8_lanes_is_quantize_row_q8(wtype):
+    """q8_lanes gives prepare_activations' integers (in lane order), scales and Q8_1 sums."""
+    x, s, xq, dx = _activations(wtype, 576, seed=5)
+    xl, dl, sl = q8_lanes(x[0], 1 if wtype == GGMLType.Q4_1 else 0)
+    np.testing.assert_array_equal(xl, lane_order(xq)[0])
+    np.testing.assert_array_equal(dl, dx[0])
+    np.testing.assert_array_equal(sl, s[0])
+
+
+def test_one_token_activations_reused_only_for_equal_inputs():
+    """The shared-input memo of matmul_raw (Q, K, V get the same x) must not survive a change of x in place."""
+    K, N = 64, 16
+    rows = _random_rows(GGMLType.Q8_0, N, K, seed=11)
+    x = np.random.default_rng(12).standard_normal((1, K)).astype(np.float32)
+    a = matmul_raw(rows, GGMLType.Q8_0, K, x)
+    x[0, 5] += 3.0                                    # same array object, new value
+    b = matmul_raw(rows, GGMLType.Q8_0, K, x)
+    c = matmul_raw(rows, GGMLType.Q8_0, K, x.copy())
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(b, c)
+    _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)  # the spec, changed x
+    ref = np.empty((1, N), np.float32)
+    q8_0_q8_0(rows, K, xq, dx, ref)
+    np.testing.assert_array_equal(b, ref)
+
+
+def test_f16_bits_to_f32_is_exact():
+    v = np.concatenate([np.random.default_rng(1).standard_normal(1000) * 300,
+                        [0.0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf, np.nan]]).astype(np.float16)
+    bits = v.view(np.uint16).reshape(8, -1)
+    out = np.empty(bits.shape, np.float32)
+    f16_bits_to_f32(bits, out)
+    np.testing.assert_array_equal(out.view(np.uint32), v.astype(np.float32).reshape(8, -1).view(np.uint32))

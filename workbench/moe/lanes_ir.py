@@ -27,11 +27,33 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .activations import _quantize_q8
+
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _V8F = ir.VectorType(_F32, 8)
 _V8I = ir.VectorType(_I32, 8)
+
+
+@njit(cache=True)
+def q8_lanes(x, kind):
+    """One token x (K,) quantized as ggml's quantize_row_q8_0 (kind 0) / _q8_1 (kind 1) for a vec_dot, in the
+    form the kernels here read: xl (K/32, 4, 8) float32 in lane order, dx (K/32,) the scales, s (K/32,) the
+    block sums d * sum(q) (Q8_1's s, rounded to fp16; only Q4_1's min term reads them)."""
+    K = x.shape[0]
+    nb = K // 32
+    xh = np.empty((1, K), np.float32)
+    s = np.zeros((1, nb), np.float32)
+    xq = np.empty((1, K), np.int8)
+    dx = np.empty((1, nb), np.float32)
+    _quantize_q8(x.reshape(1, K), 32, kind, 32, xh, s, xq, dx)
+    xl = np.empty((nb, 4, 8), np.float32)
+    for b in range(nb):
+        for lane in range(8):
+            for k in range(4):
+                xl[b, k, lane] = xq[0, 32 * b + 4 * lane + k]
+    return xl, dx[0], s[0]
 
 
 def lane_order(xq: np.ndarray) -> np.ndarray:
@@ -161,3 +183,23 @@ def q8_0_gemv(W, K, xl, dx, out):
     """out[r] = ggml_vec_dot_q8_0_q8_0(row r, x) for one token: xl = lane_order(xq)[0], dx (K/32,)."""
     for r in prange(W.shape[0]):
         out[r] = _q8_0_row(W, r, K // 32, xl, dx)
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """The fp16 number with these bits (uint16) as float32: exact, one vcvtph2ps lane where LLVM vectorizes."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
+
+    return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def f16_bits_to_f32(bits, out):
+    """out (n, m) float32 = the fp16 values whose bits are `bits` (n, m) uint16 (numpy's astype is ~20x slower)."""
+    for i in prange(bits.shape[0]):
+        row, o = bits[i], out[i]
+        for j in range(bits.shape[1]):
+            o[j] = half_to_float(row[j])

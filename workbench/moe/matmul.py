@@ -29,7 +29,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import lane_order, q4_1_gemv, q8_0_gemv
+from .lanes_ir import q4_1_gemv, q8_0_gemv, q8_lanes
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -127,6 +127,23 @@ _HW_FMA = None
 _EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) for t in mod.SUPPORTED}
 
 
+# one token on these weights: lanes_ir's vector kernels (Q8_1 / Q8_0 activations: kind 1 / 0 of q8_lanes)
+_LANES = {GGMLType.Q4_1: 1, GGMLType.Q8_0: 0}
+_last_lanes = (None, -1, None)      # x, kind, (xl, dx, s): Q, K and V (gate and up) share one input
+
+
+def _one_token_lanes(x: np.ndarray, kind: int):
+    """q8_lanes(x, kind), reused while the same activations come back (compared by value, so always safe;
+    the entry is replaced as one tuple, so concurrent callers see either the old or the new one)."""
+    global _last_lanes
+    last = _last_lanes
+    if last[1] == kind and np.array_equal(last[0], x):
+        return last[2]
+    lanes = q8_lanes(x, kind)
+    _last_lanes = (x.copy(), kind, lanes)
+    return lanes
+
+
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
                name: str = "weight", mul_mat_id: bool = False) -> np.ndarray:
     """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`.
@@ -145,6 +162,13 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
+    if T == 1 and quantize_act and wtype in _LANES:
+        xl, dx, s = _one_token_lanes(x[0], _LANES[wtype])
+        if wtype == GGMLType.Q4_1:
+            q4_1_gemv(rows, K, xl, dx, s, out[0])
+        else:
+            q8_0_gemv(rows, K, xl, dx, out[0])
+        return out
     if quantize_act and wtype in _EXACT:
         exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
         if exact is not None:
@@ -162,9 +186,7 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q4_1 and quantize_act:
             _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if T == 1:
-                q4_1_gemv(rows, K, lane_order(xq)[0], dx[0], s[0], out[0])
-            elif not _HW_FMA:
+            if not _HW_FMA:
                 q4_1_q8_1(rows, K, xq, dx, s, out)
             else:
                 q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
@@ -172,9 +194,7 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q8_0 and quantize_act:
             _, _, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if T == 1:
-                q8_0_gemv(rows, K, lane_order(xq)[0], dx[0], out[0])
-            elif not _HW_FMA:
+            if not _HW_FMA:
                 q8_0_q8_0(rows, K, xq, dx, out)
             else:
                 q8_0_q8_0_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
