@@ -37,3 +37,32 @@ def test_round_f16_inplace_matches_numpy():
     with np.errstate(over="ignore"):
         want = x.astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got, want)
+
+
+def test_softmax_scores_is_the_spec():
+    """The vectorized softmax of attention_f16 equals ops._softmax_inplace(masked_tail=True) bit for bit,
+    including scores far below the maximum (ggml_v_expf's scaled path) and -inf (masked)."""
+    if not hardware_fma():
+        pytest.skip("no hardware fma: the spec kernel is used")
+    from workbench.moe.attention_f16 import softmax_scores
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 8, 9, 64, 301):
+        for spread in (1.0, 30.0, 300.0):
+            w = (rng.standard_normal(n) * spread).astype(np.float32)
+            if n > 8:
+                w[3] = -np.inf
+            want = ops._softmax_inplace(w.copy(), n, True)
+            got = w.copy()
+            softmax_scores(got, n)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_swiglu_vectorized_is_the_spec():
+    if not hardware_fma():
+        pytest.skip("no hardware fma: the spec kernel is used")
+    rng = np.random.default_rng(2)
+    for F in (8, 13, 1536):
+        g = (rng.standard_normal((5, F)) * 12).astype(np.float32)
+        g[0, :3] = [-100.0, 95.0, -0.0]                 # exp(-x) far out of range both ways
+        u = rng.standard_normal((5, F)).astype(np.float32)
+        np.testing.assert_array_equal(ops._swiglu_vec(g, u), ops._swiglu_spec(g, u))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .ops import _softmax_inplace, round_f16
-from .simd import hsum8
+from .ops import round_f16
+from .simd import hsum8, v_expf
 
 _FAST = {"contract"}
 
@@ -47,6 +47,29 @@ def round_f16_inplace(a, n):
             a[i] = np.float32(np.rint(a[i] * np.float32(16777216.0)) * np.float32(1.0 / 16777216.0))
 
 
+@njit(cache=True)
+def softmax_scores(w, n):
+    """ops._softmax_inplace(w, n, masked_tail=True), with the exponentials vectorized (simd.v_expf)."""
+    mx = np.float32(-np.inf)
+    for i in range(n):
+        mx = max(mx, w[i])
+    x = np.empty(n, np.float32)
+    for i in range(n):
+        x[i] = w[i] - mx
+    v_expf(x, w[:n])
+    total = 0.0
+    for c in range(0, n, 8):
+        if c + 8 <= n:
+            total += np.float64(hsum8(w[c:c + 8]))
+        else:                                        # llama.cpp pads n_kv: the masked lanes add 0
+            chunk = np.zeros(8, np.float32)
+            chunk[:n - c] = w[c:n]
+            total += np.float64(hsum8(chunk))
+    inv = np.float32(1.0 / total)
+    for i in range(n):
+        w[i] = w[i] * inv
+
+
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
     """As ops._attention_job over all (token, head) jobs, with kf, vf (n_kv, n_head_kv * D) float32 copies
@@ -55,6 +78,7 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
     group = H // n_head_kv
     batch = T >= 2
     D32 = D - D % 32
+    kT = np.ascontiguousarray(kf.T) if batch else kf[:1]    # (n_head_kv * D, n_kv): keys along a row
     for job in prange(T * H):
         t = job // H
         h = job % H
@@ -65,16 +89,20 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
             qv[d] = round_f16(q[t, h, d])
         p = np.empty(n_kv, np.float32)
         lanes = np.empty(32, np.float32)
-        for j in range(n_kv):
-            k = kf[j, c0:c0 + D]
-            if batch:       # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ...
-                for lane in range(8):
-                    lanes[lane] = 0.0
-                for c in range(0, D, 8):
-                    for lane in range(8):
-                        lanes[lane] = qv[c + lane] * k[c + lane] + lanes[lane]
-                p[j] = hsum8(lanes) * scale
-            else:           # ggml_vec_dot_f16: 32 lanes over chunks of 32, reduce, tail in double
+        if batch:           # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ... per key,
+            kl = np.zeros((8, n_kv), np.float32)     # run for all keys at once (SIMD over the keys)
+            for d in range(D):
+                a = kl[d % 8]
+                kd = kT[c0 + d]
+                qd = qv[d]
+                for j in range(n_kv):
+                    a[j] = qd * kd[j] + a[j]
+            for j in range(n_kv):
+                p[j] = (((kl[0, j] + kl[4, j]) + (kl[2, j] + kl[6, j]))
+                        + ((kl[1, j] + kl[5, j]) + (kl[3, j] + kl[7, j]))) * scale
+        else:               # ggml_vec_dot_f16: 32 lanes over chunks of 32, reduce, tail in double
+            for j in range(n_kv):
+                k = kf[j, c0:c0 + D]
                 for lane in range(32):
                     lanes[lane] = 0.0
                 for c in range(0, D32, 32):
@@ -85,7 +113,7 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
                 for d in range(D32, D):
                     s64 += np.float64(qv[d] * k[d])
                 p[j] = np.float32(s64) * scale
-        _softmax_inplace(p, n_kv, True)
+        softmax_scores(p, n_kv)
         round_f16_inplace(p, n_kv)
         nl = 8 if batch else 32
         acc = np.zeros((nl, D), np.float32)

@@ -7,6 +7,8 @@ every mul_mat_id). See simd.py for why the order of a float sum matters here.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -89,6 +91,7 @@ def _contracted(a, b, c):
     return a * b + c
 
 
+@functools.cache
 def hardware_fma() -> bool:
     """Does 'contract' give a fused multiply-add here? (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 only when fused."""
     a = np.float32(1 + 2.0 ** -12)

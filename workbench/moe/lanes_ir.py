@@ -203,3 +203,4 @@ def f16_bits_to_f32(bits, out):
         row, o = bits[i], out[i]
         for j in range(bits.shape[1]):
             o[j] = half_to_float(row[j])
+

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from .simd import expf, fma32, hsum8, silu
+from .simd import expf, fma32, hsum8, silu, v_expf
 
 # fp16 bits -> float32 for every bit pattern (the F16 KV cache is read through this table)
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -119,7 +119,7 @@ def _softmax_inplace(w, n, masked_tail=False):
 
 
 @njit(cache=True)
-def swiglu(g, u):
+def _swiglu_spec(g, u):
     """silu(g) * u, elementwise (T, F) (ggml_vec_swiglu_f32 with ggml_v_silu; libm for a tail < 8)."""
     out = np.empty_like(g)
     F = g.shape[1]
@@ -130,6 +130,32 @@ def swiglu(g, u):
             x = g[t, i]
             out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
     return out
+
+
+@njit(cache=True, parallel=True)
+def _swiglu_vec(g, u):
+    """_swiglu_spec with the exponentials vectorized (simd.v_expf, hardware fma), rows in parallel."""
+    out = np.empty_like(g)
+    F = g.shape[1]
+    F8 = F - F % 8
+    for t in prange(g.shape[0]):
+        neg = np.empty(F8, np.float32)
+        e = np.empty(F8, np.float32)
+        for i in range(F8):
+            neg[i] = np.float32(0.0) - g[t, i]
+        v_expf(neg, e)
+        for i in range(F8):
+            out[t, i] = g[t, i] / (np.float32(1.0) + e[i]) * u[t, i]
+        for i in range(F8, F):
+            x = g[t, i]
+            out[t, i] = x / (np.float32(1.0) + np.float32(math.exp(-x))) * u[t, i]
+    return out
+
+
+def swiglu(g, u):
+    """silu(g) * u as ggml_vec_swiglu_f32 (see _swiglu_spec), vectorized where the host has fma."""
+    from .exact_dots import hardware_fma
+    return (_swiglu_vec if hardware_fma() else _swiglu_spec)(g, u)
 
 
 def _load(a, i, j, table):
