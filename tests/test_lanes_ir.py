@@ -9,7 +9,8 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import f16_bits_to_f32, lane_order, q4_1_gemv, q8_0_gemv, q8_lanes
+from workbench.moe.lanes_ir import (f16_bits_to_f32, has_avx2, lane_order, q4_1_gemv, q4_1_gemv_avx2, q8_0_gemv,
+                                    q8_0_gemv_avx2, q8_lanes)
 from workbench.moe.matmul import matmul_raw
 
 
@@ -37,19 +38,30 @@ def test_lane_order():
     assert xl[0, 1, 2, 3] == 32 + 4 * 3 + 2            # [t, b, k, l] = x[32 b + 4 l + k]
 
 
+@pytest.mark.parametrize("avx2", [False, True])
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
 @pytest.mark.parametrize("N,K", [(1, 32), (7, 64), (129, 576), (64, 1536), (33, 4096)])
-def test_gemv_equals_scalar_order(wtype, N, K):
+def test_gemv_equals_scalar_order(wtype, N, K, avx2):
+    if avx2 and not has_avx2():
+        pytest.skip("no AVX2 on this host")
     rows = _random_rows(wtype, N, K, seed=N * 7 + K)
+    if wtype == GGMLType.Q8_0:
+        rows.reshape(N, K // 32, 34)[0, 0, 2:6] = [0x80, 0x7F, 0x80, 0x81]   # -128 weights: psign's edge
     _, s, xq, dx = _activations(wtype, K, seed=K)
     ref = np.empty((1, N), np.float32)
     got = np.full(N, np.nan, np.float32)
     if wtype == GGMLType.Q4_1:
         q4_1_q8_1(rows, K, xq, dx, s, ref)
-        q4_1_gemv(rows, K, lane_order(xq)[0], dx[0], s[0], got)
+        if avx2:
+            q4_1_gemv_avx2(rows, K, xq[0], dx[0], s[0], got)
+        else:
+            q4_1_gemv(rows, K, lane_order(xq)[0], dx[0], s[0], got)
     else:
         q8_0_q8_0(rows, K, xq, dx, ref)
-        q8_0_gemv(rows, K, lane_order(xq)[0], dx[0], got)
+        if avx2:
+            q8_0_gemv_avx2(rows, K, xq[0], dx[0], got)
+        else:
+            q8_0_gemv(rows, K, lane_order(xq)[0], dx[0], got)
     assert np.isfinite(ref).all()
     np.testing.assert_array_equal(got, ref[0])
 
@@ -83,13 +95,17 @@ def test_rows_with_a_stride():
     got = np.empty(10, np.float32)
     q8_0_gemv(rows[::2], K, lane_order(xq)[0], dx[0], got)
     np.testing.assert_array_equal(got, ref[0])
+    if has_avx2():
+        q8_0_gemv_avx2(rows[::2], K, xq[0], dx[0], got)
+        np.testing.assert_array_equal(got, ref[0])
 
 
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
 def test_q8_lanes_is_quantize_row_q8(wtype):
     """q8_lanes gives prepare_activations' integers (in lane order), scales and Q8_1 sums."""
     x, s, xq, dx = _activations(wtype, 576, seed=5)
-    xl, dl, sl = q8_lanes(x[0], 1 if wtype == GGMLType.Q4_1 else 0)
+    xqq, xl, dl, sl = q8_lanes(x[0], 1 if wtype == GGMLType.Q4_1 else 0)
+    np.testing.assert_array_equal(xqq, xq[0])
     np.testing.assert_array_equal(xl, lane_order(xq)[0])
     np.testing.assert_array_equal(dl, dx[0])
     np.testing.assert_array_equal(sl, s[0])

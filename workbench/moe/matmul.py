@@ -20,6 +20,8 @@ activations.py. Types without a native decoder go through
 `workbench.quant.dequantize`, a block of rows at a time.
 """
 
+import functools
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -29,7 +31,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import q4_1_gemv, q8_0_gemv, q8_lanes
+from .lanes_ir import has_avx2, q4_1_gemv, q4_1_gemv_avx2, q8_0_gemv, q8_0_gemv_avx2, q8_lanes
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -129,7 +131,8 @@ _EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) f
 
 # one token on these weights: lanes_ir's vector kernels (Q8_1 / Q8_0 activations: kind 1 / 0 of q8_lanes)
 _LANES = {GGMLType.Q4_1: 1, GGMLType.Q8_0: 0}
-_last_lanes = (None, -1, None)      # x, kind, (xl, dx, s): Q, K and V (gate and up) share one input
+_last_lanes = (None, -1, None)      # x, kind, q8_lanes(x, kind): Q, K and V (gate and up) share one input
+_has_avx2 = functools.cache(has_avx2)
 
 
 def _one_token_lanes(x: np.ndarray, kind: int):
@@ -163,11 +166,12 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
     if T == 0 or N == 0:
         return out
     if T == 1 and quantize_act and wtype in _LANES:
-        xl, dx, s = _one_token_lanes(x[0], _LANES[wtype])
+        xq, xl, dx, s = _one_token_lanes(x[0], _LANES[wtype])
+        avx2 = _has_avx2()
         if wtype == GGMLType.Q4_1:
-            q4_1_gemv(rows, K, xl, dx, s, out[0])
+            q4_1_gemv_avx2(rows, K, xq, dx, s, out[0]) if avx2 else q4_1_gemv(rows, K, xl, dx, s, out[0])
         else:
-            q8_0_gemv(rows, K, xl, dx, out[0])
+            q8_0_gemv_avx2(rows, K, xq, dx, out[0]) if avx2 else q8_0_gemv(rows, K, xl, dx, out[0])
         return out
     if quantize_act and wtype in _EXACT:
         exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
