@@ -131,7 +131,7 @@ _EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) f
 
 # one token on these weights: lanes_ir's vector kernels (Q8_1 / Q8_0 activations: kind 1 / 0 of q8_lanes)
 _LANES = {GGMLType.Q4_1: 1, GGMLType.Q8_0: 0}
-_last_lanes = (None, -1, None)      # x, kind, q8_lanes(x, kind): Q, K and V (gate and up) share one input
+_last_lanes = (b"", -1, None)       # x's bytes, kind, q8_lanes(x, kind): Q, K and V (gate and up) share x
 _has_avx2 = functools.cache(has_avx2)
 
 
@@ -139,18 +139,39 @@ def _one_token_lanes(x: np.ndarray, kind: int):
     """q8_lanes(x, kind), reused while the same activations come back (compared by value, so always safe;
     the entry is replaced as one tuple, so concurrent callers see either the old or the new one)."""
     global _last_lanes
+    key = x.tobytes()
     last = _last_lanes
-    if last[1] == kind and np.array_equal(last[0], x):
+    if last[1] == kind and last[0] == key:
         return last[2]
     lanes = q8_lanes(x, kind)
-    _last_lanes = (x.copy(), kind, lanes)
+    _last_lanes = (key, kind, lanes)
     return lanes
+
+
+def _one_token(rows, wtype, K, x):
+    """Generation on Q4_1 / Q8_0 weights (x a C-contiguous float32 (1, K), K % 32 == 0): lanes_ir's kernels."""
+    kind = _LANES[wtype]
+    xq, xl, dx, s = _one_token_lanes(x[0], kind)
+    out = np.empty((1, rows.shape[0]), np.float32)
+    if _has_avx2():
+        if kind == 1:
+            q4_1_gemv_avx2(rows, K, xq, dx, s, out[0])
+        else:
+            q8_0_gemv_avx2(rows, K, xq, dx, out[0])
+    elif kind == 1:
+        q4_1_gemv(rows, K, xl, dx, s, out[0])
+    else:
+        q8_0_gemv(rows, K, xl, dx, out[0])
+    return out
 
 
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
                name: str = "weight", mul_mat_id: bool = False) -> np.ndarray:
     """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`.
     mul_mat_id: the rows are one expert of a stack (ggml_mul_mat_id never takes the tinyBLAS path)."""
+    if (wtype in _LANES and quantize_act and type(x) is np.ndarray and x.shape == (1, K) and K % 32 == 0
+            and x.dtype == np.float32 and x.flags.c_contiguous and rows.shape[0] > 0):
+        return _one_token(rows, wtype, K, x)               # generation: checked above, nothing else to do
     wtype = GGMLType(wtype)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != K:
@@ -166,13 +187,7 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
     if T == 0 or N == 0:
         return out
     if T == 1 and quantize_act and wtype in _LANES:
-        xq, xl, dx, s = _one_token_lanes(x[0], _LANES[wtype])
-        avx2 = _has_avx2()
-        if wtype == GGMLType.Q4_1:
-            q4_1_gemv_avx2(rows, K, xq, dx, s, out[0]) if avx2 else q4_1_gemv(rows, K, xl, dx, s, out[0])
-        else:
-            q8_0_gemv_avx2(rows, K, xq, dx, out[0]) if avx2 else q8_0_gemv(rows, K, xl, dx, out[0])
-        return out
+        return _one_token(rows, wtype, K, x)
     if quantize_act and wtype in _EXACT:
         exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
         if exact is not None:

@@ -132,8 +132,7 @@ def _swiglu_spec(g, u):
     return out
 
 
-@njit(cache=True, parallel=True)
-def _swiglu_vec(g, u):
+def _swiglu_vec_impl(g, u):
     """_swiglu_spec with the exponentials vectorized (simd.v_expf, hardware fma), rows in parallel."""
     out = np.empty_like(g)
     F = g.shape[1]
@@ -152,10 +151,16 @@ def _swiglu_vec(g, u):
     return out
 
 
+_swiglu_vec = njit(cache=True, parallel=True)(_swiglu_vec_impl)
+_swiglu_vec_1 = njit(cache=True)(_swiglu_vec_impl)       # one token: no thread pool
+
+
 def swiglu(g, u):
     """silu(g) * u as ggml_vec_swiglu_f32 (see _swiglu_spec), vectorized where the host has fma."""
     from .exact_dots import hardware_fma
-    return (_swiglu_vec if hardware_fma() else _swiglu_spec)(g, u)
+    if not hardware_fma():
+        return _swiglu_spec(g, u)
+    return (_swiglu_vec if g.shape[0] > 1 else _swiglu_vec_1)(g, u)
 
 
 def _load(a, i, j, table):
