@@ -22,7 +22,7 @@ def test_attention_f16_is_the_spec(T, n_past, D):
     spec, fast = np.empty((T, H * D), np.float32), np.empty((T, H * D), np.float32)
     ops._attention_serial(q, k.view(np.uint16), v.view(np.uint16), n_past, Hkv, np.float32(D ** -0.5), True,
                           ops.F16_TABLE, spec)
-    attention_f16(q, k.astype(np.float32), v.astype(np.float32), n_past, Hkv, np.float32(D ** -0.5), fast)
+    attention_f16(q, k.view(np.uint16), v.view(np.uint16), n_past, Hkv, np.float32(D ** -0.5), fast)
     bad = np.argwhere(spec != fast)
     assert not len(bad), f"first difference at (token, column) {bad[0]}: {spec[tuple(bad[0])]} vs {fast[tuple(bad[0])]}"
 

@@ -9,7 +9,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import (f16_bits_to_f32, has_avx2, lane_order, q4_1_gemv, q4_1_gemv_avx2, q8_0_gemv,
+from workbench.moe.lanes_ir import (has_avx2, lane_order, q4_1_gemv, q4_1_gemv_avx2, q8_0_gemv,
                                     q8_0_gemv_avx2, q8_lanes)
 from workbench.moe.matmul import matmul_raw
 
@@ -128,10 +128,12 @@ def test_one_token_activations_reused_only_for_equal_inputs():
     np.testing.assert_array_equal(b, ref)
 
 
-def test_f16_bits_to_f32_is_exact():
+def test_half_to_float_is_exact():
+    """lanes_ir.half_to_float (read by the attention kernels on the fp16 cache), through _keys_by_row."""
+    from workbench.moe.attention_f16 import _keys_by_row
     v = np.concatenate([np.random.default_rng(1).standard_normal(1000) * 300,
                         [0.0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf, np.nan]]).astype(np.float16)
-    bits = v.view(np.uint16).reshape(8, -1)
-    out = np.empty(bits.shape, np.float32)
-    f16_bits_to_f32(bits, out)
-    np.testing.assert_array_equal(out.view(np.uint32), v.astype(np.float32).reshape(8, -1).view(np.uint32))
+    bits = v.view(np.uint16).reshape(-1, 8)
+    got = _keys_by_row(bits, bits.shape[0] - 1)
+    want = v.astype(np.float32).reshape(-1, 8)[:-1].T
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

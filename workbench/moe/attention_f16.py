@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .lanes_ir import half_to_float
 from .ops import round_f16
 from .simd import hsum8, v_expf
 
@@ -70,15 +71,41 @@ def softmax_scores(w, n):
         w[i] = w[i] * inv
 
 
+@njit(cache=True, parallel=True)
+def _keys_by_row(kb, n_kv):
+    """(n_head_kv * D, n_kv) float32: the first n_kv keys of the cache (fp16 bits kb), one dimension per row."""
+    kT = np.empty((kb.shape[1], n_kv), np.float32)
+    for c in prange(kb.shape[1]):
+        for j in range(n_kv):
+            kT[c, j] = half_to_float(kb[j, c])
+    return kT
+
+
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _reduce32_columns(acc, o):
+    """o[d] = GGML_F16_VEC_REDUCE of column d of acc (32, D), for all d at once (SIMD over d)."""
+    for d in range(o.shape[0]):
+        x0 = (acc[0, d] + acc[16, d]) + (acc[8, d] + acc[24, d])
+        x1 = (acc[1, d] + acc[17, d]) + (acc[9, d] + acc[25, d])
+        x2 = (acc[2, d] + acc[18, d]) + (acc[10, d] + acc[26, d])
+        x3 = (acc[3, d] + acc[19, d]) + (acc[11, d] + acc[27, d])
+        x4 = (acc[4, d] + acc[20, d]) + (acc[12, d] + acc[28, d])
+        x5 = (acc[5, d] + acc[21, d]) + (acc[13, d] + acc[29, d])
+        x6 = (acc[6, d] + acc[22, d]) + (acc[14, d] + acc[30, d])
+        x7 = (acc[7, d] + acc[23, d]) + (acc[15, d] + acc[31, d])
+        o[d] = ((x0 + x4) + (x1 + x5)) + ((x2 + x6) + (x3 + x7))
+
+
 @njit(cache=True, parallel=True, fastmath=_FAST)
-def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
-    """As ops._attention_job over all (token, head) jobs, with kf, vf (n_kv, n_head_kv * D) float32 copies
-    of the F16 cache. Batches (T >= 2) need D % 8 == 0 (tinyBLAS's condition for taking the product)."""
+def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
+    """As ops._attention_job over all (token, head) jobs, on the F16 cache itself: kb, vb (n_kv, n_head_kv * D)
+    uint16, the fp16 bits (converted where they are read, exactly). Batches (T >= 2) need D % 8 == 0
+    (tinyBLAS's condition for taking the product)."""
     T, H, D = q.shape
     group = H // n_head_kv
     batch = T >= 2
     D32 = D - D % 32
-    kT = np.ascontiguousarray(kf.T) if batch else kf[:1]    # (n_head_kv * D, n_kv): keys along a row
+    kT = _keys_by_row(kb, n_past + T if batch else 0)     # batches: keys along a row (SIMD over keys)
     for job in prange(T * H):
         t = job // H
         h = job % H
@@ -90,7 +117,7 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
         p = np.empty(n_kv, np.float32)
         lanes = np.empty(32, np.float32)
         if batch:           # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ... per key,
-            kl = np.zeros((8, n_kv), np.float32)     # run for all keys at once (SIMD over the keys)
+            kl = np.zeros((8, n_kv), np.float32)     # run for all keys at once
             for d in range(D):
                 a = kl[d % 8]
                 kd = kT[c0 + d]
@@ -102,16 +129,16 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
                         + ((kl[1, j] + kl[5, j]) + (kl[3, j] + kl[7, j]))) * scale
         else:               # ggml_vec_dot_f16: 32 lanes over chunks of 32, reduce, tail in double
             for j in range(n_kv):
-                k = kf[j, c0:c0 + D]
+                k = kb[j, c0:c0 + D]
                 for lane in range(32):
                     lanes[lane] = 0.0
                 for c in range(0, D32, 32):
                     for lane in range(32):
-                        lanes[lane] = qv[c + lane] * k[c + lane] + lanes[lane]
+                        lanes[lane] = qv[c + lane] * half_to_float(k[c + lane]) + lanes[lane]
                 s = _reduce32(lanes) if D32 > 0 else np.float32(0.0)
                 s64 = np.float64(s)
                 for d in range(D32, D):
-                    s64 += np.float64(qv[d] * k[d])
+                    s64 += np.float64(qv[d] * half_to_float(k[d]))
                 p[j] = np.float32(s64) * scale
         softmax_scores(p, n_kv)
         round_f16_inplace(p, n_kv)
@@ -120,16 +147,12 @@ def attention_f16(q, kf, vf, n_past, n_head_kv, scale, out):
         for j in range(n_kv):
             pj = p[j]
             a = acc[j % nl]
-            v = vf[j, c0:c0 + D]
+            v = vb[j, c0:c0 + D]
             for d in range(D):
-                a[d] = pj * v[d] + a[d]
+                a[d] = pj * half_to_float(v[d]) + a[d]
         o = out[t, h * D:(h + 1) * D]
         if batch:
             for d in range(D):
                 o[d] = ((acc[0, d] + acc[4, d]) + (acc[2, d] + acc[6, d])) + ((acc[1, d] + acc[5, d]) + (acc[3, d] + acc[7, d]))
         else:
-            col = np.empty(32, np.float32)
-            for d in range(D):
-                for lane in range(32):
-                    col[lane] = acc[lane, d]
-                o[d] = _reduce32(col)
+            _reduce32_columns(acc, o)

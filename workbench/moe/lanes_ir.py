@@ -197,14 +197,6 @@ def half_to_float(typingctx, bits):
     return sig, codegen
 
 
-@njit(cache=True)
-def f16_bits_to_f32(bits, out):
-    """out (n, m) float32 = the fp16 values whose bits are `bits` (n, m) uint16 (numpy's astype is ~20x slower)."""
-    for i in range(bits.shape[0]):
-        row, o = bits[i], out[i]
-        for j in range(bits.shape[1]):
-            o[j] = half_to_float(row[j])
-
 
 
 # --- the same sums with AVX2's integer instructions, as ggml computes them ----------------------------------

@@ -260,7 +260,7 @@ _FAST_F16 = None
 
 def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
     """See _attention_job; small problems (one token, short context) skip the thread pool. On an F16 cache, on
-    a host with hardware fma, attention_f16 computes the same sums vectorized (on float32 copies of K, V)."""
+    a host with hardware fma, attention_f16 computes the same sums vectorized."""
     global _FAST_F16
     T, H, D = q.shape
     if f16:
@@ -269,11 +269,7 @@ def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
             _FAST_F16 = hardware_fma()
         if _FAST_F16 and D % 8 == 0:
             from .attention_f16 import attention_f16
-            from .lanes_ir import f16_bits_to_f32
-            kf, vf = np.empty(kc.shape, np.float32), np.empty(vc.shape, np.float32)
-            f16_bits_to_f32(kc, kf)
-            f16_bits_to_f32(vc, vf)
-            attention_f16(q, kf, vf, n_past, n_head_kv, scale, out)
+            attention_f16(q, kc, vc, n_past, n_head_kv, scale, out)
             return
     work = T * H * (n_past + T) * D
     kernel = _attention_parallel if work > 1 << 18 else _attention_serial
