@@ -27,7 +27,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activations import _quantize_q8
+from .ops import round_f16
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
@@ -37,24 +37,41 @@ _V8I = ir.VectorType(_I32, 8)
 
 
 @njit(cache=True)
-def q8_lanes(x, kind):
-    """One token x (K,) quantized as ggml's quantize_row_q8_0 (kind 0) / _q8_1 (kind 1) for a vec_dot, in the
-    forms the kernels here read: xq (K,) the int8 values, xl (K/32, 4, 8) the same as float32 in lane order,
-    dx (K/32,) the scales, s (K/32,) the block sums d * sum(q) (Q8_1's s, rounded to fp16; only Q4_1's min
-    term reads them)."""
+def q8_lanes(x, kind, with_lanes=True):
+    """One token x (K,) quantized as ggml's quantize_row_q8_0 (kind 0) / _q8_1 (kind 1) for a vec_dot (the
+    values of activations._quantize_q8, computed for one row with loops LLVM vectorizes), in the forms the
+    kernels here read: xq (K,) int8, xl (K/32, 4, 8) the same as float32 in lane order (empty unless
+    with_lanes: only the portable kernels read it), dx (K/32,) the fp16
+    scales, s (K/32,) the block sums (Q8_1's s = fp16(d * sum q); only Q4_1's min term reads them)."""
     K = x.shape[0]
     nb = K // 32
-    xh = np.empty((1, K), np.float32)
-    s = np.zeros((1, nb), np.float32)
-    xq = np.empty((1, K), np.int8)
-    dx = np.empty((1, nb), np.float32)
-    _quantize_q8(x.reshape(1, K), 32, kind, 32, xh, s, xq, dx)
-    xl = np.empty((nb, 4, 8), np.float32)
+    xq = np.empty(K, np.int8)
+    dx = np.empty(nb, np.float32)
+    s = np.empty(nb, np.float32)
+    q = np.empty(32, np.float32)
     for b in range(nb):
+        xb = x[32 * b:32 * b + 32]
+        amax = np.float32(0.0)
+        for i in range(32):
+            a = abs(xb[i])
+            amax = a if a > amax else amax
+        d = amax / np.float32(127.0)
+        iscale = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        total = np.float32(0.0)
+        for i in range(32):
+            q[i] = np.rint(xb[i] * iscale)
+            total += q[i]
+        for i in range(32):
+            xq[32 * b + i] = np.int8(q[i])
+        dq = round_f16(d)
+        dx[b] = dq
+        s[b] = round_f16(total * d) if kind == 1 else total * dq
+    xl = np.empty((nb if with_lanes else 0, 4, 8), np.float32)
+    for b in range(nb if with_lanes else 0):
         for lane in range(8):
             for k in range(4):
-                xl[b, k, lane] = xq[0, 32 * b + 4 * lane + k]
-    return xq[0], xl, dx[0], s[0]
+                xl[b, k, lane] = xq[32 * b + 4 * lane + k]
+    return xq, xl, dx, s
 
 
 def lane_order(xq: np.ndarray) -> np.ndarray:
@@ -173,15 +190,17 @@ def _q8_0_row(typingctx, W, r, nb, xl, dx):
 
 
 @njit(cache=True, parallel=True)
-def q4_1_gemv(W, K, xl, dx, s, out):
-    """out[r] = ggml_vec_dot_q4_1_q8_1(row r, x) for one token: xl = lane_order(xq)[0], dx and s (K/32,)."""
+def q4_1_matvec(W, K, x, out):
+    """out[r] = ggml_vec_dot_q4_1_q8_1(row r, x quantized to Q8_1), x (K,) float32: one token."""
+    _, xl, dx, s = q8_lanes(x, 1, True)
     for r in prange(W.shape[0]):
         out[r] = _q4_1_row(W, r, K // 32, xl, dx, s)
 
 
 @njit(cache=True, parallel=True)
-def q8_0_gemv(W, K, xl, dx, out):
-    """out[r] = ggml_vec_dot_q8_0_q8_0(row r, x) for one token: xl = lane_order(xq)[0], dx (K/32,)."""
+def q8_0_matvec(W, K, x, out):
+    """out[r] = ggml_vec_dot_q8_0_q8_0(row r, x quantized to Q8_0), x (K,) float32: one token."""
+    _, xl, dx, _ = q8_lanes(x, 0, True)
     for r in prange(W.shape[0]):
         out[r] = _q8_0_row(W, r, K // 32, xl, dx)
 
@@ -290,14 +309,16 @@ def _q8_0_row_avx2(typingctx, W, r, nb, xq, dx):
 
 
 @njit(cache=True, parallel=True)
-def q4_1_gemv_avx2(W, K, xq, dx, s, out):
-    """q4_1_gemv with AVX2 integer products: xq (K,) int8 activations in natural order."""
+def q4_1_matvec_avx2(W, K, x, out):
+    """q4_1_matvec with AVX2's integer products."""
+    xq, _, dx, s = q8_lanes(x, 1, False)
     for r in prange(W.shape[0]):
         out[r] = _q4_1_row_avx2(W, r, K // 32, xq, dx, s)
 
 
 @njit(cache=True, parallel=True)
-def q8_0_gemv_avx2(W, K, xq, dx, out):
-    """q8_0_gemv with AVX2 integer products: xq (K,) int8 activations in natural order."""
+def q8_0_matvec_avx2(W, K, x, out):
+    """q8_0_matvec with AVX2's integer products."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
     for r in prange(W.shape[0]):
         out[r] = _q8_0_row_avx2(W, r, K // 32, xq, dx)

@@ -31,7 +31,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import has_avx2, q4_1_gemv, q4_1_gemv_avx2, q8_0_gemv, q8_0_gemv_avx2, q8_lanes
+from .lanes_ir import has_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec, q8_0_matvec_avx2
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -129,39 +129,18 @@ _HW_FMA = None
 _EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) for t in mod.SUPPORTED}
 
 
-# one token on these weights: lanes_ir's vector kernels (Q8_1 / Q8_0 activations: kind 1 / 0 of q8_lanes)
-_LANES = {GGMLType.Q4_1: 1, GGMLType.Q8_0: 0}
-_last_lanes = (b"", -1, None)       # x's bytes, kind, q8_lanes(x, kind): Q, K and V (gate and up) share x
+# one token on these weights: lanes_ir's vector kernels
+_LANES = (GGMLType.Q4_1, GGMLType.Q8_0)
 _has_avx2 = functools.cache(has_avx2)
-
-
-def _one_token_lanes(x: np.ndarray, kind: int):
-    """q8_lanes(x, kind), reused while the same activations come back (compared by value, so always safe;
-    the entry is replaced as one tuple, so concurrent callers see either the old or the new one)."""
-    global _last_lanes
-    key = x.tobytes()
-    last = _last_lanes
-    if last[1] == kind and last[0] == key:
-        return last[2]
-    lanes = q8_lanes(x, kind)
-    _last_lanes = (key, kind, lanes)
-    return lanes
 
 
 def _one_token(rows, wtype, K, x):
     """Generation on Q4_1 / Q8_0 weights (x a C-contiguous float32 (1, K), K % 32 == 0): lanes_ir's kernels."""
-    kind = _LANES[wtype]
-    xq, xl, dx, s = _one_token_lanes(x[0], kind)
     out = np.empty((1, rows.shape[0]), np.float32)
-    if _has_avx2():
-        if kind == 1:
-            q4_1_gemv_avx2(rows, K, xq, dx, s, out[0])
-        else:
-            q8_0_gemv_avx2(rows, K, xq, dx, out[0])
-    elif kind == 1:
-        q4_1_gemv(rows, K, xl, dx, s, out[0])
+    if wtype == GGMLType.Q4_1:
+        (q4_1_matvec_avx2 if _has_avx2() else q4_1_matvec)(rows, K, x[0], out[0])
     else:
-        q8_0_gemv(rows, K, xl, dx, out[0])
+        (q8_0_matvec_avx2 if _has_avx2() else q8_0_matvec)(rows, K, x[0], out[0])
     return out
 
 
