@@ -9,7 +9,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import (has_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
+from workbench.moe.lanes_ir import (f16_matvec, has_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
                                     q8_0_matvec_avx2, q8_lanes)
 from workbench.moe.matmul import matmul_raw
 
@@ -123,3 +123,21 @@ def test_half_to_float_is_exact():
     got = _keys_by_row(bits, bits.shape[0] - 1)
     want = v.astype(np.float32).reshape(-1, 8)[:-1].T
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("N,K", [(1, 32), (9, 40), (130, 576), (33, 1536), (5, 4100)])
+def test_f16_matvec_is_vec_dot_f16(N, K):
+    """f16_matvec == float_rows_exact's ggml_vec_dot_f16 order bit for bit (tails K % 32 included)."""
+    if not has_avx2():
+        pytest.skip("no AVX2 on this host")
+    from workbench.moe.exact_dots import float_rows_exact
+    rng = np.random.default_rng(N + K)
+    W = (rng.standard_normal((N, K)) * 0.05).astype(np.float16)
+    x = rng.standard_normal((1, K)).astype(np.float32) * 3
+    xh, _ = prepare_activations(x, GGMLType.F16, K, True)
+    ref = np.empty((1, N), np.float32)
+    float_rows_exact(W.view(np.uint8), int(GGMLType.F16), K, xh, ref, False)
+    got = np.full(N, np.nan, np.float32)
+    f16_matvec(W.view(np.uint16), K, x[0], got)
+    np.testing.assert_array_equal(got, ref[0])
+    np.testing.assert_array_equal(matmul_raw(W.view(np.uint8), GGMLType.F16, K, x), ref)

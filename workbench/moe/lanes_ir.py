@@ -322,3 +322,50 @@ def q8_0_matvec_avx2(W, K, x, out):
     xq, _, dx, _ = q8_lanes(x, 0, False)
     for r in prange(W.shape[0]):
         out[r] = _q8_0_row_avx2(W, r, K // 32, xq, dx)
+
+
+@intrinsic
+def _f16_row32(typingctx, W16, r, n32, xh):
+    """GGML_F16_VEC_REDUCE of ggml_vec_dot_f16's 4 x 8 accumulators over the first 32 * n32 elements of row r
+    of W16 (fp16 bits) times xh (float32 values of fp16): acc_j = fma(w, x, acc_j) per chunk of 32."""
+    sig = types.float32(W16, r, n32, xh)
+
+    def codegen(context, builder, sig, args):
+        wa = context.make_array(sig.args[0])(context, builder, args[0])
+        stride0 = cgutils.unpack_tuple(builder, wa.strides)[0]
+        row = builder.gep(builder.bitcast(wa.data, ir.IntType(8).as_pointer()), [builder.mul(args[1], stride0)])
+        xh = builder.bitcast(context.make_array(sig.args[3])(context, builder, args[3]).data,
+                             ir.IntType(8).as_pointer())
+        zero = ir.Constant(_V8F, [0.0] * 8)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+        with cgutils.for_range(builder, args[2]) as loop:
+            for j in range(4):
+                e = builder.add(builder.mul(loop.index, ir.Constant(_I64, 32)), ir.Constant(_I64, 8 * j))
+                w = builder.fpext(_load(builder, row, builder.mul(e, ir.Constant(_I64, 2)),
+                                        ir.VectorType(ir.HalfType(), 8)), _V8F)
+                x = _load(builder, xh, builder.mul(e, ir.Constant(_I64, 4)), _V8F)
+                builder.store(_fma(builder, w, x, builder.load(accs[j])), accs[j])
+        a0, a1, a2, a3 = (builder.load(a) for a in accs)
+        v = builder.fadd(builder.fadd(a0, a2), builder.fadd(a1, a3))     # x[i] of _reduce32
+        lane = [builder.extract_element(v, ir.Constant(_I32, i)) for i in range(8)]
+        t = [builder.fadd(lane[i], lane[i + 4]) for i in range(4)]
+        return builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3]))
+
+    return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def f16_matvec(W16, K, x, out):
+    """out[r] = ggml_vec_dot_f16(row r, fp16(x)) for one token: W16 (N, K) uint16 fp16 bits; 32 lanes
+    (4 x 8) over chunks of 32 elements, GGML_F16_VEC_REDUCE, then the tail (K % 32) in double, as
+    exact_dots.float_rows_exact does element by element."""
+    xh = np.empty(K, np.float32)
+    for i in range(K):
+        xh[i] = round_f16(x[i])
+    K32 = K - K % 32
+    for r in prange(W16.shape[0]):
+        acc = np.float64(_f16_row32(W16, r, K32 // 32, xh)) if K32 else 0.0
+        w = W16[r]
+        for i in range(K32, K):
+            acc += np.float64(half_to_float(w[i]) * xh[i])
+        out[r] = np.float32(acc)

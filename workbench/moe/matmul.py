@@ -31,7 +31,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import has_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec, q8_0_matvec_avx2
+from .lanes_ir import f16_matvec, has_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec, q8_0_matvec_avx2
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -167,6 +167,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
         return out
     if T == 1 and quantize_act and wtype in _LANES:
         return _one_token(rows, wtype, K, x)
+    if T == 1 and quantize_act and wtype == GGMLType.F16 and _has_avx2():
+        f16_matvec(rows.view(np.uint16), K, x[0], out[0])  # ggml_vec_dot_f16 (one token, or one expert's)
+        return out
     if quantize_act and wtype in _EXACT:
         exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
         if exact is not None:
