@@ -38,6 +38,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
+from . import lanes_kquants
 from .activations import prepare_activations
 from .ops import F16_TABLE
 from .simd import hsum8
@@ -236,6 +237,8 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     out = np.empty((T, rows.shape[0]), np.float32)
     if T == 0:
         return out
+    if T < TILED_MIN_BATCH and lanes_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
+        return out                  # vec_dot token by token: lanes_kquants' vector kernels, same bits
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 16, True, with_ints=True)
     xq32 = xq.astype(np.int32)
     bs = xq32.reshape(T, K // 16, 16).sum(axis=2, dtype=np.int32)      # block_q8_K bsums

@@ -34,6 +34,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
+from . import lanes_kquants
 from .activations import prepare_activations
 from .exact_dots import _h, hardware_fma
 from .simd import fma32
@@ -233,6 +234,8 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
+    if vectorized is None and T < 4 and lanes_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
+        return out          # below 4 tokens every token goes through the gemv: lanes_kquants' vector kernels
     if vectorized is None:
         if _HW_FMA is None:
             _HW_FMA = hardware_fma()

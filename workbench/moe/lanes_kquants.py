@@ -1,0 +1,304 @@
+"""One-token products of k-quant weights in ggml's AVX2 order, written as LLVM vector code (like lanes_ir).
+
+Generation multiplies every weight by ONE token; the scalar statements of ggml's order
+(exact_kquants.kquant_q8_K with tiled=False, exact_repack.q4_K_q8_K with n_gemm=0) stay the readable spec,
+but LLVM does not vectorize them. Here the same sums are spelled out with numba's @intrinsic on the
+vectors ggml itself uses:
+
+Q6_K  (ggml_vec_dot_q6_K_q8_K, arch/x86/quants.c): per super-block of 256, for each 32-element chunk c
+      the unsigned 6-bit q (low nibble from ql, 2 high bits from qh) times the int8 activations
+      (vpmaddubsw: pairs -> int16), times the chunk's two int8 scales (vpmaddwd: -> 8 int32 lanes), summed
+      over the 8 chunks; minus q8sclsub = 32 * madd(bsums, scales) (the -32 offset, on the lanes of the
+      bsums); acc = fma(d_y * d_w, (float) lanes, acc) on <8 x float>; result hsum_float_8(acc).
+Q4_K  (ggml_gemv_q4_K_8x8_q8_K, arch/x86/repack.cpp: Q4_K weights with rows % 8 == 0 are repacked on
+      AVX2; its 8 float lanes are 8 ROWS): per row and super-block, the exact integer
+      isum = sum_j sc_j * (q_j . x_j) and imin = sum_j m_j * bsum_j (bsum_j the sum of the 32 int8
+      activations of sub-block j), then acc = fma((float) isum, d_w * d_y, acc),
+      accm = fma((float) imin, dmin_w * d_y, accm); result acc - accm.
+
+Only the integer parts are computed differently from ggml (any order is exact: no int16 saturation can
+be reached with |q_x| <= 127, int32 sums are associative); every float operation (the scale products,
+llvm.fma, hsum order, the final subtraction) is ggml's. Where numba compiles for an AVX2 host
+(lanes_ir.has_avx2()) the integer products are ggml's own instructions (llvm.x86.avx2.pmadd.ub.sw,
+llvm.x86.avx2.pmadd.wd); elsewhere the same integers come from portable widening multiplies (the *_portable
+kernels). The activations are quantized inside the kernels (q8_K_token: quantize_row_q8_K_ref, the
+values of activations.prepare_activations). tests/test_lanes_kquants.py checks both variants against the
+scalar spec bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .lanes_ir import _f16, _fma, _hsum8, _load, _splat, _x86
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_F32 = ir.FloatType()
+_V8F = ir.VectorType(_F32, 8)
+_V8I = ir.VectorType(_I32, 8)
+_V4I = ir.VectorType(_I32, 4)
+_V16I = ir.VectorType(_I32, 16)
+_V32B = ir.VectorType(_I8, 32)
+_V16B = ir.VectorType(_I8, 16)
+_V8B = ir.VectorType(_I8, 8)
+_V16S = ir.VectorType(_I16, 16)
+_V32S = ir.VectorType(_I16, 32)
+QK_K = 256
+
+
+def _c64(v):
+    return ir.Constant(_I64, v)
+
+
+def _bytes(v, n=32):
+    return ir.Constant(ir.VectorType(_I8, n), [v & 0xFF] * n)
+
+
+def _mask(idx):
+    return ir.Constant(ir.VectorType(_I32, len(idx)), list(idx))
+
+
+# --- the two integer instructions, as ggml's intrinsics or portable -----------------------------------
+
+def _maddubs(builder, u8, i8, avx2):
+    """_mm256_maddubs_epi16: u8[2i] * i8[2i] + u8[2i+1] * i8[2i+1] as 16 int16 (the saturation of the
+    AVX2 instruction is never reached by the values multiplied here)."""
+    if avx2:
+        return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16S, [u8, i8])
+    p = builder.mul(builder.zext(u8, _V32S), builder.sext(i8, _V32S))
+    return builder.add(builder.shuffle_vector(p, p, _mask(range(0, 32, 2))),
+                       builder.shuffle_vector(p, p, _mask(range(1, 32, 2))))
+
+
+def _madd(builder, a16, b16, avx2):
+    """_mm256_madd_epi16: a[2i] * b[2i] + a[2i+1] * b[2i+1] as 8 int32."""
+    if avx2:
+        return _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I, [a16, b16])
+    p = builder.mul(builder.sext(a16, _V16I), builder.sext(b16, _V16I))
+    return builder.add(builder.shuffle_vector(p, p, _mask(range(0, 16, 2))),
+                       builder.shuffle_vector(p, p, _mask(range(1, 16, 2))))
+
+
+def _hsum_i32(builder, v):
+    """Sum of the 8 int32 lanes (exact in any order)."""
+    h = builder.add(builder.shuffle_vector(v, v, _mask(range(4))), builder.shuffle_vector(v, v, _mask(range(4, 8))))
+    h = builder.add(builder.shuffle_vector(h, h, _mask(range(2))), builder.shuffle_vector(h, h, _mask(range(2, 4))))
+    return builder.add(builder.extract_element(h, ir.Constant(_I32, 0)), builder.extract_element(h, ir.Constant(_I32, 1)))
+
+
+def _setup(context, builder, sig, args):
+    """(W, r, nb, arrays...): byte pointer to row r of W, nb, byte pointers to the arrays' data."""
+    W, r = args[0], args[1]
+    wa = context.make_array(sig.args[0])(context, builder, W)
+    stride0 = cgutils.unpack_tuple(builder, wa.strides)[0]
+    row = builder.gep(builder.bitcast(wa.data, _I8.as_pointer()), [builder.mul(r, stride0)])
+    ptrs = [builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, _I8.as_pointer())
+            for i in range(3, len(args))]
+    return row, args[2], ptrs
+
+
+# --- activations --------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def q8_K_token(x):
+    """One token x (K,) as quantize_row_q8_K_ref (the values of activations._quantize_q8, kind 2): per
+    block of 256 the value of largest |x| (the first one) gives iscale = -127 / max, d = 1 / iscale,
+    q = min(127, rint(iscale * x)). Returns xq (K,) int8, d (K/256,) float32, bsums (K/16,) int16 (block_q8_K
+    bsums) and the sums per 32 (K/32,) int32 (what the repacked Q4_K gemv adds with _mm_hadd_epi16)."""
+    K = x.shape[0]
+    nb = K // QK_K
+    xq = np.empty(K, np.int8)
+    d = np.empty(nb, np.float32)
+    bs16 = np.empty(K // 16, np.int16)
+    bs32 = np.empty(K // 32, np.int32)
+    for b in range(nb):
+        o = b * QK_K
+        amax = np.float32(0.0)
+        vmax = np.float32(0.0)
+        for i in range(QK_K):
+            a = abs(x[o + i])
+            if a > amax:
+                amax = a
+                vmax = x[o + i]
+        iscale = np.float32(-127.0) / vmax if amax > 0 else np.float32(0.0)
+        d[b] = np.float32(1.0) / iscale if amax > 0 else np.float32(0.0)
+        for i in range(QK_K):
+            xq[o + i] = np.int8(min(np.float32(127.0), np.rint(iscale * x[o + i])))
+    for j in range(K // 16):
+        s = np.int32(0)
+        for i in range(16):
+            s += np.int32(xq[16 * j + i])
+        bs16[j] = np.int16(s)
+    for j in range(K // 32):
+        bs32[j] = np.int32(bs16[2 * j]) + np.int32(bs16[2 * j + 1])
+    return xq, d, bs16, bs32
+
+
+# --- Q6_K: ggml_vec_dot_q6_K_q8_K ----------------------------------------------------------------------
+
+def _q6_K_codegen(avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, (xq, xd, bs16) = _setup(context, builder, sig, args)
+        xd = builder.bitcast(xd, _F32.as_pointer())
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, _c64(210))                   # block_q6_K: ql[128] qh[64] scales[16] d
+            d = builder.fmul(builder.load(builder.gep(xd, [b])), _f16(builder, row, builder.add(o, _c64(208))))
+            scales16 = builder.sext(_load(builder, row, builder.add(o, _c64(192)), _V16B), _V16S)
+            q8sums = _load(builder, bs16, builder.mul(b, _c64(32)), _V16S)
+            q8sclsub = builder.shl(_madd(builder, q8sums, scales16, avx2), ir.Constant(_V8I, [5] * 8))
+            sumi = ir.Constant(_V8I, [0] * 8)
+            for j in range(2):                              # two halves of 128 values
+                q4bits1 = _load(builder, row, builder.add(o, _c64(64 * j)), _V32B)
+                q4bits2 = _load(builder, row, builder.add(o, _c64(64 * j + 32)), _V32B)
+                q4bitsH = _load(builder, row, builder.add(o, _c64(128 + 32 * j)), _V32B)
+                low1 = builder.and_(q4bits1, _bytes(15))
+                low2 = builder.and_(q4bits2, _bytes(15))
+                high1 = builder.lshr(q4bits1, _bytes(4))
+                high2 = builder.lshr(q4bits2, _bytes(4))
+                q6 = [builder.or_(low1, builder.shl(builder.and_(q4bitsH, _bytes(3)), _bytes(4))),
+                      builder.or_(low2, builder.shl(builder.and_(q4bitsH, _bytes(12)), _bytes(2))),
+                      builder.or_(high1, builder.and_(q4bitsH, _bytes(48))),
+                      builder.or_(high2, builder.lshr(builder.and_(q4bitsH, _bytes(192)), _bytes(2)))]
+                for c in range(4):
+                    q8 = _load(builder, xq, builder.add(builder.mul(b, _c64(QK_K)), _c64(128 * j + 32 * c)), _V32B)
+                    p16 = _maddubs(builder, q6[c], q8, avx2)
+                    s = 2 * (4 * j + c)                     # get_scale_shuffle: scales s (values 0..15), s + 1
+                    sc = builder.shuffle_vector(scales16, scales16, _mask([s] * 8 + [s + 1] * 8))
+                    sumi = builder.add(sumi, _madd(builder, sc, p16, avx2))
+            sumi = builder.sub(sumi, q8sclsub)
+            builder.store(_fma(builder, _splat(builder, d), builder.sitofp(sumi, _V8F), builder.load(acc)), acc)
+        return _hsum8(builder, builder.load(acc))
+    return codegen
+
+
+@intrinsic
+def _q6_K_row_avx2(typingctx, W, r, nb, xq, xd, bs16):
+    return types.float32(W, r, nb, xq, xd, bs16), _q6_K_codegen(True)
+
+
+@intrinsic
+def _q6_K_row_portable(typingctx, W, r, nb, xq, xd, bs16):
+    return types.float32(W, r, nb, xq, xd, bs16), _q6_K_codegen(False)
+
+
+@njit(cache=True, parallel=True)
+def q6_K_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q6_K_q8_K(row r, x quantized to Q8_K), x (K,) float32: one token."""
+    xq, xd, bs16, _ = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q6_K_row_avx2(W, r, K // QK_K, xq, xd, bs16)
+
+
+@njit(cache=True, parallel=True)
+def q6_K_matvec_portable(W, K, x, out):
+    """q6_K_matvec_avx2 without the x86 intrinsics."""
+    xq, xd, bs16, _ = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q6_K_row_portable(W, r, K // QK_K, xq, xd, bs16)
+
+
+# --- Q4_K: ggml_gemv_q4_K_8x8_q8_K ---------------------------------------------------------------------
+
+def _scales_mins_k4(builder, row, o):
+    """The 12 scale bytes of a block_q4_K unpacked with ggml's kmask1/2/3 word trick: <16 x i8> with the
+    8 six-bit scales, then the 8 mins (get_scale_min_k4 for j = 0..7)."""
+    u = [_load(builder, row, builder.add(o, _c64(4 + 4 * i)), _I32) for i in range(3)]
+    k1, k2, k3 = (ir.Constant(_I32, v) for v in (0x3F3F3F3F, 0x0F0F0F0F, 0x03030303))
+    c4, c6 = ir.Constant(_I32, 4), ir.Constant(_I32, 6)
+    u3 = builder.or_(builder.and_(builder.lshr(u[2], c4), k2), builder.shl(builder.and_(builder.lshr(u[1], c6), k3), c4))
+    u1 = builder.or_(builder.and_(u[2], k2), builder.shl(builder.and_(builder.lshr(u[0], c6), k3), c4))
+    words = [builder.and_(u[0], k1), u1, builder.and_(u[1], k1), u3]
+    v = ir.Constant(_V4I, ir.Undefined)
+    for i, w in enumerate(words):
+        v = builder.insert_element(v, w, ir.Constant(_I32, i))
+    return builder.bitcast(v, _V16B)
+
+
+def _q4_K_codegen(avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, (xq, xd, bs32) = _setup(context, builder, sig, args)
+        xd = builder.bitcast(xd, _F32.as_pointer())
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        accm = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, _c64(144))                   # block_q4_K: d dmin scales[12] qs[128]
+            dy = builder.load(builder.gep(xd, [b]))
+            dd = builder.fmul(_f16(builder, row, o), dy)
+            ddm = builder.fmul(_f16(builder, row, builder.add(o, _c64(2))), dy)
+            sm = builder.zext(_scales_mins_k4(builder, row, o), _V16S)
+            iacc = ir.Constant(_V8I, [0] * 8)
+            for p in range(4):                              # sub-blocks 2p (low nibbles), 2p + 1 (high)
+                raw = _load(builder, row, builder.add(o, _c64(16 + 32 * p)), _V32B)
+                for h, nib in enumerate((builder.and_(raw, _bytes(15)), builder.lshr(raw, _bytes(4)))):
+                    j = 2 * p + h
+                    y = _load(builder, xq, builder.add(builder.mul(b, _c64(QK_K)), _c64(32 * j)), _V32B)
+                    sc = builder.shuffle_vector(sm, sm, _mask([j] * 16))
+                    iacc = builder.add(iacc, _madd(builder, sc, _maddubs(builder, nib, y, avx2), avx2))
+            mins = builder.zext(builder.shuffle_vector(sm, sm, _mask(range(8, 16))), _V8I)
+            bsum = builder.load(builder.bitcast(builder.gep(bs32, [builder.mul(b, _c64(32))]), _V8I.as_pointer()), align=4)
+            isum = builder.sitofp(_hsum_i32(builder, iacc), _F32)
+            imin = builder.sitofp(_hsum_i32(builder, builder.mul(mins, bsum)), _F32)
+            builder.store(_fma(builder, isum, dd, builder.load(acc)), acc)
+            builder.store(_fma(builder, imin, ddm, builder.load(accm)), accm)
+        return builder.fsub(builder.load(acc), builder.load(accm))
+    return codegen
+
+
+@intrinsic
+def _q4_K_row_avx2(typingctx, W, r, nb, xq, xd, bs32):
+    return types.float32(W, r, nb, xq, xd, bs32), _q4_K_codegen(True)
+
+
+@intrinsic
+def _q4_K_row_portable(typingctx, W, r, nb, xq, xd, bs32):
+    return types.float32(W, r, nb, xq, xd, bs32), _q4_K_codegen(False)
+
+
+@njit(cache=True, parallel=True)
+def q4_K_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_gemv_q4_K_8x8_q8_K's result for row r and x quantized to Q8_K: one token."""
+    xq, xd, _, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q4_K_row_avx2(W, r, K // QK_K, xq, xd, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q4_K_matvec_portable(W, K, x, out):
+    """q4_K_matvec_avx2 without the x86 intrinsics."""
+    xq, xd, _, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q4_K_row_portable(W, r, K // QK_K, xq, xd, bs32)
+
+
+# --- entry point for exact_kquants / exact_repack ------------------------------------------------------
+
+def _avx2() -> bool:
+    global _AVX2
+    if _AVX2 is None:
+        from .lanes_ir import has_avx2
+        _AVX2 = has_avx2()
+    return _AVX2
+
+
+_AVX2 = None
+# weight type -> (kernel with ggml's AVX2 instructions, portable kernel); the caller decides which of
+# ggml's orders applies (Q6_K: vec_dot; Q4_K: the repacked gemv, rows % 8 == 0)
+MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable)}
+
+
+def matvec(rows, wtype_name, K, x, out):
+    """out (T, N) = the one-token kernel of `wtype_name` for each token of x (T, K) float32 C-contiguous;
+    False (nothing written) when there is no kernel here for that type."""
+    pair = MATVEC.get(wtype_name)
+    if pair is None or K % QK_K:
+        return False
+    kernel = pair[0] if _avx2() else pair[1]
+    for t in range(x.shape[0]):
+        kernel(rows, K, x[t], out[t])
+    return True
