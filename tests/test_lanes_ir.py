@@ -9,7 +9,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import (f16_matvec, has_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
+from workbench.moe.lanes_ir import (f16_matvec, has_avx2, q4_1_matmul_avx2, q8_0_matmul_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
                                     q8_0_matvec_avx2, q8_lanes)
 from workbench.moe.matmul import matmul_raw
 
@@ -141,3 +141,27 @@ def test_f16_matvec_is_vec_dot_f16(N, K):
     f16_matvec(W.view(np.uint16), K, x[0], got)
     np.testing.assert_array_equal(got, ref[0])
     np.testing.assert_array_equal(matmul_raw(W.view(np.uint8), GGMLType.F16, K, x), ref)
+
+
+@pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
+@pytest.mark.parametrize("T,N,K", [(2, 5, 32), (7, 33, 64), (8, 16, 576), (19, 40, 1536)])
+def test_matmul_avx2_is_one_token_order_per_token(wtype, T, N, K):
+    """Prompt batches (tokens in tiles of _RN plus a tail): every (token, row) sum equals the scalar spec."""
+    if not has_avx2():
+        pytest.skip("no AVX2 on this host")
+    rows = _random_rows(wtype, N, K, seed=T * N)
+    if wtype == GGMLType.Q8_0:
+        rows.reshape(N, K // 32, 34)[0, 0, 2:6] = [0x80, 0x7F, 0x80, 0x81]
+    x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
+    x[:, :5] *= 30
+    _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
+    ref = np.empty((T, N), np.float32)
+    got = np.full((T, N), np.nan, np.float32)
+    if wtype == GGMLType.Q4_1:
+        q4_1_q8_1(rows, K, xq, dx, s, ref)
+        q4_1_matmul_avx2(rows, K, xq, dx, s, got)
+    else:
+        q8_0_q8_0(rows, K, xq, dx, ref)
+        q8_0_matmul_avx2(rows, K, xq, dx, got)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(matmul_raw(rows, wtype, K, x), ref)

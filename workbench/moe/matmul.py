@@ -31,7 +31,8 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import f16_matvec, has_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec, q8_0_matvec_avx2
+from .lanes_ir import (f16_matvec, has_avx2, q4_1_matmul_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matmul_avx2,
+                       q8_0_matvec, q8_0_matvec_avx2)
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 
@@ -187,7 +188,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q4_1 and quantize_act:
             _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if not _HW_FMA:
+            if _has_avx2():
+                q4_1_matmul_avx2(rows, K, xq, dx, s, out)
+            elif not _HW_FMA:
                 q4_1_q8_1(rows, K, xq, dx, s, out)
             else:
                 q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
@@ -195,7 +198,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
             return out
         if wtype == GGMLType.Q8_0 and quantize_act:
             _, _, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if not _HW_FMA:
+            if _has_avx2():
+                q8_0_matmul_avx2(rows, K, xq, dx, out)
+            elif not _HW_FMA:
                 q8_0_q8_0(rows, K, xq, dx, out)
             else:
                 q8_0_q8_0_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
