@@ -9,7 +9,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import (f16_matvec, has_avx2, q4_1_matmul_avx2, q8_0_matmul_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
+from workbench.moe.lanes_ir import (f16_matmul, f16_matvec, has_avx2, q4_1_matmul_avx2, q8_0_matmul_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
                                     q8_0_matvec_avx2, q8_lanes)
 from workbench.moe.matmul import matmul_raw
 
@@ -165,3 +165,21 @@ def test_matmul_avx2_is_one_token_order_per_token(wtype, T, N, K):
         q8_0_matmul_avx2(rows, K, xq, dx, got)
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(matmul_raw(rows, wtype, K, x), ref)
+
+
+@pytest.mark.parametrize("T,N,K", [(2, 1, 8), (5, 3, 40), (9, 17, 576), (12, 8, 1536)])
+def test_f16_matmul_is_tinyblas_order(T, N, K):
+    """f16_matmul (tiles of 2 rows x 4 tokens plus odd rows / tokens) == float_rows_batch bit for bit."""
+    if not has_avx2():
+        pytest.skip("no AVX2 on this host")
+    from workbench.moe.exact_dots import float_rows_batch
+    rng = np.random.default_rng(T * 100 + N)
+    W = (rng.standard_normal((N, K)) * 0.05).astype(np.float16)
+    x = rng.standard_normal((T, K)).astype(np.float32) * 3
+    xh, _ = prepare_activations(x, GGMLType.F16, K, True)
+    ref = np.empty((T, N), np.float32)
+    float_rows_batch(W.view(np.uint8), int(GGMLType.F16), K, np.ascontiguousarray(xh.T), ref)
+    got = np.full((T, N), np.nan, np.float32)
+    f16_matmul(W.view(np.uint16), K, xh, got)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(matmul_raw(W.view(np.uint8), GGMLType.F16, K, x), ref)

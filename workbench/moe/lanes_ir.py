@@ -466,3 +466,70 @@ def q8_0_matmul_avx2(W, K, XQ, DX, out):
             _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
         for t0 in range(T4, T):
             _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
+
+
+def _f16_tile_codegen(rm, rn):
+    """IR for out[t0 + j, r + i] (i < rm, j < rn) = tinyBLAS's F16 dot: 8 lanes, one fma chain each over
+    k = lane, lane + 8, ..., then hsum_float_8; rm rows x rn tokens of accumulators in registers."""
+    def codegen(context, builder, sig, args):
+        W, r, k8, XH, t0, out = args
+        byte = ir.IntType(8).as_pointer()
+        wa, xa, oa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
+        w_p, x_p, o_p = (builder.bitcast(a.data, byte) for a in (wa, xa, oa))
+        w_st, x_st, o_st = (cgutils.unpack_tuple(builder, a.strides) for a in (wa, xa, oa))
+        rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(_I64, i)), w_st[0])]) for i in range(rm)]
+        toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(_I64, j)), x_st[0])]) for j in range(rn)]
+        zero = ir.Constant(_V8F, [0.0] * 8)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rn)] for _ in range(rm)]
+        with cgutils.for_range(builder, k8) as loop:
+            k = builder.mul(loop.index, ir.Constant(_I64, 8))
+            ws = [builder.fpext(_load(builder, row, builder.mul(k, ir.Constant(_I64, 2)),
+                                      ir.VectorType(ir.HalfType(), 8)), _V8F) for row in rows]
+            xs = [_load(builder, tok, builder.mul(k, ir.Constant(_I64, 4)), _V8F) for tok in toks]
+            for i in range(rm):
+                for j in range(rn):
+                    builder.store(_fma(builder, ws[i], xs[j], builder.load(accs[i][j])), accs[i][j])
+        for i in range(rm):
+            for j in range(rn):
+                o = builder.add(builder.mul(builder.add(t0, ir.Constant(_I64, j)), o_st[0]),
+                                builder.mul(builder.add(r, ir.Constant(_I64, i)), o_st[1]))
+                builder.store(_hsum8(builder, builder.load(accs[i][j])), _ptr(builder, o_p, o, _F32))
+        return context.get_dummy_value()
+    return codegen
+
+
+def _f16_tile_intrinsic(rm, rn):
+    @intrinsic
+    def tile(typingctx, W, r, k8, XH, t0, out):
+        return types.void(W, r, k8, XH, t0, out), _f16_tile_codegen(rm, rn)
+    return tile
+
+
+_F16_RM, _F16_RN = 2, 4
+_f16_tile = _f16_tile_intrinsic(_F16_RM, _F16_RN)
+_f16_tile_r1 = _f16_tile_intrinsic(1, _F16_RN)
+_f16_tile_t1 = _f16_tile_intrinsic(_F16_RM, 1)
+_f16_tile_11 = _f16_tile_intrinsic(1, 1)
+
+
+@njit(cache=True, parallel=True)
+def f16_matmul(W16, K, XH, out):
+    """out (T, N) = llamafile_sgemm's tinyBLAS product of F16 rows W16 (N, K) uint16 with XH (T, K) float32
+    (the activations rounded to fp16), K % 8 == 0: per (token, row) 8 fma lanes over k, then hsum_float_8,
+    as exact_dots.float_rows_batch; 2 rows x 4 tokens per tile."""
+    N, T = W16.shape[0], XH.shape[0]
+    k8 = K // 8
+    NR = N - N % _F16_RM
+    T4 = T - T % _F16_RN
+    for g in prange((N + _F16_RM - 1) // _F16_RM):
+        r = g * _F16_RM
+        if r < NR:
+            for t0 in range(0, T4, _F16_RN):
+                _f16_tile(W16, r, k8, XH, t0, out)
+            for t0 in range(T4, T):
+                _f16_tile_t1(W16, r, k8, XH, t0, out)
+        else:
+            for t0 in range(0, T4, _F16_RN):
+                _f16_tile_r1(W16, r, k8, XH, t0, out)
+            for t0 in range(T4, T):
+                _f16_tile_11(W16, r, k8, XH, t0, out)

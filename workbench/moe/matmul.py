@@ -31,7 +31,7 @@ from workbench.gguf import GGMLType
 from .activations import prepare_activations, vec_dot_type
 from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from .lanes_ir import (f16_matvec, has_avx2, q4_1_matmul_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matmul_avx2,
+from .lanes_ir import (f16_matmul, f16_matvec, has_avx2, q4_1_matmul_avx2, q4_1_matvec, q4_1_matvec_avx2, q8_0_matmul_avx2,
                        q8_0_matvec, q8_0_matvec_avx2)
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
@@ -181,7 +181,9 @@ def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantiz
         if wtype in _FLOAT and quantize_act:
             xh, _ = prepare_activations(x, act, K, True)
             tiny_blas = T >= 2 and not mul_mat_id
-            if tiny_blas and _HW_FMA:
+            if tiny_blas and wtype == GGMLType.F16 and K % 8 == 0 and _has_avx2():
+                f16_matmul(rows.view(np.uint16), K, np.ascontiguousarray(xh), out)
+            elif tiny_blas and _HW_FMA:
                 float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(xh.T), out)
             else:
                 float_rows_exact(rows, int(wtype), K, xh, out, tiny_blas)
