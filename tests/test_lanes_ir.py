@@ -1,6 +1,6 @@
-"""workbench.moe.lanes_ir: the one-token Q4_1 / Q8_0 kernels written as LLVM vector code must give, bit for
-bit, the sums of the scalar statement of ggml's AVX2 order (exact_dots.q4_1_q8_1 / q8_0_q8_0), on random
-block bytes (every nibble and int8 pattern), odd row counts and the row lengths SmolLM2 and 7B models use."""
+"""workbench.moe.lanes_ir / lanes_avx2 / lanes_f16: the Q4_1, Q8_0 and F16 kernels written as LLVM vector code
+must give, bit for bit, the sums of the scalar statements of ggml's order (exact_dots), on random block bytes
+(every nibble and int8 pattern), odd row and token counts and the row lengths SmolLM2 and 7B models use."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,9 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_ir import (f16_matmul, f16_matvec, has_avx2, q4_1_matmul_avx2, q8_0_matmul_avx2, lane_order, q4_1_matvec, q4_1_matvec_avx2, q8_0_matvec,
-                                    q8_0_matvec_avx2, q8_lanes)
+from workbench.moe.lanes_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
+from workbench.moe.lanes_f16 import f16_matmul, f16_matvec
+from workbench.moe.lanes_ir import has_avx2, lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
 from workbench.moe.matmul import matmul_raw
 
 
