@@ -7,7 +7,7 @@ workbench.moe.matmul then see exactly these values.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
@@ -43,14 +43,14 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return r.view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _quantize_q8(x, bs, kind, S, xh, xsum, xq, dq_out):
     """Per block of bs: Q8_0/Q8_1 (kind 0/1, quantize_row_q8_0/_1 AVX2: q = rint(x*127/amax), d fp16)
     or Q8_K (kind 2, quantize_row_q8_K_ref: signed max, q = rint(-127/max x), d = 1/iscale in f32).
     Writes xhat = d * q and xsum = the scaled sum of q per sub-block of S (Q8_1: s = fp16(d * sum q))."""
     T, K = x.shape
-    q = np.empty(bs, np.float32)
-    for t in range(T):
+    for t in prange(T):
+        q = np.empty(bs, np.float32)
         for b in range(K // bs):
             o = b * bs
             amax = np.float32(0.0)
