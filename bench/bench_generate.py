@@ -1,8 +1,11 @@
 """pp512 (prompt processing) and tg128 (generation) tokens/s, workbench vs llama.cpp, like llama-bench.
 
-    python bench/bench_generate.py [--model PATH ...] [--threads N] [--repeat 5] [--json]
+    python bench/bench_generate.py [--model PATH ... | --formats Q4_1,Q8_0,Q4_K_M,F16] [--threads N]
+                                   [--repeat 5] [--json]
 
-Each model is run by both engines in one process, interleaved, median of --repeat runs. Also prints the
+Without --model, the default SmolLM2 model (Q4_1) and the --formats made from it (an F16 copy, then
+llama-quantize's ftypes from that, cached under data/work/quant) are measured. Each model is run by both
+engines in one process, interleaved, median of --repeat runs. Also prints the
 memory-bandwidth bound for generation (weights read per token / copy bandwidth). Needs the `bench` extra
 (llama-cpp-python); without it only the workbench is measured. Results are appended to data/reports/bench.csv.
 """
@@ -43,16 +46,34 @@ def bench_model(path, threads: int, repeat: int, n_pp: int, n_tg: int) -> dict:
     return row
 
 
+def default_models(formats: list[str]) -> list[str]:
+    """The default model for Q4_1 (its own type); every other format quantized from its F16 copy."""
+    from workbench.notebook_support import f16_base, quantize_all
+
+    src = ensure_model(None)
+    out = []
+    for ft in formats:
+        if ft.upper() == "Q4_1":
+            out.append(str(src))
+        elif ft.upper() == "F16":
+            out.append(str(f16_base(src)))
+        else:
+            out.append(str(quantize_all(f16_base(src), [ft.upper()])[0][ft.upper()]))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", help="GGUF (repeatable; default: the default SmolLM2 model)")
+    ap.add_argument("--formats", default="Q4_1,Q8_0,Q4_K_M,F16",
+                    help="without --model: the default model's own type (Q4_1) and others made from it")
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
-    models = args.model or [str(ensure_model(None))]
+    models = args.model or default_models(args.formats.split(","))
     rows = []
     for m in models:
         row = bench_model(m, args.threads, args.repeat, args.n_prompt, args.n_gen)
@@ -65,7 +86,7 @@ def main(argv=None) -> int:
     except Exception as e:  # a plot is a nicety; the numbers are the result
         print(f"(no plot: {e})")
     if args.json:
-        print(json.dumps(rows[0] if len(rows) == 1 else {"models": rows}))
+        print(json.dumps(rows[0] if len(rows) == 1 else {**rows[0], "models": rows}))  # the first: Q4_1
     return 0
 
 
