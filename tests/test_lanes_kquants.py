@@ -16,9 +16,10 @@ from workbench.moe.activations import prepare_activations
 from workbench.moe.lanes_ir import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
-_F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2)}
-_KERNELS = {GGMLType.Q6_K: (lk.q6_K_matvec_portable, lk.q6_K_matvec_avx2),
-            GGMLType.Q4_K: (lk.q4_K_matvec_portable, lk.q4_K_matvec_avx2)}
+_F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),
+           GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,)}
+TYPES = list(_F16_AT)
+_KERNELS = {t: lk.MATVEC[t.name][::-1] for t in TYPES}      # (portable, AVX2)
 _EXTREMES = np.array([65504.0, -65504.0, 6e-8, -6e-8, 0.0, 1.0, -2.5e-3, 1e-4], np.float16)
 
 
@@ -69,7 +70,7 @@ def _check(got, ref):
 
 
 @pytest.mark.parametrize("avx2", [False, True])
-@pytest.mark.parametrize("wtype", [GGMLType.Q6_K, GGMLType.Q4_K])
+@pytest.mark.parametrize("wtype", TYPES)
 @pytest.mark.parametrize("N,K", [(1, 256), (7, 512), (64, 1536), (129, 4096)])
 def test_matvec_equals_scalar_order(wtype, N, K, avx2):
     if avx2 and not has_avx2():
@@ -83,13 +84,15 @@ def test_matvec_equals_scalar_order(wtype, N, K, avx2):
         _check(got, ref)
 
 
-@pytest.mark.parametrize("wtype", [GGMLType.Q6_K, GGMLType.Q4_K])
+@pytest.mark.parametrize("wtype", TYPES)
 def test_quantized_blocks_and_strided_rows(wtype):
-    """Real quantized blocks (workbench.quant) of a weight read through a view of every other row."""
+    """Real quantized blocks (workbench.quant); for Q6_K and Q4_K read through a view of every other row
+    (one more compilation per kernel: the other types share the same row addressing)."""
     from workbench.quant import quantize
     K = 1024
     W = np.random.default_rng(5).standard_normal((40, K)).astype(np.float32)
-    rows = quantize(W, wtype)[::2]
+    rows = quantize(W, wtype)
+    rows = rows[::2] if wtype in (GGMLType.Q6_K, GGMLType.Q4_K) else rows[:20]
     x = _activations(K, seed=6)
     ref = _spec(wtype, rows, K, x)[0]
     for kernel in _KERNELS[wtype][:2 if has_avx2() else 1]:
@@ -113,18 +116,19 @@ def test_q8_K_token_is_quantize_row_q8_K(seed):
     np.testing.assert_array_equal(bs32, xq[0].astype(np.int32).reshape(-1, 32).sum(axis=1))
 
 
-@pytest.mark.parametrize("T", [1, 3, 7])
-def test_kquants_matmul_few_tokens(T):
+@pytest.mark.parametrize("T,wtype", [(1, GGMLType.Q6_K), (3, GGMLType.Q5_K), (7, GGMLType.Q6_K),
+                                     (2, GGMLType.Q2_K), (1, GGMLType.IQ4_XS), (1, GGMLType.Q3_K)])
+def test_kquants_matmul_few_tokens(T, wtype):
     """exact_kquants.matmul below 8 tokens (vec_dot token by token) goes through the vector kernel and
     keeps the spec's bits; close to the float product of the dequantized rows."""
     from workbench.quant import dequantize
     K, N = 1536, 48
-    rows = _random_rows(GGMLType.Q6_K, N, K, seed=T)
+    rows = _random_rows(wtype, N, K, seed=T)
     x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
-    got = ek.matmul(rows, GGMLType.Q6_K, K, x)
+    got = ek.matmul(rows, wtype, K, x)
     for t in range(T):
-        _check(got[t], _spec(GGMLType.Q6_K, rows, K, x[t:t + 1])[0])
-    exact = x.astype(np.float64) @ dequantize(rows, GGMLType.Q6_K, K).astype(np.float64).T
+        _check(got[t], _spec(wtype, rows, K, x[t:t + 1])[0])
+    exact = x.astype(np.float64) @ dequantize(rows, wtype, K).astype(np.float64).T
     assert np.abs(got - exact).max() <= 0.02 * np.abs(exact).max()
 
 

@@ -276,6 +276,212 @@ def q4_K_matvec_portable(W, K, x, out):
         out[r] = _q4_K_row_portable(W, r, K // QK_K, xq, xd, bs32)
 
 
+# --- Q5_K, Q3_K, Q2_K, IQ4_XS: ggml_vec_dot_{q5_K,q3_K,q2_K,iq4_xs}_q8_K ---------------------------------
+# The same lane structure as Q6_K (exact_kquants' docstring): for each 32-element chunk c the 32 quants as
+# bytes (unsigned for Q5_K / Q2_K, signed for Q3_K / IQ4_XS) times the int8 activations, pairs of products
+# times the 16 int16 scale words (the scale of each element's sub-block), summed into 8 int32 lanes.
+# Signed quants go through vpsign as in ggml's mul_add_epi8: maddubs(|q|, sign(q8, q)).
+
+_KV_IQ4NL = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+
+
+def _signed_products(builder, q, y, avx2):
+    """Pairs of products of two signed byte vectors (mul_add_epi8), as 16 int16."""
+    if avx2:
+        ax = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [q, q])
+        sy = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [y, q])
+        return _maddubs(builder, ax, sy, True)
+    p = builder.mul(builder.sext(q, _V32S), builder.sext(y, _V32S))
+    return builder.add(builder.shuffle_vector(p, p, _mask(range(0, 32, 2))),
+                       builder.shuffle_vector(p, p, _mask(range(1, 32, 2))))
+
+
+def _iq4nl_lookup(builder, idx, avx2):
+    """kvalues_iq4nl[idx] for 32 byte indices 0..15 (vpshufb on the table in both 128-bit halves)."""
+    if avx2:
+        table = ir.Constant(_V32B, [v & 0xFF for v in _KV_IQ4NL] * 2)
+        return _x86(builder, "llvm.x86.avx2.pshuf.b", _V32B, [table, idx])
+    out = _bytes(_KV_IQ4NL[0])
+    for i in range(1, 16):
+        out = builder.select(builder.icmp_unsigned("==", idx, _bytes(i)), _bytes(_KV_IQ4NL[i]), out)
+    return out
+
+
+def _q3_K_scales(builder, row, o):
+    """The 16 six-bit scales of a block_q3_K minus 32, as int16 (the kmask1 / kmask2 word unpacking)."""
+    a = [_load(builder, row, builder.add(o, _c64(96 + 4 * i)), _I32) for i in range(3)]
+    k1, k2 = ir.Constant(_I32, 0x03030303), ir.Constant(_I32, 0x0F0F0F0F)
+    c = [ir.Constant(_I32, v) for v in range(7)]
+    words = [builder.or_(builder.and_(a[0], k2), builder.shl(builder.and_(a[2], k1), c[4])),
+             builder.or_(builder.and_(a[1], k2), builder.shl(builder.and_(builder.lshr(a[2], c[2]), k1), c[4])),
+             builder.or_(builder.and_(builder.lshr(a[0], c[4]), k2), builder.shl(builder.and_(builder.lshr(a[2], c[4]), k1), c[4])),
+             builder.or_(builder.and_(builder.lshr(a[1], c[4]), k2), builder.shl(builder.and_(builder.lshr(a[2], c[6]), k1), c[4]))]
+    v = ir.Constant(_V4I, ir.Undefined)
+    for i, w in enumerate(words):
+        v = builder.insert_element(v, w, ir.Constant(_I32, i))
+    return builder.sub(builder.zext(builder.bitcast(v, _V16B), _V16S), ir.Constant(_V16S, [32] * 16))
+
+
+def _chunks(builder, kind, row, o, avx2):
+    """The 8 chunks of 32 quants of one super-block: [(bytes <32 x i8>, signed?, scale words <16 x i16>)],
+    plus what the float part needs: fp16 d, fp16 dmin (or None), mins as int16 words (or None)."""
+    def f16(off):
+        return _f16(builder, row, builder.add(o, _c64(off)))
+
+    def per16(sc16, c):                                 # sub-blocks of 16: 2c for words 0..7, 2c + 1 for 8..15
+        return builder.shuffle_vector(sc16, sc16, _mask([2 * c] * 8 + [2 * c + 1] * 8))
+
+    out = []
+    if kind == "Q5_K":                                  # d dmin scales[12] qh[32] qs[128]
+        sm = builder.zext(_scales_mins_k4(builder, row, o), _V16S)
+        qh = _load(builder, row, builder.add(o, _c64(16)), _V32B)
+        for c in range(8):
+            raw = _load(builder, row, builder.add(o, _c64(48 + 32 * (c // 2))), _V32B)
+            nib = builder.lshr(raw, _bytes(4)) if c % 2 else builder.and_(raw, _bytes(15))
+            hb = builder.shl(builder.and_(builder.lshr(qh, _bytes(c)), _bytes(1)), _bytes(4))
+            out.append((builder.or_(nib, hb), False, builder.shuffle_vector(sm, sm, _mask([c] * 16))))
+        return out, f16(0), f16(2), builder.shuffle_vector(sm, sm, _mask(range(8, 16)))
+    if kind == "Q3_K":                                  # hmask[32] qs[64] scales[12] d
+        sc16 = _q3_K_scales(builder, row, o)
+        hm = _load(builder, row, o, _V32B)
+        for c in range(8):
+            n, j = divmod(c, 4)
+            qs = _load(builder, row, builder.add(o, _c64(32 + 32 * n)), _V32B)
+            low = builder.and_(builder.lshr(qs, _bytes(2 * j)), _bytes(3))
+            unset = builder.xor(builder.and_(builder.lshr(hm, _bytes(4 * n + j)), _bytes(1)), _bytes(1))
+            out.append((builder.sub(low, builder.shl(unset, _bytes(2))), True, per16(sc16, c)))
+        return out, f16(108), None, None
+    if kind == "Q2_K":                                  # scales[16] (scale | min << 4) qs[64] d dmin
+        sb = _load(builder, row, o, _V16B)
+        sc16 = builder.zext(builder.and_(sb, _bytes(15, 16)), _V16S)
+        mins16 = builder.zext(builder.lshr(sb, _bytes(4, 16)), _V16S)
+        for c in range(8):
+            n, j = divmod(c, 4)
+            qs = _load(builder, row, builder.add(o, _c64(16 + 32 * n)), _V32B)
+            out.append((builder.and_(builder.lshr(qs, _bytes(2 * j)), _bytes(3)), False, per16(sc16, c)))
+        return out, f16(80), f16(82), mins16
+    # IQ4_XS: d scales_h (u16) scales_l[4] qs[128]
+    sh = builder.zext(_load(builder, row, builder.add(o, _c64(2)), _I16), _I32)
+    for c in range(8):
+        sl = builder.zext(_load(builder, row, builder.add(o, _c64(4 + c // 2)), _I8), _I32)
+        lo = builder.and_(builder.lshr(sl, ir.Constant(_I32, 4 * (c % 2))), ir.Constant(_I32, 15))
+        hi = builder.and_(builder.lshr(sh, ir.Constant(_I32, 2 * c)), ir.Constant(_I32, 3))
+        ls = builder.sub(builder.or_(lo, builder.shl(hi, ir.Constant(_I32, 4))), ir.Constant(_I32, 32))
+        q16 = _load(builder, row, builder.add(o, _c64(8 + 16 * c)), _V16B)
+        both = builder.shuffle_vector(q16, q16, _mask(list(range(16)) * 2))
+        idx = builder.and_(builder.lshr(both, ir.Constant(_V32B, [0] * 16 + [4] * 16)), _bytes(15))
+        out.append((_iq4nl_lookup(builder, idx, avx2), True, builder.shuffle_vector(builder.insert_element(ir.Constant(_V16S, ir.Undefined), builder.trunc(ls, _I16), ir.Constant(_I32, 0)), ir.Constant(_V16S, ir.Undefined), _mask([0] * 16))))
+    return out, f16(0), None, None
+
+
+_BLOCK = {"Q5_K": 176, "Q3_K": 110, "Q2_K": 84, "IQ4_XS": 136}
+
+
+def _lanes_codegen(kind, avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, (xq, xd, bs16, bs32) = _setup(context, builder, sig, args)
+        xd = builder.bitcast(xd, _F32.as_pointer())
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
+        summs = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, _c64(_BLOCK[kind]))
+            chunks, dw, dmw, mins = _chunks(builder, kind, row, o, avx2)
+            dy = builder.load(builder.gep(xd, [b]))
+            d = builder.fmul(dy, dw)                      # y.d * fp16(x.d) (IQ4_XS: the other way, same product)
+            if kind == "Q2_K":                            # the mins first: fma(dmin, madd(mins, bsums), acc)
+                dmin = builder.fmul(builder.fneg(dy), dmw)
+                prod = _madd(builder, mins, _load(builder, bs16, builder.mul(b, _c64(32)), _V16S), avx2)
+                builder.store(_fma(builder, _splat(builder, dmin), builder.sitofp(prod, _V8F), builder.load(acc)), acc)
+            sumi = ir.Constant(_V8I, [0] * 8)
+            for c, (q, signed, sc) in enumerate(chunks):
+                y = _load(builder, xq, builder.add(builder.mul(b, _c64(QK_K)), _c64(32 * c)), _V32B)
+                p16 = _signed_products(builder, q, y, avx2) if signed else _maddubs(builder, q, y, avx2)
+                sumi = builder.add(sumi, _madd(builder, sc, p16, avx2))
+            builder.store(_fma(builder, _splat(builder, d), builder.sitofp(sumi, _V8F), builder.load(acc)), acc)
+            if kind == "Q5_K":                            # summs = fma(dmin, mins . bsums per 32, summs)
+                dmin = builder.fmul(builder.fneg(dy), dmw)
+                bsum = builder.load(builder.bitcast(builder.gep(bs32, [builder.mul(b, _c64(32))]), _V8I.as_pointer()), align=4)
+                m = builder.sitofp(_hsum_i32(builder, builder.mul(builder.sext(mins, _V8I), bsum)), _F32)
+                builder.store(_fma(builder, dmin, m, builder.load(summs)), summs)
+        res = _hsum8(builder, builder.load(acc))
+        return builder.fadd(res, builder.load(summs)) if kind == "Q5_K" else res
+    return codegen
+
+
+def _make_row(kind, avx2):
+    def row_intrinsic(typingctx, W, r, nb, xq, xd, bs16, bs32):
+        return types.float32(W, r, nb, xq, xd, bs16, bs32), _lanes_codegen(kind, avx2)
+    row_intrinsic.__name__ = f"_{kind.lower()}_row_{'avx2' if avx2 else 'portable'}"
+    return intrinsic(row_intrinsic)
+
+
+_q5_K_row_avx2, _q5_K_row_portable = _make_row("Q5_K", True), _make_row("Q5_K", False)
+_q3_K_row_avx2, _q3_K_row_portable = _make_row("Q3_K", True), _make_row("Q3_K", False)
+_q2_K_row_avx2, _q2_K_row_portable = _make_row("Q2_K", True), _make_row("Q2_K", False)
+_iq4_xs_row_avx2, _iq4_xs_row_portable = _make_row("IQ4_XS", True), _make_row("IQ4_XS", False)
+
+
+@njit(cache=True, parallel=True)
+def q5_K_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q5_K_q8_K(row r, x quantized to Q8_K): one token."""
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_K_row_avx2(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q5_K_matvec_portable(W, K, x, out):
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_K_row_portable(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q3_K_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q3_K_q8_K(row r, x quantized to Q8_K): one token."""
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q3_K_row_avx2(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q3_K_matvec_portable(W, K, x, out):
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q3_K_row_portable(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q2_K_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q2_K_q8_K(row r, x quantized to Q8_K): one token."""
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q2_K_row_avx2(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def q2_K_matvec_portable(W, K, x, out):
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _q2_K_row_portable(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def iq4_xs_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_iq4_xs_q8_K(row r, x quantized to Q8_K): one token."""
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _iq4_xs_row_avx2(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
+@njit(cache=True, parallel=True)
+def iq4_xs_matvec_portable(W, K, x, out):
+    xq, xd, bs16, bs32 = q8_K_token(x)
+    for r in prange(W.shape[0]):
+        out[r] = _iq4_xs_row_portable(W, r, K // QK_K, xq, xd, bs16, bs32)
+
+
 # --- entry point for exact_kquants / exact_repack ------------------------------------------------------
 
 def _avx2() -> bool:
@@ -289,7 +495,9 @@ def _avx2() -> bool:
 _AVX2 = None
 # weight type -> (kernel with ggml's AVX2 instructions, portable kernel); the caller decides which of
 # ggml's orders applies (Q6_K: vec_dot; Q4_K: the repacked gemv, rows % 8 == 0)
-MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable)}
+MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable),
+          "Q5_K": (q5_K_matvec_avx2, q5_K_matvec_portable), "Q3_K": (q3_K_matvec_avx2, q3_K_matvec_portable),
+          "Q2_K": (q2_K_matvec_avx2, q2_K_matvec_portable), "IQ4_XS": (iq4_xs_matvec_avx2, iq4_xs_matvec_portable)}
 
 
 def matvec(rows, wtype_name, K, x, out):
