@@ -103,8 +103,26 @@ def quantize(x, type, imatrix=None) -> np.ndarray:
     return mod.quantize(np.ascontiguousarray(x), imatrix)
 
 
+# type as passed (GGMLType, name or id) -> (block size, bytes per block, the module's dequantize). parse_type and
+# the module lookup (importlib.util.find_spec) cost more than a small kernel, so each type is resolved once.
+_DEQUANTIZERS: dict = {}
+
+
 def dequantize(blocks, type, n_per_row: int) -> np.ndarray:
     """Dequantize uint8 rows (rows, row_bytes) of `type` back to float32 (rows, n_per_row)."""
+    try:
+        block_size, type_size, fn = _DEQUANTIZERS[type]
+    except (KeyError, TypeError):                       # first call for this type (or an unhashable one)
+        return _dequantize_checked(blocks, type, n_per_row)
+    # fast path: a C-contiguous 2-D uint8 array of the right width, as the checks below would pass it on
+    if (blocks.__class__ is np.ndarray and blocks.dtype == np.uint8 and blocks.ndim == 2
+            and n_per_row.__class__ is int and n_per_row > 0 and n_per_row % block_size == 0
+            and blocks.shape[1] == n_per_row // block_size * type_size and blocks.flags.c_contiguous):
+        return fn(blocks, n_per_row)
+    return _dequantize_checked(blocks, type, n_per_row)
+
+
+def _dequantize_checked(blocks, type, n_per_row) -> np.ndarray:
     t = parse_type(type)
     mod = format_module(t)
     n_per_row = int(n_per_row)
@@ -118,4 +136,8 @@ def dequantize(blocks, type, n_per_row: int) -> np.ndarray:
     if blocks.ndim != 2 or blocks.shape[1] != row_bytes:
         raise QuantInputError(f"blocks: {t.name} rows of {n_per_row} take {row_bytes} bytes, "
                               f"got shape {blocks.shape}")
+    try:
+        _DEQUANTIZERS[type] = (t.block_size, t.type_size, mod.dequantize)
+    except TypeError:
+        pass
     return mod.dequantize(np.ascontiguousarray(blocks), n_per_row)

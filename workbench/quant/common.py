@@ -10,7 +10,9 @@ array one (``*_np``, used by the readable references that work on all blocks at 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 QK_K = 256                        # super-block size of the k-quants
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this a group counts as all zero
@@ -52,6 +54,29 @@ def fp32_to_fp16(f):
 @njit(cache=True, error_model="numpy", inline="always")
 def fp16_to_fp32(h):
     return FP16_TO_FP32[h]
+
+
+@intrinsic
+def fp16_to_fp32_vec(typingctx, bits):
+    """FP16_TO_FP32[bits] (numpy's exact cast) for uint16 bits, as LLVM code that vectorizes.
+
+    For per-element fp16 data (the F16 format): `fpext half` is one vcvtph2ps lane where the loop
+    vectorizes. The hardware sets the quiet bit of a signaling NaN; numpy's cast (and the table) keeps
+    the payload bits as they are, so exponent-31 patterns (inf/NaN) are rebuilt from the bits
+    (sign << 16 | 0x7F800000 | mantissa << 13) and picked by a select: no branch, 32-bit lanes."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        f = builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        u = builder.zext(args[0], i32)
+        special = builder.icmp_unsigned("==", builder.and_(u, i32(0x7C00)), i32(0x7C00))
+        sign = builder.shl(builder.and_(u, i32(0x8000)), i32(16))
+        mant = builder.shl(builder.and_(u, i32(0x3FF)), i32(13))
+        rebuilt = builder.bitcast(builder.or_(builder.or_(sign, mant), i32(0x7F800000)), ir.FloatType())
+        return builder.select(special, rebuilt, f)
+
+    return sig, codegen
 
 
 @njit(cache=True, error_model="numpy", inline="always")

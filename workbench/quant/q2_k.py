@@ -180,20 +180,26 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, n16):
+    """dequantize_row_q2_K: group g (16 elements) reads bytes 32 h + 16 (g % 2) + l, h = g // 8, at shift
+    2 ((g % 8) // 2). n16 = 16 at run time and slices: the loop vectorizes (see q4_k._dequantize_rows)."""
     for r in prange(blocks.shape[0]):
-        for i in range(out.shape[1] // QK_K):
+        brow = blocks[r]
+        orow = out[r]
+        for i in range(orow.shape[0] // QK_K):
             o = i * BYTES
-            d = get_fp16(blocks[r], o + 80)
-            dmin = get_fp16(blocks[r], o + 82)
-            for g in range(16):                   # group g: half h = g // 8, shift 2*((g % 8) // 2), 16 bytes
-                sc = blocks[r, o + g]
+            d = get_fp16(brow, o + 80)
+            dmin = get_fp16(brow, o + 82)
+            for g in range(16):
+                sc = brow[o + g]
                 dl = d * F32(sc & 0xF)
                 ml = dmin * F32(sc >> 4)
-                h, k, part = g // 8, (g % 8) // 2, g % 2
-                for l in range(16):
-                    q = (blocks[r, o + 16 + 32 * h + 16 * part + l] >> (2 * k)) & 3
-                    out[r, i * QK_K + 16 * g + l] = dl * F32(np.uint8(q)) - ml
+                shift = np.uint8(2 * ((g % 8) // 2))
+                start = o + 16 + 2 * n16 * (g // 8) + n16 * (g % 2)
+                q = brow[start:start + n16]
+                y = orow[i * QK_K + g * n16:i * QK_K + (g + 1) * n16]
+                for l in range(n16):
+                    y[l] = dl * F32(np.uint8((q[l] >> shift) & np.uint8(3))) - ml
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -205,5 +211,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, 16)
     return out

@@ -173,21 +173,27 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, n16):
+    """dequantize_row_q3_K. Group g as in q2_k._dequantize_rows; element j = 16 g + l takes bit j // 32 of
+    hmask[j % 32] (clear: level - 4), branch-free. n16 = 16 at run time and slices (vectorized loops)."""
     for r in prange(blocks.shape[0]):
-        for i in range(out.shape[1] // QK_K):
+        brow = blocks[r]
+        orow = out[r]
+        for i in range(orow.shape[0] // QK_K):
             o = i * BYTES
-            blk = blocks[r, o:o + BYTES]
-            d = get_fp16(blk, 108)
+            d = get_fp16(brow, o + 108)
+            sc = brow[o + 96:o + 108]
             for g in range(16):
-                dl = d * F32(get_scale(blk[96:108], g))
-                h, k, part = g // 8, (g % 8) // 2, g % 2
-                for l in range(16):
-                    j = 16 * g + l
-                    q = (np.int64(blk[32 + 32 * h + 16 * part + l]) >> (2 * k)) & 3
-                    if not (np.int64(blk[j % 32]) >> (j // 32)) & 1:
-                        q -= 4
-                    out[r, i * QK_K + j] = dl * F32(np.int8(q))
+                dl = d * F32(get_scale(sc, g))
+                shift = np.uint8(2 * ((g % 8) // 2))
+                hbit = np.uint8(1 << (g // 2))
+                start = o + 32 + 2 * n16 * (g // 8) + n16 * (g % 2)
+                q = brow[start:start + n16]
+                hm = brow[o + n16 * (g % 2):o + n16 * (g % 2) + n16]
+                y = orow[i * QK_K + g * n16:i * QK_K + (g + 1) * n16]
+                for l in range(n16):
+                    hi = np.int8(0) if hm[l] & hbit else np.int8(-4)
+                    y[l] = dl * F32(np.int8((q[l] >> shift) & np.uint8(3)) + hi)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -199,5 +205,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, 16)
     return out

@@ -97,18 +97,22 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, h):
+    """h = QK // 2 at run time (a constant trip count gets unrolled to scalar code instead of vectorized);
+    the block's halves are written through slices, whose indices LLVM knows are non-negative (numba's
+    wraparound of a possibly negative index would turn the vector stores into scalar ones)."""
     for r in prange(blocks.shape[0]):
         brow = blocks[r]
         orow = out[r]
-        for ib in range(orow.shape[0] // QK):
+        for ib in range(orow.shape[0] // (2 * h)):
             o = ib * BYTES
             d = get_fp16(brow, o)
-            y = orow[ib * QK:(ib + 1) * QK]
-            for j in range(16):                   # int8 casts keep the loops vectorizable
-                y[j] = d * F32(np.int8((brow[o + 2 + j] & 0x0F) - 8))
-            for j in range(16):
-                y[j + 16] = d * F32(np.int8((brow[o + 2 + j] >> 4) - 8))
+            q = brow[o + 2:o + 2 + h]
+            y0 = orow[2 * h * ib:2 * h * ib + h]
+            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
+            for j in range(h):                    # int8 casts keep the loops vectorizable
+                y0[j] = d * F32(np.int8((q[j] & 0x0F) - 8))
+                y1[j] = d * F32(np.int8((q[j] >> 4) - 8))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -120,5 +124,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, QK // 2)
     return out

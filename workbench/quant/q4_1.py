@@ -143,16 +143,21 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, h):
+    """h = QK // 2 at run time and slices for the halves: see q4_0._dequantize_rows (vectorized loops)."""
     for r in prange(blocks.shape[0]):
-        for ib in range(out.shape[1] // QK):
+        brow = blocks[r]
+        orow = out[r]
+        for ib in range(orow.shape[0] // (2 * h)):
             o = ib * BYTES
-            d = get_fp16(blocks[r], o)
-            m = get_fp16(blocks[r], o + 2)
-            for j in range(16):
-                b = blocks[r, o + 4 + j]
-                out[r, ib * QK + j] = d * F32(np.uint8(b & 0x0F)) + m
-                out[r, ib * QK + j + 16] = d * F32(np.uint8(b >> 4)) + m
+            d = get_fp16(brow, o)
+            m = get_fp16(brow, o + 2)
+            q = brow[o + 4:o + 4 + h]
+            y0 = orow[2 * h * ib:2 * h * ib + h]
+            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
+            for j in range(h):
+                y0[j] = d * F32(np.uint8(q[j] & 0x0F)) + m
+                y1[j] = d * F32(np.uint8(q[j] >> 4)) + m
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -164,5 +169,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, QK // 2)
     return out

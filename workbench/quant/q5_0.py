@@ -121,16 +121,30 @@ def _quantize_rows(x, qw, use_qw, out):
             put_5bit(out[r], ib * BYTES + 2, L[ib * QK:(ib + 1) * QK])
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def get_u32(blk, o):
+    return (np.uint32(blk[o]) | (np.uint32(blk[o + 1]) << np.uint32(8)) | (np.uint32(blk[o + 2]) << np.uint32(16))
+            | (np.uint32(blk[o + 3]) << np.uint32(24)))
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, h):
+    """unpack_5bit inlined into one vectorizable loop (h = QK // 2 at run time, slices: see q4_0)."""
     for r in prange(blocks.shape[0]):
-        q = np.empty(QK, np.int64)
-        for ib in range(out.shape[1] // QK):
+        brow = blocks[r]
+        orow = out[r]
+        for ib in range(orow.shape[0] // (2 * h)):
             o = ib * BYTES
-            d = get_fp16(blocks[r], o)
-            unpack_5bit(blocks[r], o + 2, q)
-            for j in range(QK):
-                out[r, ib * QK + j] = d * F32(np.int8(q[j] - 16))
+            d = get_fp16(brow, o)
+            qh = np.uint32(get_u32(brow, o + 2))
+            q = brow[o + 6:o + 6 + h]
+            y0 = orow[2 * h * ib:2 * h * ib + h]
+            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
+            for j in range(h):
+                hi0 = np.uint8(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
+                hi1 = np.uint8(((qh >> np.uint32(j + 16)) << np.uint32(4)) & np.uint32(0x10))
+                y0[j] = d * F32(np.int8(((q[j] & 0x0F) | hi0) - 16))
+                y1[j] = d * F32(np.int8(((q[j] >> 4) | hi1) - 16))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -142,5 +156,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, QK // 2)
     return out

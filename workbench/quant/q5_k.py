@@ -68,22 +68,33 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, n32):
+    """dequantize_row_q5_K, vectorizable as q4_k._dequantize_rows (n32 = 32 at run time, slices); the
+    fifth bit of group g is bit g of qh[l]."""
     for r in prange(blocks.shape[0]):
-        for i in range(out.shape[1] // QK_K):
+        brow = blocks[r]
+        orow = out[r]
+        for i in range(orow.shape[0] // QK_K):
             o = i * BYTES
-            blk = blocks[r, o:o + BYTES]
-            d = get_fp16(blk, 0)
-            dmin = get_fp16(blk, 2)
-            for g in range(8):
-                s, m = get_scale_min_k4(g, blk[4:16])
-                dl = d * F32(s)
-                ml = dmin * F32(m)
-                shift = 4 * (g % 2)
-                for l in range(32):
-                    q = (np.int64(blk[48 + 32 * (g // 2) + l]) >> shift) & 0xF
-                    q |= ((np.int64(blk[16 + l]) >> g) & 1) << 4
-                    out[r, i * QK_K + 32 * g + l] = dl * F32(np.uint8(q)) - ml
+            d = get_fp16(brow, o)
+            dmin = get_fp16(brow, o + 2)
+            sc = brow[o + 4:o + 16]
+            qh = brow[o + 16:o + 16 + n32]
+            for k in range(4):
+                s0, m0 = get_scale_min_k4(2 * k, sc)
+                s1, m1 = get_scale_min_k4(2 * k + 1, sc)
+                dl0, ml0 = d * F32(s0), dmin * F32(m0)
+                dl1, ml1 = d * F32(s1), dmin * F32(m1)
+                q = brow[o + 48 + k * n32:o + 48 + (k + 1) * n32]
+                y0 = orow[i * QK_K + 2 * k * n32:i * QK_K + (2 * k + 1) * n32]
+                y1 = orow[i * QK_K + (2 * k + 1) * n32:i * QK_K + (2 * k + 2) * n32]
+                m_lo = np.uint8(1 << (2 * k))
+                m_hi = np.uint8(2 << (2 * k))
+                for l in range(n32):
+                    h0 = np.uint8(16) if (qh[l] & m_lo) else np.uint8(0)
+                    h1 = np.uint8(16) if (qh[l] & m_hi) else np.uint8(0)
+                    y0[l] = dl0 * F32(np.uint8((q[l] & 0xF) | h0)) - ml0
+                    y1[l] = dl1 * F32(np.uint8((q[l] >> 4) | h1)) - ml1
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -95,5 +106,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, 32)
     return out

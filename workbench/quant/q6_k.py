@@ -111,26 +111,40 @@ def _quantize_rows(x, qw, use_qw, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, n16):
+    """dequantize_row_q6_K. y = (d * scale) * (q - 32), the product d * scale taken once per 16 elements
+    (the same float operations in the same order). n16 = 16 at run time and slices: the 16-element loops
+    vectorize (see q4_k._dequantize_rows)."""
     for r in prange(blocks.shape[0]):
-        for i in range(out.shape[1] // QK_K):
+        brow = blocks[r]
+        orow = out[r]
+        for i in range(orow.shape[0] // QK_K):
             o = i * BYTES
-            blk = blocks[r, o:o + BYTES]
-            d = get_fp16(blk, 208)
+            d = get_fp16(brow, o + 208)
             for h in range(2):
-                for l in range(32):
-                    is_ = 8 * h + l // 16
-                    a = np.int64(blk[64 * h + l])
-                    b = np.int64(blk[64 * h + l + 32])
-                    qh = np.int64(blk[128 + 32 * h + l])
-                    base = i * QK_K + 128 * h + l
-                    out[r, base] = d * F32(np.int8(blk[192 + is_])) * F32(np.int8(((a & 0xF) | ((qh & 3) << 4)) - 32))
-                    out[r, base + 32] = (d * F32(np.int8(blk[192 + is_ + 2]))
-                                         * F32(np.int8(((b & 0xF) | (((qh >> 2) & 3) << 4)) - 32)))
-                    out[r, base + 64] = (d * F32(np.int8(blk[192 + is_ + 4]))
-                                         * F32(np.int8(((a >> 4) | (((qh >> 4) & 3) << 4)) - 32)))
-                    out[r, base + 96] = (d * F32(np.int8(blk[192 + is_ + 6]))
-                                         * F32(np.int8(((b >> 4) | (((qh >> 6) & 3) << 4)) - 32)))
+                for half in range(2):
+                    is_ = o + 192 + 8 * h + half
+                    ds0 = d * F32(np.int8(brow[is_]))
+                    ds1 = d * F32(np.int8(brow[is_ + 2]))
+                    ds2 = d * F32(np.int8(brow[is_ + 4]))
+                    ds3 = d * F32(np.int8(brow[is_ + 6]))
+                    l0 = half * n16
+                    qa = brow[o + 64 * h + l0:o + 64 * h + l0 + n16]
+                    qb = brow[o + 64 * h + 2 * n16 + l0:o + 64 * h + 2 * n16 + l0 + n16]
+                    qh = brow[o + 128 + 32 * h + l0:o + 128 + 32 * h + l0 + n16]
+                    base = i * QK_K + 128 * h + l0
+                    y0 = orow[base:base + n16]
+                    y1 = orow[base + 2 * n16:base + 3 * n16]
+                    y2 = orow[base + 4 * n16:base + 5 * n16]
+                    y3 = orow[base + 6 * n16:base + 7 * n16]
+                    for l in range(n16):
+                        a = qa[l]
+                        b = qb[l]
+                        hb = qh[l]
+                        y0[l] = ds0 * F32(np.int8(np.uint8((a & 0xF) | ((hb & 3) << 4)) - 32))
+                        y1[l] = ds1 * F32(np.int8(np.uint8((b & 0xF) | (((hb >> 2) & 3) << 4)) - 32))
+                        y2[l] = ds2 * F32(np.int8(np.uint8((a >> 4) | (((hb >> 4) & 3) << 4)) - 32))
+                        y3[l] = ds3 * F32(np.int8(np.uint8((b >> 4) | (((hb >> 6) & 3) << 4)) - 32))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -142,5 +156,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, 16)
     return out

@@ -49,20 +49,18 @@ def _quantize_rows(x, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, qs, out):
-    """qs is `blocks` viewed as int8 (the quants), so the inner loop is a plain int8 -> float multiply."""
-    nb = out.shape[1] // QK
+def _dequantize_rows(blocks, qs, out, qk):
+    """qs is `blocks` viewed as int8 (the quants), so the inner loop is a plain int8 -> float multiply.
+
+    qk (= QK) comes in as an argument: with a trip count known at compile time LLVM unrolls the block loop
+    into 32 scalar conversions instead of vectorizing it."""
+    nb = out.shape[1] // qk
     for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        qrow = qs[r]
-        orow = out[r]
         for ib in range(nb):
             o = ib * 34
-            d = get_fp16(brow, o)
-            y = orow[ib * QK:(ib + 1) * QK]
-            q = qrow[o + 2:o + 2 + QK]
-            for j in range(QK):
-                y[j] = np.float32(q[j]) * d
+            d = get_fp16(blocks[r], o)
+            for j in range(qk):
+                out[r, ib * qk + j] = np.float32(qs[r, o + 2 + j]) * d
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -73,5 +71,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, blocks.view(np.int8), out)
+    _dequantize_rows(blocks, blocks.view(np.int8), out, QK)
     return out

@@ -52,13 +52,14 @@ def _quantize_rows(x, out):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out):
+def _dequantize_rows(blocks, out, qk):
+    """qk = QK at run time so the block loop vectorizes (see q8_0._dequantize_rows)."""
     for r in prange(blocks.shape[0]):
-        for ib in range(out.shape[1] // QK):
+        for ib in range(out.shape[1] // qk):
             o = ib * BYTES
             d = get_fp16(blocks[r], o)
-            for j in range(QK):
-                out[r, ib * QK + j] = F32(np.int8(blocks[r, o + 4 + j])) * d
+            for j in range(qk):
+                out[r, ib * qk + j] = F32(np.int8(blocks[r, o + 4 + j])) * d
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -69,5 +70,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out)
+    _dequantize_rows(blocks, out, QK)
     return out

@@ -1,0 +1,85 @@
+"""The vectorized dequantize kernels == the numpy references (dequantize_ref), bit for bit, on random bytes.
+
+Random bytes reach every level, every scale pattern (subnormal, inf, NaN fp16 scales included) and every
+packing corner that quantized data may never produce. Where a NaN meets another NaN the payload that wins
+depends on operand order, so NaN positions must agree and every other value must match bit for bit. F16 is
+a pure conversion: all 65536 patterns must match numpy's cast exactly (signaling NaNs stay signaling).
+Also: the cached fast path of workbench.quant.dequantize validates like the first call.
+"""
+import numpy as np
+import pytest
+
+from workbench.gguf import GGMLType
+from workbench.quant import QuantInputError, dequantize
+from workbench.quant.formats import format_module
+
+# every format whose module has its own dequantize kernel (not the reference itself)
+KERNEL_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                "Q6_K", "Q8_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS"]
+
+
+def assert_same(got, ref, what):
+    assert got.shape == ref.shape and got.dtype == np.float32, what
+    nan_g, nan_r = np.isnan(got), np.isnan(ref)
+    bad = (nan_g != nan_r) | (~nan_r & (got.view(np.uint32) != ref.view(np.uint32)))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise AssertionError(f"{what}: {int(bad.sum())} values differ, first at row {r}, column {c}: "
+                             f"{got[r, c]!r} vs reference {ref[r, c]!r}")
+
+
+@pytest.mark.parametrize("name", KERNEL_TYPES)
+def test_kernel_matches_reference_on_random_bytes(name):
+    t = GGMLType[name]
+    mod = format_module(t)
+    assert mod.dequantize is not mod.dequantize_ref
+    rng = np.random.default_rng(int(t))
+    for rows, blocks_per_row in ((1, 1), (3, 5), (7, 16)):
+        n = t.block_size * blocks_per_row
+        blocks = rng.integers(0, 256, (rows, t.row_bytes(n)), dtype=np.uint8)
+        with np.errstate(all="ignore"):
+            ref = mod.dequantize_ref(blocks, n)
+        assert_same(mod.dequantize(blocks, n), ref, f"{name} {rows}x{n}")
+        assert_same(dequantize(blocks, t, n), ref, f"{name} {rows}x{n} through workbench.quant.dequantize")
+
+
+@pytest.mark.parametrize("name", KERNEL_TYPES)
+def test_kernel_matches_reference_on_finite_scales(name):
+    """Random bytes with every fp16 NaN/inf pattern replaced: all values compared bit for bit."""
+    t = GGMLType[name]
+    mod = format_module(t)
+    n = t.block_size * 8
+    blocks = np.random.default_rng(100 + int(t)).integers(0, 256, (4, t.row_bytes(n)), dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        ref = mod.dequantize_ref(blocks, n)
+    keep = np.isfinite(ref).all(axis=1)
+    got = mod.dequantize(blocks, n)
+    assert np.array_equal(got[keep].view(np.uint32), ref[keep].view(np.uint32))
+
+
+def test_f16_every_pattern_exact():
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(16, 4096)
+    got = dequantize(h.view(np.uint8), "F16", 4096)
+    ref = h.view(np.float16).astype(np.float32)
+    bad = np.nonzero(got.view(np.uint32).ravel() != ref.view(np.uint32).ravel())[0]
+    assert bad.size == 0, f"F16 pattern {bad[0]:#06x}: {got.ravel()[bad[0]].view(np.uint32):#010x} " \
+                          f"vs numpy {ref.ravel()[bad[0]].view(np.uint32):#010x}"
+
+
+def test_fast_path_still_validates():
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    from workbench.quant import quantize
+    q = quantize(x, "Q4_0")
+    y = dequantize(q, GGMLType.Q4_0, 64)              # resolves and caches Q4_0
+    assert np.array_equal(dequantize(q, GGMLType.Q4_0, 64), y)
+    assert np.array_equal(dequantize(np.asfortranarray(q), GGMLType.Q4_0, 64), y)     # non-contiguous
+    assert np.array_equal(dequantize(q[1], GGMLType.Q4_0, 64), y[1:2])                 # one row, 1-D
+    assert np.array_equal(dequantize(q, GGMLType.Q4_0, np.int64(64)), y)
+    with pytest.raises(QuantInputError, match="36 bytes"):
+        dequantize(q[:, :-1], GGMLType.Q4_0, 64)
+    with pytest.raises(QuantInputError, match="uint8"):
+        dequantize(q.view(np.int8), GGMLType.Q4_0, 64)
+    with pytest.raises(QuantInputError, match="multiple"):
+        dequantize(q, GGMLType.Q4_0, 65)
+    with pytest.raises(QuantInputError):
+        dequantize(q, GGMLType.Q4_0, 0)
