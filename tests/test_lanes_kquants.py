@@ -17,7 +17,7 @@ from workbench.moe.lanes_ir import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
 _F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),
-           GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,)}
+           GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,), GGMLType.Q4_0: (0,), GGMLType.IQ4_NL: (0,)}
 TYPES = list(_F16_AT)
 _KERNELS = {t: lk.MATVEC[t.name][::-1] for t in TYPES}      # (portable, AVX2)
 _EXTREMES = np.array([65504.0, -65504.0, 6e-8, -6e-8, 0.0, 1.0, -2.5e-3, 1e-4], np.float16)
@@ -26,7 +26,7 @@ _EXTREMES = np.array([65504.0, -65504.0, 6e-8, -6e-8, 0.0, 1.0, -2.5e-3, 1e-4], 
 def _random_rows(wtype, N, K, seed):
     """Random block bytes; the fp16 scales random normal * 0.02, with one block per row of extreme ones."""
     rng = np.random.default_rng(seed)
-    nb = K // 256
+    nb = K // wtype.block_size
     rows = rng.integers(0, 256, (N, nb, wtype.type_size), dtype=np.uint8)
     for o in _F16_AT[wtype]:
         d = (rng.standard_normal((N, nb)) * 0.02).astype(np.float16)
@@ -49,6 +49,10 @@ def _spec(wtype, rows, K, x):
     """The scalar statement of ggml's order on prepare_activations' Q8_K values, token by token."""
     T = x.shape[0]
     out = np.empty((T, rows.shape[0]), np.float32)
+    if wtype in (GGMLType.Q4_0, GGMLType.IQ4_NL):
+        _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
+        er.b32_q8_0(np.ascontiguousarray(rows), K, er._B32[wtype], xq, dx, out)
+        return out
     if wtype == GGMLType.Q4_K:
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)
         er.q4_K_q8_K(np.ascontiguousarray(rows), K, xq, dx, 0, out)
@@ -71,10 +75,12 @@ def _check(got, ref):
 
 @pytest.mark.parametrize("avx2", [False, True])
 @pytest.mark.parametrize("wtype", TYPES)
-@pytest.mark.parametrize("N,K", [(1, 256), (7, 512), (64, 1536), (129, 4096)])
+@pytest.mark.parametrize("N,K", [(1, 256), (7, 512), (64, 1536), (129, 4096), (9, 576)])
 def test_matvec_equals_scalar_order(wtype, N, K, avx2):
     if avx2 and not has_avx2():
         pytest.skip("no AVX2 on this host")
+    if K % wtype.block_size:
+        pytest.skip("K is not a multiple of the block size")
     rows = _random_rows(wtype, N, K, seed=N * 7 + K)
     for seed in range(2):
         x = _activations(K, seed=K + seed)
@@ -132,15 +138,17 @@ def test_kquants_matmul_few_tokens(T, wtype):
     assert np.abs(got - exact).max() <= 0.02 * np.abs(exact).max()
 
 
-@pytest.mark.parametrize("T,mul_mat_id", [(1, False), (3, False), (2, True)])
-def test_repack_matmul_few_tokens(T, mul_mat_id):
+@pytest.mark.parametrize("T,mul_mat_id,wtype", [(1, False, GGMLType.Q4_K), (3, False, GGMLType.Q4_K),
+                                                (2, True, GGMLType.Q4_K), (1, False, GGMLType.Q4_0),
+                                                (2, False, GGMLType.IQ4_NL)])
+def test_repack_matmul_few_tokens(T, mul_mat_id, wtype):
     """exact_repack.matmul below 4 tokens (all gemv) goes through the vector kernel: same bits as the
     scalar kernel (vectorized=False keeps the spec path)."""
     K, N = 512, 24
-    rows = _random_rows(GGMLType.Q4_K, N, K, seed=11 + T)
+    rows = _random_rows(wtype, N, K, seed=11 + T)
     x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
-    got = er.matmul(rows, GGMLType.Q4_K, K, x, mul_mat_id)
-    ref = er.matmul(rows, GGMLType.Q4_K, K, x, mul_mat_id, vectorized=False)
+    got = er.matmul(rows, wtype, K, x, mul_mat_id)
+    ref = er.matmul(rows, wtype, K, x, mul_mat_id, vectorized=False)
     for t in range(T):
         _check(got[t], ref[t])
     assert lk.matvec(rows, "Q5_1", 512, x, got) is False     # no kernel: the caller's own path

@@ -15,6 +15,10 @@ Q4_K  (ggml_gemv_q4_K_8x8_q8_K, arch/x86/repack.cpp: Q4_K weights with rows % 8 
       isum = sum_j sc_j * (q_j . x_j) and imin = sum_j m_j * bsum_j (bsum_j the sum of the 32 int8
       activations of sub-block j), then acc = fma((float) isum, d_w * d_y, acc),
       accm = fma((float) imin, dmin_w * d_y, accm); result acc - accm.
+Q5_K, Q3_K, Q2_K, IQ4_XS (ggml_vec_dot_*_q8_K): Q6_K's lane structure with each type's quants and scales
+      (Q3_K / IQ4_XS signed, through vpsign like ggml's mul_add_epi8) and float tail: Q5_K's
+      summs = fma(-d_y * dmin_w, mins . bsums, summs) added after the hsum, Q2_K's per-lane mins fma
+      before the scale fma of each super-block (exact_kquants' docstring).
 
 Only the integer parts are computed differently from ggml (any order is exact: no int16 saturation can
 be reached with |q_x| <= 127, int32 sums are associative); every float operation (the scale products,
@@ -33,7 +37,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .lanes_ir import _f16, _fma, _hsum8, _load, _splat, _x86
+from .lanes_ir import _f16, _fma, _hsum8, _load, _splat, _x86, q8_lanes
 
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _F32 = ir.FloatType()
@@ -482,6 +486,73 @@ def iq4_xs_matvec_portable(W, K, x, out):
         out[r] = _iq4_xs_row_portable(W, r, K // QK_K, xq, xd, bs16, bs32)
 
 
+# --- Q4_0 / IQ4_NL: gemv_q4_b32_8x8_q8_0_lut_avx (the repacked gemv, rows % 8 == 0) -------------------
+# Per row and block of 32: the exact integer dot of the signed 4-bit values (Q4_0: nibble - 8, IQ4_NL:
+# kvalues_iq4nl[nibble]; element j < 16 the low nibble of byte j, j + 16 its high nibble) with the Q8_0
+# activations, then acc = fma((float) isum, d_w * d_x, acc) block after block (exact_repack.b32_q8_0).
+
+def _b32_codegen(iq4nl, avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, (xq, dx) = _setup(context, builder, sig, args)
+        dx = builder.bitcast(dx, _F32.as_pointer())
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        ones = ir.Constant(_V16S, [1] * 16)
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, _c64(18))                    # block_q4_0 / block_iq4_nl: d (fp16), qs[16]
+            dd = builder.fmul(_f16(builder, row, o), builder.load(builder.gep(dx, [b])))
+            q16 = _load(builder, row, builder.add(o, _c64(2)), _V16B)
+            both = builder.shuffle_vector(q16, q16, _mask(list(range(16)) * 2))
+            idx = builder.and_(builder.lshr(both, ir.Constant(_V32B, [0] * 16 + [4] * 16)), _bytes(15))
+            q = _iq4nl_lookup(builder, idx, avx2) if iq4nl else builder.sub(idx, _bytes(8))
+            y = _load(builder, xq, builder.mul(b, _c64(32)), _V32B)
+            isum = _hsum_i32(builder, _madd(builder, _signed_products(builder, q, y, avx2), ones, avx2))
+            builder.store(_fma(builder, builder.sitofp(isum, _F32), dd, builder.load(acc)), acc)
+        return builder.load(acc)
+    return codegen
+
+
+def _make_b32_row(iq4nl, avx2):
+    def row_intrinsic(typingctx, W, r, nb, xq, dx):
+        return types.float32(W, r, nb, xq, dx), _b32_codegen(iq4nl, avx2)
+    row_intrinsic.__name__ = f"_{'iq4_nl' if iq4nl else 'q4_0'}_row_{'avx2' if avx2 else 'portable'}"
+    return intrinsic(row_intrinsic)
+
+
+_q4_0_row_avx2, _q4_0_row_portable = _make_b32_row(False, True), _make_b32_row(False, False)
+_iq4_nl_row_avx2, _iq4_nl_row_portable = _make_b32_row(True, True), _make_b32_row(True, False)
+
+
+@njit(cache=True, parallel=True)
+def q4_0_matvec_avx2(W, K, x, out):
+    """out[r] = the repacked Q4_0 gemv's result for row r and x quantized to Q8_0: one token."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q4_0_row_avx2(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def q4_0_matvec_portable(W, K, x, out):
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q4_0_row_portable(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def iq4_nl_matvec_avx2(W, K, x, out):
+    """out[r] = the repacked IQ4_NL gemv's result for row r and x quantized to Q8_0: one token."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _iq4_nl_row_avx2(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def iq4_nl_matvec_portable(W, K, x, out):
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _iq4_nl_row_portable(W, r, K // 32, xq, dx)
+
+
 # --- entry point for exact_kquants / exact_repack ------------------------------------------------------
 
 def _avx2() -> bool:
@@ -494,17 +565,19 @@ def _avx2() -> bool:
 
 _AVX2 = None
 # weight type -> (kernel with ggml's AVX2 instructions, portable kernel); the caller decides which of
-# ggml's orders applies (Q6_K: vec_dot; Q4_K: the repacked gemv, rows % 8 == 0)
+# ggml's orders applies (vec_dot for Q6_K .. IQ4_XS; the repacked gemv, rows % 8 == 0, for Q4_K, Q4_0, IQ4_NL)
 MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable),
           "Q5_K": (q5_K_matvec_avx2, q5_K_matvec_portable), "Q3_K": (q3_K_matvec_avx2, q3_K_matvec_portable),
-          "Q2_K": (q2_K_matvec_avx2, q2_K_matvec_portable), "IQ4_XS": (iq4_xs_matvec_avx2, iq4_xs_matvec_portable)}
+          "Q2_K": (q2_K_matvec_avx2, q2_K_matvec_portable), "IQ4_XS": (iq4_xs_matvec_avx2, iq4_xs_matvec_portable),
+          "Q4_0": (q4_0_matvec_avx2, q4_0_matvec_portable), "IQ4_NL": (iq4_nl_matvec_avx2, iq4_nl_matvec_portable)}
+_BLOCK_SIZE = {"Q4_0": 32, "IQ4_NL": 32}
 
 
 def matvec(rows, wtype_name, K, x, out):
     """out (T, N) = the one-token kernel of `wtype_name` for each token of x (T, K) float32 C-contiguous;
     False (nothing written) when there is no kernel here for that type."""
     pair = MATVEC.get(wtype_name)
-    if pair is None or K % QK_K:
+    if pair is None or K % _BLOCK_SIZE.get(wtype_name, QK_K):
         return False
     kernel = pair[0] if _avx2() else pair[1]
     for t in range(x.shape[0]):
