@@ -15,7 +15,8 @@ from workbench.quant.formats import format_module
 
 # every format whose module has its own dequantize kernel (not the reference itself)
 KERNEL_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-                "Q6_K", "Q8_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS"]
+                "Q6_K", "Q8_K", "TQ1_0", "TQ2_0", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS",
+                "IQ3_S", "IQ1_S", "IQ1_M"]
 
 
 def assert_same(got, ref, what):

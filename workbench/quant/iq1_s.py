@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
                         fp16_from_bytes, nearest_int, seq_sum, store_fp16, ternary_snap_np)
+from .common import get_fp16
 from .iq_grids import IQ1S_DELTA, grid
 
 BLOCK = QK_K
@@ -266,4 +267,29 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-dequantize = dequantize_ref
+@njit(cache=True, parallel=True, error_model="numpy")
+def _dequantize_rows(blocks, out, values, n8):
+    """dequantize_row_iq1_s: per 32 weights a uint16 qh (3 high index bits x4, scale, delta sign);
+    y = dl * (grid value + delta), dl = d * (2 * scale + 1). n8 = 8 at run time."""
+    for r in prange(blocks.shape[0]):
+        brow = blocks[r]
+        orow = out[r]
+        for i in range(orow.shape[0] // QK_K):
+            o = i * TYPE_SIZE
+            d = get_fp16(brow, o)
+            for ib in range(8):
+                qh = np.int64(brow[o + 34 + 2 * ib]) | (np.int64(brow[o + 35 + 2 * ib]) << 8)
+                dl = d * f32(2 * ((qh >> 12) & 7) + 1)
+                delta = -IQ1S_DELTA if qh & 0x8000 else IQ1S_DELTA
+                for l in range(4):
+                    v = values[np.int64(brow[o + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)]
+                    y = orow[i * QK_K + 32 * ib + n8 * l:i * QK_K + 32 * ib + n8 * (l + 1)]
+                    for j in range(n8):
+                        y[j] = dl * (v[j] + delta)
+
+
+def dequantize(blocks, n_per_row):
+    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_S")
+    out = np.empty((blocks.shape[0], n_per_row), np.float32)
+    _dequantize_rows(blocks, out, grid("IQ1_S").values, 8)
+    return out
