@@ -1,6 +1,6 @@
 """workbench.moe.lanes_kquants: the one-token k-quant kernels written as LLVM vector code must give, bit for
 bit, the sums of the scalar statements of ggml's AVX2 order (exact_kquants.kquant_q8_K with tiled=False,
-exact_repack.q4_K_q8_K with n_gemm=0), with ggml's x86 instructions and with the portable integer code, on
+exact_repack.q4_K_q8_K with n_gemm=0 and b32_q8_0, exact_legacy.q5_0_q8_0 / q5_1_q8_1), with ggml's x86 instructions and with the portable integer code, on
 random block bytes (every bit pattern of quants and scales), extreme fp16 scales, odd row counts and strided
 rows; and exact_kquants / exact_repack.matmul must route few tokens through them."""
 from __future__ import annotations
@@ -10,14 +10,16 @@ import pytest
 
 from workbench.gguf import GGMLType
 from workbench.moe import exact_kquants as ek
+from workbench.moe import exact_legacy as el
 from workbench.moe import exact_repack as er
 from workbench.moe import lanes_kquants as lk
-from workbench.moe.activations import prepare_activations
+from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.lanes_ir import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
 _F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),
-           GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,), GGMLType.Q4_0: (0,), GGMLType.IQ4_NL: (0,)}
+           GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,), GGMLType.Q4_0: (0,), GGMLType.IQ4_NL: (0,),
+           GGMLType.Q5_0: (0,), GGMLType.Q5_1: (0, 2)}
 TYPES = list(_F16_AT)
 _KERNELS = {t: lk.MATVEC[t.name][::-1] for t in TYPES}      # (portable, AVX2)
 _EXTREMES = np.array([65504.0, -65504.0, 6e-8, -6e-8, 0.0, 1.0, -2.5e-3, 1e-4], np.float16)
@@ -49,6 +51,13 @@ def _spec(wtype, rows, K, x):
     """The scalar statement of ggml's order on prepare_activations' Q8_K values, token by token."""
     T = x.shape[0]
     out = np.empty((T, rows.shape[0]), np.float32)
+    if wtype in (GGMLType.Q5_0, GGMLType.Q5_1):
+        _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
+        if wtype == GGMLType.Q5_0:
+            el.q5_0_q8_0(np.ascontiguousarray(rows), K, xq, dx, out)
+        else:
+            el.q5_1_q8_1(np.ascontiguousarray(rows), K, xq, dx, s, out)
+        return out
     if wtype in (GGMLType.Q4_0, GGMLType.IQ4_NL):
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
         er.b32_q8_0(np.ascontiguousarray(rows), K, er._B32[wtype], xq, dx, out)
@@ -151,4 +160,4 @@ def test_repack_matmul_few_tokens(T, mul_mat_id, wtype):
     ref = er.matmul(rows, wtype, K, x, mul_mat_id, vectorized=False)
     for t in range(T):
         _check(got[t], ref[t])
-    assert lk.matvec(rows, "Q5_1", 512, x, got) is False     # no kernel: the caller's own path
+    assert lk.matvec(rows, "IQ2_XXS", 512, x, got) is False    # no kernel: the caller's own path

@@ -553,6 +553,91 @@ def iq4_nl_matvec_portable(W, K, x, out):
         out[r] = _iq4_nl_row_portable(W, r, K // 32, xq, dx)
 
 
+# --- Q5_0 / Q5_1: ggml_vec_dot_q5_0_q8_0 / ggml_vec_dot_q5_1_q8_1 (exact_legacy's order) --------------
+# Not k-quants, but the same kind of one-token kernel: per block of 32, the 8 lane sums of 4 products
+# (element j: nibble j of qs plus bit j of qh as 16; Q5_0 minus 16, signed through vpsign), then
+# acc = fma(d_w * d_x, lanes, acc) on <8 x float>; Q5_1 adds summs = fma(m_w, s_x, summs) per block;
+# result hsum_float_8(acc) (+ summs). exact_legacy.q5_0_q8_0 / q5_1_q8_1 are the scalar statement.
+
+def _q5_codegen(q5_1, avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, ptrs = _setup(context, builder, sig, args)
+        xq, dx = ptrs[0], builder.bitcast(ptrs[1], _F32.as_pointer())
+        sx = builder.bitcast(ptrs[2], _F32.as_pointer()) if q5_1 else None
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
+        summs = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        ones = ir.Constant(_V16S, [1] * 16)
+        head = 4 if q5_1 else 2                         # d (, m) fp16, then qh (u32), qs[16]
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, _c64(head + 20))
+            dd = builder.fmul(_f16(builder, row, o), builder.load(builder.gep(dx, [b])))
+            if q5_1:
+                m = _f16(builder, row, builder.add(o, _c64(2)))
+                builder.store(_fma(builder, m, builder.load(builder.gep(sx, [b])), builder.load(summs)), summs)
+            qh = _load(builder, row, builder.add(o, _c64(head)), _I32)
+            bits = builder.zext(builder.bitcast(qh, ir.VectorType(ir.IntType(1), 32)), _V32B)   # bytes_from_bits_32
+            q16 = _load(builder, row, builder.add(o, _c64(head + 4)), _V16B)
+            both = builder.shuffle_vector(q16, q16, _mask(list(range(16)) * 2))
+            nib = builder.and_(builder.lshr(both, ir.Constant(_V32B, [0] * 16 + [4] * 16)), _bytes(15))
+            q = builder.or_(nib, builder.shl(bits, _bytes(4)))
+            y = _load(builder, xq, builder.mul(b, _c64(32)), _V32B)
+            if q5_1:
+                p16 = _maddubs(builder, q, y, avx2)
+            else:
+                p16 = _signed_products(builder, builder.sub(q, _bytes(16)), y, avx2)
+            lanes = builder.sitofp(_madd(builder, p16, ones, avx2), _V8F)
+            builder.store(_fma(builder, _splat(builder, dd), lanes, builder.load(acc)), acc)
+        res = _hsum8(builder, builder.load(acc))
+        return builder.fadd(res, builder.load(summs)) if q5_1 else res
+    return codegen
+
+
+def _make_q5_row(q5_1, avx2):
+    if q5_1:
+        def row_intrinsic(typingctx, W, r, nb, xq, dx, sx):
+            return types.float32(W, r, nb, xq, dx, sx), _q5_codegen(True, avx2)
+    else:
+        def row_intrinsic(typingctx, W, r, nb, xq, dx):
+            return types.float32(W, r, nb, xq, dx), _q5_codegen(False, avx2)
+    row_intrinsic.__name__ = f"_q5_{int(q5_1)}_row_{'avx2' if avx2 else 'portable'}"
+    return intrinsic(row_intrinsic)
+
+
+_q5_0_row_avx2, _q5_0_row_portable = _make_q5_row(False, True), _make_q5_row(False, False)
+_q5_1_row_avx2, _q5_1_row_portable = _make_q5_row(True, True), _make_q5_row(True, False)
+
+
+@njit(cache=True, parallel=True)
+def q5_0_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q5_0_q8_0(row r, x quantized to Q8_0): one token."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_0_row_avx2(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def q5_0_matvec_portable(W, K, x, out):
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_0_row_portable(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def q5_1_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q5_1_q8_1(row r, x quantized to Q8_1): one token."""
+    xq, _, dx, sx = q8_lanes(x, 1, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_1_row_avx2(W, r, K // 32, xq, dx, sx)
+
+
+@njit(cache=True, parallel=True)
+def q5_1_matvec_portable(W, K, x, out):
+    xq, _, dx, sx = q8_lanes(x, 1, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_1_row_portable(W, r, K // 32, xq, dx, sx)
+
+
 # --- entry point for exact_kquants / exact_repack ------------------------------------------------------
 
 def _avx2() -> bool:
@@ -570,7 +655,8 @@ MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q4_K": (q4_K_matvec
           "Q5_K": (q5_K_matvec_avx2, q5_K_matvec_portable), "Q3_K": (q3_K_matvec_avx2, q3_K_matvec_portable),
           "Q2_K": (q2_K_matvec_avx2, q2_K_matvec_portable), "IQ4_XS": (iq4_xs_matvec_avx2, iq4_xs_matvec_portable),
           "Q4_0": (q4_0_matvec_avx2, q4_0_matvec_portable), "IQ4_NL": (iq4_nl_matvec_avx2, iq4_nl_matvec_portable)}
-_BLOCK_SIZE = {"Q4_0": 32, "IQ4_NL": 32}
+MATVEC.update({"Q5_0": (q5_0_matvec_avx2, q5_0_matvec_portable), "Q5_1": (q5_1_matvec_avx2, q5_1_matvec_portable)})
+_BLOCK_SIZE = {"Q4_0": 32, "IQ4_NL": 32, "Q5_0": 32, "Q5_1": 32}
 
 
 def matvec(rows, wtype_name, K, x, out):
