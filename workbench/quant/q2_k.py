@@ -181,8 +181,10 @@ def _quantize_rows(x, qw, use_qw, out):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out, n16):
-    """dequantize_row_q2_K: group g (16 elements) reads bytes 32 h + 16 (g % 2) + l, h = g // 8, at shift
-    2 ((g % 8) // 2). n16 = 16 at run time and slices: the loop vectorizes (see q4_k._dequantize_rows)."""
+    """dequantize_row_q2_K: group g (16 elements) reads bytes 32 h + 16 p + l (h = g // 8, p = g % 2) at
+    shift 2 k (k = (g % 8) // 2). One loop per (h, p) writes the 4 groups k = 0..3 of those 16 bytes, so
+    every shift is a constant (a run-time shift count makes LLVM widen to 64-bit lanes). n16 = 16 at run
+    time and slices: the loop vectorizes (see q4_k._dequantize_rows)."""
     for r in prange(blocks.shape[0]):
         brow = blocks[r]
         orow = out[r]
@@ -190,16 +192,27 @@ def _dequantize_rows(blocks, out, n16):
             o = i * BYTES
             d = get_fp16(brow, o + 80)
             dmin = get_fp16(brow, o + 82)
-            for g in range(16):
-                sc = brow[o + g]
-                dl = d * F32(sc & 0xF)
-                ml = dmin * F32(sc >> 4)
-                shift = np.uint8(2 * ((g % 8) // 2))
-                start = o + 16 + 2 * n16 * (g // 8) + n16 * (g % 2)
-                q = brow[start:start + n16]
-                y = orow[i * QK_K + g * n16:i * QK_K + (g + 1) * n16]
-                for l in range(n16):
-                    y[l] = dl * F32(np.uint8((q[l] >> shift) & np.uint8(3))) - ml
+            for h in range(2):
+                for p in range(2):
+                    g = 8 * h + p                 # groups g, g + 2, g + 4, g + 6
+                    sc0, sc1, sc2, sc3 = brow[o + g], brow[o + g + 2], brow[o + g + 4], brow[o + g + 6]
+                    dl0, ml0 = d * F32(sc0 & 0xF), dmin * F32(sc0 >> 4)
+                    dl1, ml1 = d * F32(sc1 & 0xF), dmin * F32(sc1 >> 4)
+                    dl2, ml2 = d * F32(sc2 & 0xF), dmin * F32(sc2 >> 4)
+                    dl3, ml3 = d * F32(sc3 & 0xF), dmin * F32(sc3 >> 4)
+                    start = o + 16 + 2 * n16 * h + n16 * p
+                    q = brow[start:start + n16]
+                    base = i * QK_K + g * n16
+                    y0 = orow[base:base + n16]
+                    y1 = orow[base + 2 * n16:base + 3 * n16]
+                    y2 = orow[base + 4 * n16:base + 5 * n16]
+                    y3 = orow[base + 6 * n16:base + 7 * n16]
+                    for l in range(n16):
+                        b = q[l]
+                        y0[l] = dl0 * F32(np.uint8(b & 3)) - ml0
+                        y1[l] = dl1 * F32(np.uint8((b >> 2) & 3)) - ml1
+                        y2[l] = dl2 * F32(np.uint8((b >> 4) & 3)) - ml2
+                        y3[l] = dl3 * F32(np.uint8(b >> 6)) - ml3
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

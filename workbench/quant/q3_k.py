@@ -174,8 +174,9 @@ def _quantize_rows(x, qw, use_qw, out):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out, n16):
-    """dequantize_row_q3_K. Group g as in q2_k._dequantize_rows; element j = 16 g + l takes bit j // 32 of
-    hmask[j % 32] (clear: level - 4), branch-free. n16 = 16 at run time and slices (vectorized loops)."""
+    """dequantize_row_q3_K. Groups as in q2_k._dequantize_rows (one loop per (h, p) writes the groups
+    g = 8 h + p + 2 k, k = 0..3, constant shifts); element j = 16 g + l takes bit g // 2 of hmask[j % 32]
+    (clear: level - 4), computed branch-free as (q | 4 * bit) - 4 truncated to int8 (byte-wide vectors)."""
     for r in prange(blocks.shape[0]):
         brow = blocks[r]
         orow = out[r]
@@ -183,17 +184,29 @@ def _dequantize_rows(blocks, out, n16):
             o = i * BYTES
             d = get_fp16(brow, o + 108)
             sc = brow[o + 96:o + 108]
-            for g in range(16):
-                dl = d * F32(get_scale(sc, g))
-                shift = np.uint8(2 * ((g % 8) // 2))
-                hbit = np.uint8(1 << (g // 2))
-                start = o + 32 + 2 * n16 * (g // 8) + n16 * (g % 2)
-                q = brow[start:start + n16]
-                hm = brow[o + n16 * (g % 2):o + n16 * (g % 2) + n16]
-                y = orow[i * QK_K + g * n16:i * QK_K + (g + 1) * n16]
-                for l in range(n16):
-                    hi = np.int8(0) if hm[l] & hbit else np.int8(-4)
-                    y[l] = dl * F32(np.int8((q[l] >> shift) & np.uint8(3)) + hi)
+            for h in range(2):
+                for p in range(2):
+                    g = 8 * h + p
+                    dl0 = d * F32(get_scale(sc, g))
+                    dl1 = d * F32(get_scale(sc, g + 2))
+                    dl2 = d * F32(get_scale(sc, g + 4))
+                    dl3 = d * F32(get_scale(sc, g + 6))
+                    hi = h == 1                       # hmask bits of groups g, g + 2, g + 4, g + 6: 4 h + 0..3
+                    start = o + 32 + 2 * n16 * h + n16 * p
+                    q = brow[start:start + n16]
+                    hm = brow[o + n16 * p:o + n16 * p + n16]
+                    base = i * QK_K + g * n16
+                    y0 = orow[base:base + n16]
+                    y1 = orow[base + 2 * n16:base + 3 * n16]
+                    y2 = orow[base + 4 * n16:base + 5 * n16]
+                    y3 = orow[base + 6 * n16:base + 7 * n16]
+                    for l in range(n16):
+                        b = q[l]
+                        hb = np.uint8(hm[l] >> 4) if hi else hm[l]     # constant shift, then a select
+                        y0[l] = dl0 * F32(np.int8(((b & 3) | ((hb & 1) << 2)) - 4))
+                        y1[l] = dl1 * F32(np.int8((((b >> 2) & 3) | ((hb & 2) << 1)) - 4))
+                        y2[l] = dl2 * F32(np.int8((((b >> 4) & 3) | (hb & 4)) - 4))
+                        y3[l] = dl3 * F32(np.int8(((b >> 6) | ((hb & 8) >> 1)) - 4))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:

@@ -88,13 +88,11 @@ def _dequantize_rows(blocks, out, n32):
                 q = brow[o + 48 + k * n32:o + 48 + (k + 1) * n32]
                 y0 = orow[i * QK_K + 2 * k * n32:i * QK_K + (2 * k + 1) * n32]
                 y1 = orow[i * QK_K + (2 * k + 1) * n32:i * QK_K + (2 * k + 2) * n32]
-                m_lo = np.uint8(1 << (2 * k))
-                m_hi = np.uint8(2 << (2 * k))
-                for l in range(n32):
-                    h0 = np.uint8(16) if (qh[l] & m_lo) else np.uint8(0)
-                    h1 = np.uint8(16) if (qh[l] & m_hi) else np.uint8(0)
-                    y0[l] = dl0 * F32(np.uint8((q[l] & 0xF) | h0)) - ml0
-                    y1[l] = dl1 * F32(np.uint8((q[l] >> 4) | h1)) - ml1
+                sh = np.uint8(2 * k)
+                for l in range(n32):            # uint8 arithmetic throughout: 32 lanes per vector op
+                    hb = np.uint8(qh[l] >> sh)
+                    y0[l] = dl0 * F32(np.uint8((q[l] & np.uint8(0xF)) | ((hb & np.uint8(1)) << np.uint8(4)))) - ml0
+                    y1[l] = dl1 * F32(np.uint8((q[l] >> np.uint8(4)) | ((hb & np.uint8(2)) << np.uint8(3)))) - ml1
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
