@@ -22,8 +22,9 @@ qs[16]. Element j < 16 is the low nibble of qs[j] plus bit j of qh as 16; elemen
 of qs[j] plus bit j + 16 of qh. Q5_0 subtracts 16 (bytes_from_bits_32 + andnot 0xF0 in the SIMD code).
 
 Kernels: q5_0_q8_0 / q5_1_q8_1 are the readable spec (fma emulated by fma32, any number of tokens, used when
-'contract' gives no hardware fma); q5_gemv (one token) and q5_batch (token-vectorized, 4 rows at a time)
-compute the same sums with hardware fmas. The tests check all of them against each other bit for bit.
+'contract' gives no hardware fma); q5_batch (token-vectorized, 4 rows at a time) computes the same sums
+with hardware fmas, and one token goes through lanes_kquants' vector code. The tests check all of them
+against each other bit for bit.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
+from . import lanes_kquants
 from .activations import prepare_activations, vec_dot_type
 from .exact_dots import _h, hardware_fma
 from .simd import fma32, hsum8
@@ -103,42 +105,6 @@ def q5_1_q8_1(W, K, xq, dx, s, out):
                         isum += q[e] * np.int32(xq[t, 32 * b + e])
                     acc[lane] = fma32(np.float32(isum), dd, acc[lane])
             out[t, r] = hsum8(acc) + summs
-
-
-def _q5_gemv_impl(W, K, bs, xf, dx, s, out):
-    """One token (xf (1, K) integer activations as float32), the sums of q5_0_q8_0 / q5_1_q8_1 (bs = 22 / 24)
-    with hardware fmas (fastmath 'contract', only used where hardware_fma() holds): the 32 products of a
-    block are exact in float32 (|q x| < 2^12), so they can be formed 32 wide before the 8 lane sums."""
-    N = W.shape[0]
-    has_min = bs == 24
-    off = np.float32(0 if has_min else 16)
-    x = xf[0]
-    for r in prange(N):
-        row = W[r]
-        acc = np.zeros(8, np.float32)
-        pr = np.empty(32, np.float32)
-        summs = np.float32(0.0)
-        for b in range(K // 32):
-            o = b * bs
-            p = o + bs - 20                                 # qh, then qs[16]
-            qh = (np.uint32(row[p]) | (np.uint32(row[p + 1]) << np.uint32(8))
-                  | (np.uint32(row[p + 2]) << np.uint32(16)) | (np.uint32(row[p + 3]) << np.uint32(24)))
-            for j in range(16):
-                byte = np.uint32(row[p + 4 + j])
-                lo = (byte & np.uint32(15)) | (((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-                hi = (byte >> np.uint32(4)) | (((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-                pr[j] = (np.float32(lo) - off) * x[32 * b + j]
-                pr[j + 16] = (np.float32(hi) - off) * x[32 * b + j + 16]
-            dd = _h(row, o) * dx[0, b]
-            if has_min:
-                summs = _h(row, o + 2) * s[0, b] + summs
-            for lane in range(8):
-                ls = (pr[4 * lane] + pr[4 * lane + 1]) + (pr[4 * lane + 2] + pr[4 * lane + 3])
-                acc[lane] = dd * ls + acc[lane]
-        out[0, r] = hsum8(acc) + summs
-
-
-q5_gemv = njit(cache=True, parallel=True, fastmath={"contract"})(_q5_gemv_impl)
 
 
 def _q5_batch_impl(W, K, bs, xqT, dxT, sT, out):
@@ -214,6 +180,8 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
+    if T == 1 and lanes_kquants.matvec(rows, wtype.name, K, x, out):
+        return out                  # generation: the same sums as vector code (lanes_kquants)
     if _HW_FMA is None:
         _HW_FMA = hardware_fma()
     _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
@@ -223,8 +191,6 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
             q5_0_q8_0(rows, K, xq, dx, out)
         else:
             q5_1_q8_1(rows, K, xq, dx, s, out)
-    elif T == 1:
-        q5_gemv(rows, K, bs, xq.astype(np.float32), dx, s, out)
     else:
         q5_batch(rows, K, bs, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T),
                  np.ascontiguousarray(s.T), out)
