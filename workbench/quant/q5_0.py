@@ -67,17 +67,6 @@ def put_5bit(out, o, L):
         out[o + k] = (qh >> (8 * k)) & 0xFF
 
 
-@njit(cache=True, error_model="numpy")
-def unpack_5bit(blk, o, q):
-    """The 32 levels (0..31) of the block whose qh (little-endian uint32) starts at blk[o] -> q (int32)."""
-    qh = (np.int64(blk[o]) | (np.int64(blk[o + 1]) << 8) | (np.int64(blk[o + 2]) << 16)
-          | (np.int64(blk[o + 3]) << 24))
-    for j in range(16):
-        b = np.int64(blk[o + 4 + j])
-        q[j] = (b & 0x0F) | (((qh >> j) & 1) << 4)
-        q[j + 16] = (b >> 4) | (((qh >> (j + 16)) & 1) << 4)
-
-
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, qw, use_qw, out):
     n = x.shape[1]
@@ -129,7 +118,8 @@ def get_u32(blk, o):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_rows(blocks, out, h):
-    """unpack_5bit inlined into one vectorizable loop (h = QK // 2 at run time, slices: see q4_0)."""
+    """dequantize_row_q5_0: level = nibble | bit j of qh << 4, minus 16, as one vectorizable loop
+    (h = QK // 2 at run time, slices: see q4_0)."""
     for r in prange(blocks.shape[0]):
         brow = blocks[r]
         orow = out[r]

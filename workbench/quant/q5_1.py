@@ -8,7 +8,7 @@ from numba import njit, prange
 
 from .common import F32, get_fp16, pack_nibbles_np, put_fp16
 from .q4_1 import affine_imatrix_np, affine_ref_np, affine_row
-from .q5_0 import get_u32, pack_high_bits_np, put_5bit, unpack_5bit, unpack_levels_np
+from .q5_0 import get_u32, pack_high_bits_np, put_5bit, unpack_levels_np
 
 NEEDS_IMATRIX = False
 QK = 32
