@@ -5,10 +5,11 @@ then vpmaddwd with ones (the 8 lane sums of 4 products as i32), converted to flo
 sums as lanes_ir's portable kernels, hence the same floats, about 1.4x faster. Used where numba compiles for
 an AVX2 host (lanes_ir.has_avx2).
 
-- one token (generation): q4_1_matvec_avx2, q8_0_matvec_avx2 quantize the token and run row by row;
 - prompt batches: q4_1_matmul_avx2, q8_0_matmul_avx2 unpack a row's block once for _RN tokens, with the
   _RN accumulators in registers (llama.cpp runs vec_dot per (row, token) for Q4_1 and tinyBLAS_Q0_AVX for
-  Q8_0: the same float steps per (row, token) either way, so each result is the one-token one).
+  Q8_0: the same float steps per (row, token) either way, so each result is the one-token one);
+- one token (generation): q4_1_matvec_avx2, q8_0_matvec_avx2 quantize the token and run the same code
+  with a tile of one token.
 """
 from __future__ import annotations
 
@@ -17,73 +18,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .lanes_ir import (_F32, _I32, _I64, _V8F, _V32B, _f16, _fma, _hsum8, _lane_sums_u8_i8, _load, _ptr, _row_i8,
-                       _splat, _x86, q8_lanes)
-
-
-@intrinsic
-def _q4_1_row_avx2(typingctx, W, r, nb, xq, dx, s):
-    sig = types.float32(W, r, nb, xq, dx, s)
-
-    def codegen(context, builder, sig, args):
-        row, nb_, xq_p, (dx_p, s_p) = _row_i8(context, builder, sig, args)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
-        summs = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
-        with cgutils.for_range(builder, nb_) as loop:
-            b = loop.index
-            o = builder.mul(b, ir.Constant(_I64, 20))
-            d = _f16(builder, row, o)
-            m = _f16(builder, row, builder.add(o, ir.Constant(_I64, 2)))
-            builder.store(_fma(builder, m, builder.load(builder.gep(s_p, [b])), builder.load(summs)), summs)
-            dd = builder.fmul(d, builder.load(builder.gep(dx_p, [b])))
-            v16 = _load(builder, row, builder.add(o, ir.Constant(_I64, 4)), ir.VectorType(ir.IntType(8), 16))
-            both = builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
-            shifts = ir.Constant(_V32B, [0] * 16 + [4] * 16)          # bytes_from_nibbles_32
-            nib = builder.and_(builder.lshr(both, shifts), ir.Constant(_V32B, [15] * 32))
-            y = _load(builder, xq_p, builder.mul(b, ir.Constant(_I64, 32)), _V32B)
-            v = _lane_sums_u8_i8(builder, nib, y)
-            builder.store(_fma(builder, _splat(builder, dd), v, builder.load(acc)), acc)
-        return builder.fadd(_hsum8(builder, builder.load(acc)), builder.load(summs))
-
-    return sig, codegen
-
-
-@intrinsic
-def _q8_0_row_avx2(typingctx, W, r, nb, xq, dx):
-    sig = types.float32(W, r, nb, xq, dx)
-
-    def codegen(context, builder, sig, args):
-        row, nb_, xq_p, (dx_p,) = _row_i8(context, builder, sig, args)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
-        with cgutils.for_range(builder, nb_) as loop:
-            b = loop.index
-            o = builder.mul(b, ir.Constant(_I64, 34))
-            dd = builder.fmul(_f16(builder, row, o), builder.load(builder.gep(dx_p, [b])))
-            x = _load(builder, row, builder.add(o, ir.Constant(_I64, 2)), _V32B)
-            y = _load(builder, xq_p, builder.mul(b, ir.Constant(_I64, 32)), _V32B)
-            ax = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [x, x])   # |x| (as u8: -128 -> 128)
-            sy = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [y, x])   # y with x's sign
-            v = _lane_sums_u8_i8(builder, ax, sy)
-            builder.store(_fma(builder, _splat(builder, dd), v, builder.load(acc)), acc)
-        return _hsum8(builder, builder.load(acc))
-
-    return sig, codegen
-
-
-@njit(cache=True, parallel=True)
-def q4_1_matvec_avx2(W, K, x, out):
-    """q4_1_matvec with AVX2's integer products."""
-    xq, _, dx, s = q8_lanes(x, 1, False)
-    for r in prange(W.shape[0]):
-        out[r] = _q4_1_row_avx2(W, r, K // 32, xq, dx, s)
-
-
-@njit(cache=True, parallel=True)
-def q8_0_matvec_avx2(W, K, x, out):
-    """q8_0_matvec with AVX2's integer products."""
-    xq, _, dx, _ = q8_lanes(x, 0, False)
-    for r in prange(W.shape[0]):
-        out[r] = _q8_0_row_avx2(W, r, K // 32, xq, dx)
+from .lanes_ir import (_F32, _I32, _I64, _V8F, _V32B, _f16, _fma, _hsum8, _lane_sums_u8_i8, _load, _ptr, _splat,
+                       _x86, q8_lanes)
 
 
 _RN = 8
@@ -177,3 +113,21 @@ def q8_0_matmul_avx2(W, K, XQ, DX, out):
             _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
         for t0 in range(T4, T):
             _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
+
+
+@njit(cache=True, parallel=True)
+def q4_1_matvec_avx2(W, K, x, out):
+    """q4_1_matvec with AVX2's integer products: x (K,) float32, out (N,)."""
+    xq, _, dx, s = q8_lanes(x, 1, False)
+    XQ, DX, S, O = xq.reshape(1, K), dx.reshape(1, -1), s.reshape(1, -1), out.reshape(1, -1)
+    for r in prange(W.shape[0]):
+        _q4_1_tile1(W, r, K // 32, XQ, DX, S, 0, O)
+
+
+@njit(cache=True, parallel=True)
+def q8_0_matvec_avx2(W, K, x, out):
+    """q8_0_matvec with AVX2's integer products: x (K,) float32, out (N,)."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    XQ, DX, O = xq.reshape(1, K), dx.reshape(1, -1), out.reshape(1, -1)
+    for r in prange(W.shape[0]):
+        _q8_0_tile1(W, r, K // 32, XQ, DX, DX, 0, O)

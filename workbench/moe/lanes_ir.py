@@ -245,15 +245,3 @@ def _lane_sums_u8_i8(builder, u8, i8):
     pairs = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _V16S, [u8, i8])
     quads = _x86(builder, "llvm.x86.avx2.pmadd.wd", _V8I, [pairs, ir.Constant(_V16S, [1] * 16)])
     return builder.sitofp(quads, _V8F)
-
-
-def _row_i8(context, builder, sig, args):
-    """As _row_setup, with the activations as int8 (K,) instead of lane order."""
-    W, r = args[0], args[1]
-    wa = context.make_array(sig.args[0])(context, builder, W)
-    stride0 = cgutils.unpack_tuple(builder, wa.strides)[0]
-    row = builder.gep(builder.bitcast(wa.data, ir.IntType(8).as_pointer()), [builder.mul(r, stride0)])
-    xq = builder.bitcast(context.make_array(sig.args[3])(context, builder, args[3]).data, ir.IntType(8).as_pointer())
-    floats = [builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, _F32.as_pointer())
-              for i in range(4, len(args))]
-    return row, args[2], xq, floats
