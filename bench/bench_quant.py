@@ -1,9 +1,12 @@
 """Quantize / dequantize throughput per format: workbench (numba) vs the gguf package (numpy) vs ggml.
 
-    python bench/bench_quant.py                       # every format with a module, 64 x 4096 rows
-    python bench/bench_quant.py --types q4_0,q4_k --rows 256 --threads 1 --json
+    python bench/bench_quant.py                       # every format with a module
+    python bench/bench_quant.py --types q4_0,q4_k --rows 256 --dequant-rows 64 --threads 1 --json
 
-MB/s counts the float32 side (4 bytes per weight) in both directions. ggml is timed through ctypes on
+MB/s counts the float32 side (4 bytes per weight) in both directions. Quantize runs on --rows x --cols
+(64 x 4096: 1 MB of float32), dequantize on --dequant-rows x --cols (1024 x 4096: a 16 MB tensor, a 4096-wide
+matrix's worth; the rows' blocks repeated): on 1 MB the ~4 us of a call's fixed cost and on tensors larger
+than the L3 cache the kernel's first touch of its fresh output pages weigh as much as the work itself. ggml is timed through ctypes on
 libggml-base (``ggml_quantize_chunk``, single-threaded as llama-quantize calls it per chunk, and the type's
 ``to_float``), found from --ggml-lib, $WORKBENCH_GGML_LIB or an installed llama-cpp-python; it is skipped
 when none is found. Targets (issue 3): dequantize >= 20x gguf; quantize within 1.5x of ggml single-threaded.
@@ -68,7 +71,7 @@ def find_ggml(path: str | None):
     return None
 
 
-def ggml_funcs(lib, t: GGMLType, x: np.ndarray, imatrix):
+def ggml_funcs(lib, t: GGMLType, x: np.ndarray, imatrix, dequant_rows):
     rows, n = x.shape
     out = np.zeros((rows, t.row_bytes(n)), np.uint8)
     im = imatrix.ctypes.data if imatrix is not None else None
@@ -79,41 +82,46 @@ def ggml_funcs(lib, t: GGMLType, x: np.ndarray, imatrix):
 
     to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
         lib.ggml_get_type_traits(int(t)).contents.to_float)
-    y = np.empty_like(x)
+    y = np.empty((dequant_rows, n), np.float32)
 
     def dq(blocks):
-        to_float(blocks.ctypes.data, y.ctypes.data, x.size)
+        to_float(blocks.ctypes.data, y.ctypes.data, y.size)
         return y
 
     return q, dq
 
 
 # ------------------------------------------------------------------------------------------- main
-def bench_type(t: GGMLType, x, imatrix, repeat, lib) -> dict:
+def bench_type(t: GGMLType, x, imatrix, repeat, lib, dequant_rows) -> dict:
     import gguf
 
     mb = x.nbytes / 1e6
     n = x.shape[1]
+    mb_dq = dequant_rows * n * 4 / 1e6
     im = imatrix if (imatrix is not None or format_module(t).NEEDS_IMATRIX) else None
     if im is None and format_module(t).NEEDS_IMATRIX:
         im = np.ones(n, np.float32)
     row = {"type": t.name, "imatrix": im is not None}
     blocks = quantize(x, t, im)
     row["wb_quantize_MBps"] = mb / best_time(lambda: quantize(x, t, im), repeat)
-    row["wb_dequantize_MBps"] = mb / best_time(lambda: dequantize(blocks, t, n), repeat)
+    blocks = np.ascontiguousarray(blocks[np.arange(dequant_rows) % x.shape[0]])
+    row["wb_dequantize_MBps"] = mb_dq / best_time(lambda: dequantize(blocks, t, n), repeat)
     gt = gguf.GGMLQuantizationType[t.name] if t.name in gguf.GGMLQuantizationType.__members__ else None
     for what, fn in (("quantize", lambda: gguf.quants.quantize(x, gt)),
                      ("dequantize", lambda: gguf.quants.dequantize(blocks, gt))):
         try:
             if gt is None or t == GGMLType.F32 or (what == "quantize" and im is not None):
                 raise NotImplementedError                           # gguf has no imatrix-aware quantize
-            row[f"gguf_{what}_MBps"] = mb / best_time(fn, max(1, repeat // 2))
+            if what == "quantize":                                  # numpy's quantize is slow: fewer runs
+                row["gguf_quantize_MBps"] = mb / best_time(fn, max(1, repeat // 2))
+            else:
+                row["gguf_dequantize_MBps"] = mb_dq / best_time(fn, repeat)
         except NotImplementedError:
             row[f"gguf_{what}_MBps"] = None
     if lib is not None and t != GGMLType.F32 and t.name not in ("Q8_1", "Q8_K"):   # not in ggml_quantize_chunk
-        q, dq = ggml_funcs(lib, t, x, im)
+        q, dq = ggml_funcs(lib, t, x, im, dequant_rows)
         row["ggml_quantize_MBps"] = mb / best_time(q, repeat)
-        row["ggml_dequantize_MBps"] = mb / best_time(lambda: dq(blocks), repeat)
+        row["ggml_dequantize_MBps"] = mb_dq / best_time(lambda: dq(blocks), repeat)
     for what in ("quantize", "dequantize"):
         for other in ("gguf", "ggml"):
             ref = row.get(f"{other}_{what}_MBps")
@@ -124,9 +132,10 @@ def bench_type(t: GGMLType, x, imatrix, repeat, lib) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--types", default="", help="comma-separated ggml types (default: every format with a module)")
-    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--rows", type=int, default=64, help="rows quantized (default 64)")
+    ap.add_argument("--dequant-rows", type=int, default=1024, help="rows dequantized (default 1024)")
     ap.add_argument("--cols", type=int, default=4096)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5, help="best of N calls (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
     ap.add_argument("--imatrix", action="store_true", help="quantize with a random importance vector")
     ap.add_argument("--ggml-lib", default=None, help="path to libggml-base.so for the ggml columns")
@@ -147,7 +156,7 @@ def main(argv=None) -> int:
     results = []
     hdr = (f"{'type':8} {'quant MB/s':>10} {'gguf':>8} {'ggml':>8} {'x gguf':>7} {'x ggml':>7} | "
            f"{'deq MB/s':>9} {'gguf':>8} {'ggml':>8} {'x gguf':>7} {'x ggml':>7}")
-    print(f"# {args.rows} x {args.cols} float32, numba threads {numba.get_num_threads()}, "
+    print(f"# quantize {args.rows} x {args.cols}, dequantize {args.dequant_rows} x {args.cols} float32, numba threads {numba.get_num_threads()}, "
           f"ggml: {'yes' if lib else 'not found'}, imatrix: {args.imatrix}")
     print(hdr)
 
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
 
     for name in names:
         t = GGMLType.parse(name)
-        r = bench_type(t, x, imatrix, args.repeat, lib)
+        r = bench_type(t, x, imatrix, args.repeat, lib, args.dequant_rows)
         results.append(r)
         print(f"{t.name:8} {r['wb_quantize_MBps']:10.1f} {f(r.get('gguf_quantize_MBps'), '8.1f')} "
               f"{f(r.get('ggml_quantize_MBps'), '8.1f')} {f(r['quantize_vs_gguf'], '7.2f')} "
@@ -164,7 +173,7 @@ def main(argv=None) -> int:
               f"{f(r.get('gguf_dequantize_MBps'), '8.1f')} {f(r.get('ggml_dequantize_MBps'), '8.1f')} "
               f"{f(r['dequantize_vs_gguf'], '7.2f')} {f(r['dequantize_vs_ggml'], '7.2f')}", flush=True)
     if args.json:
-        print(json.dumps({"rows": args.rows, "cols": args.cols, "threads": numba.get_num_threads(),
+        print(json.dumps({"rows": args.rows, "dequant_rows": args.dequant_rows, "cols": args.cols, "threads": numba.get_num_threads(),
                           "imatrix": args.imatrix, "ggml": lib is not None, "results": results}))
     return 0
 

@@ -2,6 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .common import fp32_to_bf16
 
 NEEDS_IMATRIX = False
@@ -27,11 +28,17 @@ def _quantize_rows(x, out):
             out[r, j] = fp32_to_bf16(x[r, j])
 
 
+_dequantize_run = lanes.row_kernel(lanes.emit_bf16_run, 32, 64)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(h, out):
-    for r in prange(h.shape[0]):
-        for j in range(h.shape[1]):
-            out[r, j] = np.uint32(np.uint32(h[r, j]) << 16)
+def _dequantize_rows(blocks, out):
+    """Runs of 32 in vector code, the rest of the row (n % 32 values) one by one (out viewed as uint32)."""
+    n = out.shape[1]
+    for r in prange(out.shape[0]):
+        _dequantize_run(blocks, out, r)
+        for j in range(n - n % 32, n):
+            out[r, j] = (np.uint32(blocks[r, 2 * j]) << 16) | (np.uint32(blocks[r, 2 * j + 1]) << 24)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -42,5 +49,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.uint32)
-    _dequantize_rows(blocks.view(np.uint16), out)
+    _dequantize_rows(blocks, out)
     return out.view(np.float32)

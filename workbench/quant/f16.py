@@ -2,6 +2,7 @@
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .common import fp16_to_fp32_vec, fp32_to_fp16, fp32_to_fp16_np
 
 NEEDS_IMATRIX = False
@@ -22,14 +23,17 @@ def _quantize_rows(x, out):
             out[r, j] = fp32_to_fp16(x[r, j])
 
 
+_dequantize_run = lanes.row_kernel(lanes.emit_f16_run, 32, 64)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(h, out):
-    """Rows in parallel; the row loop vectorizes (vcvtph2ps, see fp16_to_fp32_vec)."""
-    for r in prange(h.shape[0]):
-        hrow = h[r]
-        orow = out[r]
-        for j in range(hrow.shape[0]):
-            orow[j] = fp16_to_fp32_vec(hrow[j])
+def _dequantize_rows(blocks, out):
+    """Runs of 32 in vector code, the rest of the row (n % 32 values) one by one."""
+    n = out.shape[1]
+    for r in prange(out.shape[0]):
+        _dequantize_run(blocks, out, r)
+        for j in range(n - n % 32, n):
+            out[r, j] = fp16_to_fp32_vec(np.uint16(np.int64(blocks[r, 2 * j]) | (np.int64(blocks[r, 2 * j + 1]) << 8)))
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -40,5 +44,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks.view(np.uint16), out)
+    _dequantize_rows(blocks, out)
     return out

@@ -9,8 +9,9 @@ Both end by re-deriving every level from the stored (rounded) scales.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .batched import make_qkx_quants_batch
-from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
+from .common import (F32, QK_K, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
                      make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
                      seqsum_np)
 
@@ -179,40 +180,28 @@ def _quantize_rows(x, qw, use_qw, out):
                                scales, mins, sw, Ls, Lm)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n16):
-    """dequantize_row_q2_K: group g (16 elements) reads bytes 32 h + 16 p + l (h = g // 8, p = g % 2) at
-    shift 2 k (k = (g % 8) // 2). One loop per (h, p) writes the 4 groups k = 0..3 of those 16 bytes, so
-    every shift is a constant (a run-time shift count makes LLVM widen to 64-bit lanes). n16 = 16 at run
-    time and slices: the loop vectorizes (see q4_k._dequantize_rows)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * BYTES
-            d = get_fp16(brow, o + 80)
-            dmin = get_fp16(brow, o + 82)
-            for h in range(2):
-                for p in range(2):
-                    g = 8 * h + p                 # groups g, g + 2, g + 4, g + 6
-                    sc0, sc1, sc2, sc3 = brow[o + g], brow[o + g + 2], brow[o + g + 4], brow[o + g + 6]
-                    dl0, ml0 = d * F32(sc0 & 0xF), dmin * F32(sc0 >> 4)
-                    dl1, ml1 = d * F32(sc1 & 0xF), dmin * F32(sc1 >> 4)
-                    dl2, ml2 = d * F32(sc2 & 0xF), dmin * F32(sc2 >> 4)
-                    dl3, ml3 = d * F32(sc3 & 0xF), dmin * F32(sc3 >> 4)
-                    start = o + 16 + 2 * n16 * h + n16 * p
-                    q = brow[start:start + n16]
-                    base = i * QK_K + g * n16
-                    y0 = orow[base:base + n16]
-                    y1 = orow[base + 2 * n16:base + 3 * n16]
-                    y2 = orow[base + 4 * n16:base + 5 * n16]
-                    y3 = orow[base + 6 * n16:base + 7 * n16]
-                    for l in range(n16):
-                        b = q[l]
-                        y0[l] = dl0 * F32(np.uint8(b & 3)) - ml0
-                        y1[l] = dl1 * F32(np.uint8((b >> 2) & 3)) - ml1
-                        y2[l] = dl2 * F32(np.uint8((b >> 4) & 3)) - ml2
-                        y3[l] = dl3 * F32(np.uint8(b >> 6)) - ml3
+def _emit_block(builder, block, y):
+    """dequantize_row_q2_K: 32 bytes per half h, at shift 2 k: weights 128 h + 32 k + l, group 8 h + 2 k
+    for l < 16 and 8 h + 2 k + 1 above; y = (d * (sc & 15)) * q - dmin * (sc >> 4)."""
+    d, dmin = lanes.fp16(builder, block, 80), lanes.fp16(builder, block, 82)
+    for h in range(2):
+        q = lanes.load_bytes(builder, block, 16 + 32 * h, 32)
+        for k in range(4):
+            v = lanes.vand(builder, lanes.vshr(builder, q, 2 * k), 3)
+            for p in range(2):
+                sc = lanes.byte_at(builder, block, 8 * h + 2 * k + p)
+                dl = lanes.scale_f32(builder, d, builder.and_(sc, sc.type(0xF)))
+                ml = lanes.scale_f32(builder, dmin, builder.lshr(sc, sc.type(4)))
+                lanes.store_affine(builder, y, 128 * h + 32 * k + 16 * p, lanes.half(builder, v, p), dl, ml, True)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -224,5 +213,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, 16)
+    _dequantize_rows(blocks, out)
     return out

@@ -8,7 +8,8 @@ imatrix*sqrt(sigma2 + x^2), sigma2 = 2*mean(x^2); the scales by make_qx_quants(1
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, QK_K, get_fp16, make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np,
+from . import lanes
+from .common import (F32, QK_K, make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np,
                      nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np, signed_absmax_np)
 from .batched import make_qx_quants_batch
 from .q2_k import pack_2bit, pack_2bit_np, requantize_np, unpack_2bit_np
@@ -172,41 +173,37 @@ def _quantize_rows(x, qw, use_qw, out):
                                  scales[16 * i:16 * i + 16], sw[16 * i:16 * i + 16], Ls)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n16):
-    """dequantize_row_q3_K. Groups as in q2_k._dequantize_rows (one loop per (h, p) writes the groups
-    g = 8 h + p + 2 k, k = 0..3, constant shifts); element j = 16 g + l takes bit g // 2 of hmask[j % 32]
-    (clear: level - 4), computed branch-free as (q | 4 * bit) - 4 truncated to int8 (byte-wide vectors)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * BYTES
-            d = get_fp16(brow, o + 108)
-            sc = brow[o + 96:o + 108]
-            for h in range(2):
-                for p in range(2):
-                    g = 8 * h + p
-                    dl0 = d * F32(get_scale(sc, g))
-                    dl1 = d * F32(get_scale(sc, g + 2))
-                    dl2 = d * F32(get_scale(sc, g + 4))
-                    dl3 = d * F32(get_scale(sc, g + 6))
-                    hi = h == 1                       # hmask bits of groups g, g + 2, g + 4, g + 6: 4 h + 0..3
-                    start = o + 32 + 2 * n16 * h + n16 * p
-                    q = brow[start:start + n16]
-                    hm = brow[o + n16 * p:o + n16 * p + n16]
-                    base = i * QK_K + g * n16
-                    y0 = orow[base:base + n16]
-                    y1 = orow[base + 2 * n16:base + 3 * n16]
-                    y2 = orow[base + 4 * n16:base + 5 * n16]
-                    y3 = orow[base + 6 * n16:base + 7 * n16]
-                    for l in range(n16):
-                        b = q[l]
-                        hb = np.uint8(hm[l] >> 4) if hi else hm[l]     # constant shift, then a select
-                        y0[l] = dl0 * F32(np.int8(((b & 3) | ((hb & 1) << 2)) - 4))
-                        y1[l] = dl1 * F32(np.int8((((b >> 2) & 3) | ((hb & 2) << 1)) - 4))
-                        y2[l] = dl2 * F32(np.int8((((b >> 4) & 3) | (hb & 4)) - 4))
-                        y3[l] = dl3 * F32(np.int8(((b >> 6) | ((hb & 8) >> 1)) - 4))
+def _scale(builder, block, i):
+    """The 6-bit scale of group i minus 32 (ggml's aux[] unpacking of the 12 scale bytes at 96)."""
+    def byte(j):
+        return lanes.byte_at(builder, block, 96 + j)
+    low = builder.and_(byte(i), lanes.I32(0xF)) if i < 8 else builder.lshr(byte(i - 8), lanes.I32(4))
+    high = builder.and_(builder.lshr(byte(8 + i % 4), lanes.I32(2 * (i // 4))), lanes.I32(3))
+    return builder.sub(builder.or_(low, builder.shl(high, lanes.I32(4))), lanes.I32(32))
+
+
+def _emit_block(builder, block, y):
+    """dequantize_row_q3_K: as Q2_K's layout, level = ((q >> 2 k) & 3) - 4 unless bit 4 h + k of the
+    hmask byte is set; y = (d * scale) * level."""
+    d = lanes.fp16(builder, block, 108)
+    hm = lanes.load_bytes(builder, block, 0, 32)
+    for h in range(2):
+        q = lanes.load_bytes(builder, block, 32 + 32 * h, 32)
+        for k in range(4):
+            low = lanes.vand(builder, lanes.vshr(builder, q, 2 * k), 3)
+            v = lanes.vsub(builder, builder.or_(low, lanes.bit_planes(builder, hm, 4 * h + k, 2)), 4)
+            for p in range(2):
+                dl = lanes.scale_f32(builder, d, _scale(builder, block, 8 * h + 2 * k + p))
+                lanes.store_affine(builder, y, 128 * h + 32 * k + 16 * p, lanes.half(builder, v, p), dl)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -218,5 +215,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, 16)
+    _dequantize_rows(blocks, out)
     return out

@@ -7,8 +7,9 @@ weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the whole row.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .batched import make_qx_quants_batch
-from .common import (F32, get_fp16, make_qx_quants_np, pack_nibbles_np, put_fp16,
+from .common import (F32, make_qx_quants_np, pack_nibbles_np, put_fp16,
                      safe_inverse_np, seqsum_np)
 
 NEEDS_IMATRIX = False
@@ -96,23 +97,21 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 2 + j] = q0 | (q1 << 4)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, h):
-    """h = QK // 2 at run time (a constant trip count gets unrolled to scalar code instead of vectorized);
-    the block's halves are written through slices, whose indices LLVM knows are non-negative (numba's
-    wraparound of a possibly negative index would turn the vector stores into scalar ones)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for ib in range(orow.shape[0] // (2 * h)):
-            o = ib * BYTES
-            d = get_fp16(brow, o)
-            q = brow[o + 2:o + 2 + h]
-            y0 = orow[2 * h * ib:2 * h * ib + h]
-            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
-            for j in range(h):                    # int8 casts keep the loops vectorizable
-                y0[j] = d * F32(np.int8((q[j] & 0x0F) - 8))
-                y1[j] = d * F32(np.int8((q[j] >> 4) - 8))
+def _emit_block(builder, block, y):
+    """y = d * (q - 8): low nibbles are weights 0..15, high nibbles 16..31."""
+    d = lanes.fp16(builder, block, 0)
+    q = lanes.load_bytes(builder, block, 2, QK // 2)
+    lanes.store_affine(builder, y, 0, lanes.vsub(builder, lanes.vand(builder, q, 0x0F), 8), d)
+    lanes.store_affine(builder, y, QK // 2, lanes.vsub(builder, lanes.vshr(builder, q, 4), 8), d)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -124,5 +123,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, QK // 2)
+    _dequantize_rows(blocks, out)
     return out

@@ -7,8 +7,9 @@ weight = imatrix * sqrt(sigma2 + x^2), sigma2 = mean of x^2 over the row.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .batched import make_qkx_quants_batch
-from .common import (F32, get_fp16, make_qkx3_quants_np, pack_nibbles_np, put_fp16,
+from .common import (F32, make_qkx3_quants_np, pack_nibbles_np, put_fp16,
                      safe_inverse_np, seqsum_np)
 
 NEEDS_IMATRIX = False
@@ -142,22 +143,18 @@ def _quantize_rows(x, qw, use_qw, out):
                 out[r, o + 4 + j] = min(NMAX, L[ib * QK + j]) | (min(NMAX, L[ib * QK + j + 16]) << 4)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, h):
-    """h = QK // 2 at run time and slices for the halves: see q4_0._dequantize_rows (vectorized loops)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for ib in range(orow.shape[0] // (2 * h)):
-            o = ib * BYTES
-            d = get_fp16(brow, o)
-            m = get_fp16(brow, o + 2)
-            q = brow[o + 4:o + 4 + h]
-            y0 = orow[2 * h * ib:2 * h * ib + h]
-            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
-            for j in range(h):
-                y0[j] = d * F32(np.uint8(q[j] & 0x0F)) + m
-                y1[j] = d * F32(np.uint8(q[j] >> 4)) + m
+def _emit_block(builder, block, y):
+    """y = d * q + m (dequantize_row_q4_1)."""
+    lanes.emit_legacy(builder, block, y, qs_at=4, m_at=2)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -169,5 +166,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, QK // 2)
+    _dequantize_rows(blocks, out)
     return out

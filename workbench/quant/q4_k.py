@@ -9,7 +9,8 @@ then make_qp_quants(8, 63) for scales/mins). The group search is shared with Q5_
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, QK_K, get_fp16, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
+from . import lanes
+from .common import (F32, QK_K, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
                      make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
                      seqsum_np)
 from .batched import make_qkx_quants_batch
@@ -225,30 +226,44 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 16 + 32 * j + l] = L[64 * j + l] | (L[64 * j + 32 + l] << 4)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n32):
-    """dequantize_row_q4_K. n32 = 32 at run time and slices: the 32-element loops vectorize (a constant trip
-    count gets unrolled to scalar code; a possibly negative index defeats the vector stores). The groups
-    2k and 2k+1 share their 32 bytes (low / high nibbles), so one loop writes both."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * BYTES
-            d = get_fp16(brow, o)
-            dmin = get_fp16(brow, o + 2)
-            sc = brow[o + 4:o + 16]
-            for k in range(4):
-                s0, m0 = get_scale_min_k4(2 * k, sc)
-                s1, m1 = get_scale_min_k4(2 * k + 1, sc)
-                dl0, ml0 = d * F32(s0), dmin * F32(m0)
-                dl1, ml1 = d * F32(s1), dmin * F32(m1)
-                q = brow[o + 16 + k * n32:o + 16 + (k + 1) * n32]
-                y0 = orow[i * QK_K + 2 * k * n32:i * QK_K + (2 * k + 1) * n32]
-                y1 = orow[i * QK_K + (2 * k + 1) * n32:i * QK_K + (2 * k + 2) * n32]
-                for l in range(n32):
-                    y0[l] = dl0 * F32(np.uint8(q[l] & 0xF)) - ml0
-                    y1[l] = dl1 * F32(np.uint8(q[l] >> 4)) - ml1
+def emit_scale_min(builder, block, j, at=4):
+    """get_scale_min_k4(j) of the 12 scale bytes at byte `at`, as two i32."""
+    def byte(i):
+        return lanes.byte_at(builder, block, at + i)
+    I32 = lanes.I32
+    if j < 4:
+        return builder.and_(byte(j), I32(63)), builder.and_(byte(j + 4), I32(63))
+    sc = builder.or_(builder.and_(byte(j + 4), I32(0xF)), builder.shl(builder.lshr(byte(j - 4), I32(6)), I32(4)))
+    m = builder.or_(builder.lshr(byte(j + 4), I32(4)), builder.shl(builder.lshr(byte(j), I32(6)), I32(4)))
+    return sc, m
+
+
+def emit_k_block(builder, block, y, qs_at, qh_at=None):
+    """Q4_K / Q5_K: 32 bytes per chunk c of 64 weights, low nibbles (group 2 c) then high nibbles (2 c + 1),
+    Q5_K's fifth bits as bits 2 c / 2 c + 1 of the 32 qh bytes; y = (d * sc) * q - dmin * m."""
+    d, dmin = lanes.fp16(builder, block, 0), lanes.fp16(builder, block, 2)
+    qh = lanes.load_bytes(builder, block, qh_at, 32) if qh_at is not None else None
+    for c in range(4):
+        q = lanes.load_bytes(builder, block, qs_at + 32 * c, 32)
+        for p, v in enumerate((lanes.vand(builder, q, 0xF), lanes.vshr(builder, q, 4))):
+            if qh is not None:
+                v = builder.or_(v, lanes.bit_planes(builder, qh, 2 * c + p))
+            sc, m = emit_scale_min(builder, block, 2 * c + p)
+            lanes.store_affine(builder, y, 64 * c + 32 * p, v, lanes.scale_f32(builder, d, sc),
+                               lanes.scale_f32(builder, dmin, m), True)
+
+
+def _emit_block(builder, block, y):
+    emit_k_block(builder, block, y, qs_at=16)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -260,5 +275,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, 32)
+    _dequantize_rows(blocks, out)
     return out

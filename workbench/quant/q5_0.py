@@ -6,8 +6,9 @@ With one: quantize_row_q5_0_impl, make_qx_quants(32, 16) with weight = imatrix *
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .batched import make_qx_quants_batch
-from .common import F32, get_fp16, make_qx_quants_np, pack_nibbles_np, put_fp16, safe_inverse_np, seqsum_np
+from .common import F32, make_qx_quants_np, pack_nibbles_np, put_fp16, safe_inverse_np, seqsum_np
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -110,31 +111,18 @@ def _quantize_rows(x, qw, use_qw, out):
             put_5bit(out[r], ib * BYTES + 2, L[ib * QK:(ib + 1) * QK])
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def get_u32(blk, o):
-    return (np.uint32(blk[o]) | (np.uint32(blk[o + 1]) << np.uint32(8)) | (np.uint32(blk[o + 2]) << np.uint32(16))
-            | (np.uint32(blk[o + 3]) << np.uint32(24)))
+def _emit_block(builder, block, y):
+    """y = d * (q - 16), q = nibble | fifth bit << 4 (dequantize_row_q5_0)."""
+    lanes.emit_legacy(builder, block, y, qs_at=6, qh_at=2, bias=16)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, h):
-    """dequantize_row_q5_0: level = nibble | bit j of qh << 4, minus 16, as one vectorizable loop
-    (h = QK // 2 at run time, slices: see q4_0)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for ib in range(orow.shape[0] // (2 * h)):
-            o = ib * BYTES
-            d = get_fp16(brow, o)
-            qh = np.uint32(get_u32(brow, o + 2))
-            q = brow[o + 6:o + 6 + h]
-            y0 = orow[2 * h * ib:2 * h * ib + h]
-            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
-            for j in range(h):
-                hi0 = np.uint8(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
-                hi1 = np.uint8(((qh >> np.uint32(j + 16)) << np.uint32(4)) & np.uint32(0x10))
-                y0[j] = d * F32(np.int8(((q[j] & 0x0F) | hi0) - 16))
-                y1[j] = d * F32(np.int8(((q[j] >> 4) | hi1) - 16))
+_dequantize_row = lanes.row_kernel(_emit_block, QK, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -146,5 +134,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, QK // 2)
+    _dequantize_rows(blocks, out)
     return out

@@ -6,9 +6,10 @@ With one: quantize_row_q5_1_impl, make_qkx3_quants(32, 31, -0.9, 0.05, 36) (shar
 import numpy as np
 from numba import njit, prange
 
-from .common import F32, get_fp16, pack_nibbles_np, put_fp16
+from . import lanes
+from .common import F32, pack_nibbles_np, put_fp16
 from .q4_1 import affine_imatrix_np, affine_ref_np, affine_row
-from .q5_0 import get_u32, pack_high_bits_np, put_5bit, unpack_levels_np
+from .q5_0 import pack_high_bits_np, put_5bit, unpack_levels_np
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -87,25 +88,18 @@ def _quantize_rows(x, qw, use_qw, out):
             put_5bit(out[r], o + 4, L[ib * QK:(ib + 1) * QK])
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, h):
-    """As q5_0._dequantize_rows, with the min m added."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for ib in range(orow.shape[0] // (2 * h)):
-            o = ib * BYTES
-            d = get_fp16(brow, o)
-            m = get_fp16(brow, o + 2)
-            qh = np.uint32(get_u32(brow, o + 4))
-            q = brow[o + 8:o + 8 + h]
-            y0 = orow[2 * h * ib:2 * h * ib + h]
-            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
-            for j in range(h):
-                hi0 = np.uint8(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
-                hi1 = np.uint8(((qh >> np.uint32(j + 16)) << np.uint32(4)) & np.uint32(0x10))
-                y0[j] = d * F32(np.uint8((q[j] & 0x0F) | hi0)) + m
-                y1[j] = d * F32(np.uint8((q[j] >> 4) | hi1)) + m
+def _emit_block(builder, block, y):
+    """y = d * q + m, q = nibble | fifth bit << 4 (dequantize_row_q5_1)."""
+    lanes.emit_legacy(builder, block, y, qs_at=8, qh_at=4, m_at=2)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -117,5 +111,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, QK // 2)
+    _dequantize_rows(blocks, out)
     return out

@@ -7,8 +7,9 @@ nmax 31. The group search and the scale packing are Q4_K's (q4_k.scales_and_leve
 import numpy as np
 from numba import njit, prange
 
-from .common import F32, QK_K, get_fp16, put_fp16
-from .q4_k import (get_scale_min_k4, requantize, row_scratch, scales_and_levels, scales_and_levels_np,
+from . import lanes
+from .common import F32, QK_K, put_fp16
+from .q4_k import (emit_k_block, requantize, row_scratch, scales_and_levels, scales_and_levels_np,
                    search_row, unpack_scale_min_np)
 
 NEEDS_IMATRIX = False
@@ -67,32 +68,17 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 48 + 32 * k + j] = l1 | (l2 << 4)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n32):
-    """dequantize_row_q5_K, vectorizable as q4_k._dequantize_rows (n32 = 32 at run time, slices); the
-    fifth bit of group g is bit g of qh[l]."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * BYTES
-            d = get_fp16(brow, o)
-            dmin = get_fp16(brow, o + 2)
-            sc = brow[o + 4:o + 16]
-            qh = brow[o + 16:o + 16 + n32]
-            for k in range(4):
-                s0, m0 = get_scale_min_k4(2 * k, sc)
-                s1, m1 = get_scale_min_k4(2 * k + 1, sc)
-                dl0, ml0 = d * F32(s0), dmin * F32(m0)
-                dl1, ml1 = d * F32(s1), dmin * F32(m1)
-                q = brow[o + 48 + k * n32:o + 48 + (k + 1) * n32]
-                y0 = orow[i * QK_K + 2 * k * n32:i * QK_K + (2 * k + 1) * n32]
-                y1 = orow[i * QK_K + (2 * k + 1) * n32:i * QK_K + (2 * k + 2) * n32]
-                sh = np.uint8(2 * k)
-                for l in range(n32):            # uint8 arithmetic throughout: 32 lanes per vector op
-                    hb = np.uint8(qh[l] >> sh)
-                    y0[l] = dl0 * F32(np.uint8((q[l] & np.uint8(0xF)) | ((hb & np.uint8(1)) << np.uint8(4)))) - ml0
-                    y1[l] = dl1 * F32(np.uint8((q[l] >> np.uint8(4)) | ((hb & np.uint8(2)) << np.uint8(3)))) - ml1
+def _emit_block(builder, block, y):
+    emit_k_block(builder, block, y, qs_at=48, qh_at=16)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -104,5 +90,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, 32)
+    _dequantize_rows(blocks, out)
     return out

@@ -8,7 +8,8 @@ raw imatrix values as weights (no sigma2 term). Group scales are quantized again
 import numpy as np
 from numba import njit, prange
 
-from .common import (F32, GROUP_MAX_EPS, QK_K, get_fp16, make_qx_quants_np, nearest_int,
+from . import lanes
+from .common import (F32, GROUP_MAX_EPS, QK_K, make_qx_quants_np, nearest_int,
                      nearest_int_np, put_fp16, round_fp16_np, signed_absmax_np)
 from .batched import make_qx_quants_batch
 from .q2_k import requantize_np
@@ -110,41 +111,33 @@ def _quantize_rows(x, qw, use_qw, out):
                                  use_qw, out[r], i * BYTES, L, xt, wt, Lt, scales)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n16):
-    """dequantize_row_q6_K. y = (d * scale) * (q - 32), the product d * scale taken once per 16 elements
-    (the same float operations in the same order). n16 = 16 at run time and slices: the 16-element loops
-    vectorize (see q4_k._dequantize_rows)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * BYTES
-            d = get_fp16(brow, o + 208)
-            for h in range(2):
-                for half in range(2):
-                    is_ = o + 192 + 8 * h + half
-                    ds0 = d * F32(np.int8(brow[is_]))
-                    ds1 = d * F32(np.int8(brow[is_ + 2]))
-                    ds2 = d * F32(np.int8(brow[is_ + 4]))
-                    ds3 = d * F32(np.int8(brow[is_ + 6]))
-                    l0 = half * n16
-                    qa = brow[o + 64 * h + l0:o + 64 * h + l0 + n16]
-                    qb = brow[o + 64 * h + 2 * n16 + l0:o + 64 * h + 2 * n16 + l0 + n16]
-                    qh = brow[o + 128 + 32 * h + l0:o + 128 + 32 * h + l0 + n16]
-                    base = i * QK_K + 128 * h + l0
-                    y0 = orow[base:base + n16]
-                    y1 = orow[base + 2 * n16:base + 3 * n16]
-                    y2 = orow[base + 4 * n16:base + 5 * n16]
-                    y3 = orow[base + 6 * n16:base + 7 * n16]
-                    for l in range(n16):
-                        a = qa[l]
-                        b = qb[l]
-                        hb = qh[l]
-                        y0[l] = ds0 * F32(np.int8(np.uint8((a & 0xF) | ((hb & 3) << 4)) - 32))
-                        y1[l] = ds1 * F32(np.int8(np.uint8((b & 0xF) | (((hb >> 2) & 3) << 4)) - 32))
-                        y2[l] = ds2 * F32(np.int8(np.uint8((a >> 4) | (((hb >> 4) & 3) << 4)) - 32))
-                        y3[l] = ds3 * F32(np.int8(np.uint8((b >> 4) | (((hb >> 6) & 3) << 4)) - 32))
+def _emit_block(builder, block, y):
+    """dequantize_row_q6_K: per half h, ql bytes 64 h (+32) and qh bytes 128 + 32 h give four 32-weight
+    runs k (low / high nibble | 2 qh bits << 4, minus 32); lanes l < 16 take int8 scale 8 h + 2 k, the rest
+    8 h + 2 k + 1; y = (d * scale) * q."""
+    d = lanes.fp16(builder, block, 208)
+    for h in range(2):
+        qa = lanes.load_bytes(builder, block, 64 * h, 32)
+        qb = lanes.load_bytes(builder, block, 64 * h + 32, 32)
+        qh = lanes.load_bytes(builder, block, 128 + 32 * h, 32)
+        low = (lanes.vand(builder, qa, 0xF), lanes.vand(builder, qb, 0xF), lanes.vshr(builder, qa, 4),
+               lanes.vshr(builder, qb, 4))
+        for k in range(4):
+            high = lanes.vshl(builder, lanes.vand(builder, lanes.vshr(builder, qh, 2 * k), 3), 4)
+            v = lanes.vsub(builder, builder.or_(low[k], high), 32)
+            for p in range(2):
+                sc = builder.sext(lanes.load(builder, block, 192 + 8 * h + 2 * k + p, lanes.I8), lanes.I32)
+                lanes.store_affine(builder, y, 128 * h + 32 * k + 16 * p, lanes.half(builder, v, p),
+                                   lanes.scale_f32(builder, d, sc))
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, BYTES)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -156,5 +149,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, out, 16)
+    _dequantize_rows(blocks, out)
     return out

@@ -5,7 +5,8 @@ ggml ignores the importance matrix for Q8_0 (quantize_q8_0), and rounds with rou
 import numpy as np
 from numba import njit, prange
 
-from .common import fp32_to_fp16_np, put_fp16, get_fp16, roundf, roundf_np, safe_inverse_np
+from . import lanes
+from .common import fp32_to_fp16_np, put_fp16, roundf, roundf_np, safe_inverse_np
 
 NEEDS_IMATRIX = False
 QK = 32
@@ -48,19 +49,18 @@ def _quantize_rows(x, out):
                 out[r, o + 2 + j] = np.uint8(np.int64(roundf(xb[j] * inv)) & 0xFF)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _dequantize_rows(blocks, qs, out, qk):
-    """qs is `blocks` viewed as int8 (the quants), so the inner loop is a plain int8 -> float multiply.
+def _emit_block(builder, block, y):
+    """y = q * d (dequantize_row_q8_0)."""
+    lanes.store_affine(builder, y, 0, lanes.load_bytes(builder, block, 2, QK), lanes.fp16(builder, block, 0))
 
-    qk (= QK) comes in as an argument: with a trip count known at compile time LLVM unrolls the block loop
-    into 32 scalar conversions instead of vectorizing it."""
-    nb = out.shape[1] // qk
-    for r in prange(blocks.shape[0]):
-        for ib in range(nb):
-            o = ib * 34
-            d = get_fp16(blocks[r], o)
-            for j in range(qk):
-                out[r, ib * qk + j] = np.float32(qs[r, o + 2 + j]) * d
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK, 34)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
@@ -71,5 +71,5 @@ def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
 
 def dequantize(blocks: np.ndarray, n_per_row: int) -> np.ndarray:
     out = np.empty((blocks.shape[0], n_per_row), dtype=np.float32)
-    _dequantize_rows(blocks, blocks.view(np.int8), out, QK)
+    _dequantize_rows(blocks, out)
     return out

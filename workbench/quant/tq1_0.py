@@ -12,7 +12,7 @@ The importance matrix is ignored (quantize_tq1_0).
 import numpy as np
 from numba import njit, prange
 
-from .common import get_fp16
+from . import lanes
 from .iq_common import QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, store_fp16
 
 BLOCK = QK_K
@@ -70,37 +70,44 @@ def dequantize_ref(blocks, n_per_row):
     return (t.astype(np.float32) * d[:, None]).reshape(-1, n_per_row)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _trits(q, p3, y, d, n):
-    """y[l] = (trit of weight p3 in byte q[l]) * d for l < n: ((uint8)(q * p3) * 3) >> 8, minus 1."""
-    for l in range(n):
-        p = np.uint16(np.uint8(np.uint16(q[l]) * p3))
-        y[l] = np.float32(np.int16((p * np.uint16(3)) >> np.uint16(8)) - np.int16(1)) * d
+def _emit_trits(builder, q, p3, y, at, d):
+    """y[at + l] = (trit of ((uint8)(q[l] * p3) * 3) >> 8) - 1, times d, for the lanes l of q."""
+    n = q.type.count
+    t = builder.mul(q, lanes.const_vec(lanes.I8, p3) if isinstance(p3, list) else
+                    lanes.splat(builder, lanes.I8(p3), n))
+    t = lanes.vshr(builder, builder.mul(builder.zext(t, lanes.ir.VectorType(lanes.I16, n)),
+                                        lanes.splat(builder, lanes.I16(3), n)), 8)
+    lanes.store_affine(builder, y, at, lanes.vsub(builder, builder.trunc(t, q.type), 1), d)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n4):
-    """dequantize_row_tq1_0 (digit-major order as dequantize_ref). n4 = 4 at run time: the digit loops
-    run over 32 / 16 / 4 bytes, counts LLVM must not know in advance to vectorize rather than unroll."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            y = orow[i * QK_K:(i + 1) * QK_K]
-            d = get_fp16(brow, o + 52)
-            for n in range(5):
-                p3 = np.uint16(POW3[n])
-                _trits(brow[o:o + 8 * n4], p3, y[8 * n4 * n:8 * n4 * (n + 1)], d, 8 * n4)
-                _trits(brow[o + 8 * n4:o + 12 * n4], p3, y[160 + 4 * n4 * n:160 + 4 * n4 * (n + 1)], d, 4 * n4)
-            for n in range(4):
-                _trits(brow[o + 48:o + 48 + n4], np.uint16(POW3[n]), y[240 + n4 * n:240 + n4 * (n + 1)], d, n4)
+def _emit_block(builder, block, y):
+    """dequantize_row_tq1_0, digit-major: bytes 0..31 give weights 32 n + l, bytes 32..47 weights
+    160 + 16 n + l (n = 0..4), the 4 qh bytes weights 240 + 4 n + j (n = 0..3)."""
+    d = lanes.fp16(builder, block, 52)
+    a = lanes.load_bytes(builder, block, 0, 32)
+    b = lanes.load_bytes(builder, block, 32, 16)
+    for n in range(5):
+        _emit_trits(builder, a, int(POW3[n]), y, 32 * n, d)
+        _emit_trits(builder, b, int(POW3[n]), y, 160 + 16 * n, d)
+    qh = lanes.load_bytes(builder, block, 48, 4)
+    qh16 = builder.shuffle_vector(qh, lanes.ir.Constant(qh.type, lanes.ir.Undefined),
+                                  lanes.const_vec(lanes.I32, [j for _ in range(4) for j in range(4)]))
+    _emit_trits(builder, qh16, [int(POW3[n]) for n in range(4) for _ in range(4)], y, 240, d)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, TYPE_SIZE)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ1_0")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, 4)
+    _dequantize_rows(blocks, out)
     return out
 
 

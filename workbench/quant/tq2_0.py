@@ -8,8 +8,8 @@ matrix is ignored (quantize_tq2_0).
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, store_fp16
-from .common import get_fp16
 from .tq1_0 import _lroundf, _ternary
 
 BLOCK = QK_K
@@ -35,28 +35,29 @@ def dequantize_ref(blocks, n_per_row):
     return (t.reshape(-1, QK_K).astype(np.float32) * d[:, None]).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, n32):
-    """dequantize_row_tq2_0: element 128 j + 32 s + l is ((qs[32 j + l] >> 2 s) & 3) - 1, times d.
-    n32 = 32 at run time so the loops vectorize (a constant trip count is unrolled into scalar code)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o + 64)
-            for j in range(2):
-                q = brow[o + j * n32:o + (j + 1) * n32]
-                for s in range(4):
-                    y = orow[i * QK_K + (4 * j + s) * n32:i * QK_K + (4 * j + s + 1) * n32]
-                    for l in range(n32):
-                        y[l] = np.float32(np.int8((q[l] >> (2 * s)) & 3) - np.int8(1)) * d
+def _emit_block(builder, block, y):
+    """dequantize_row_tq2_0: weight 128 j + 32 s + l is ((qs[32 j + l] >> 2 s) & 3) - 1, times d."""
+    d = lanes.fp16(builder, block, 64)
+    for j in range(2):
+        q = lanes.load_bytes(builder, block, 32 * j, 32)
+        for s in range(4):
+            t = lanes.vsub(builder, lanes.vand(builder, lanes.vshr(builder, q, 2 * s), 3), 1)
+            lanes.store_affine(builder, y, 128 * j + 32 * s, t, d)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, QK_K, TYPE_SIZE)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ2_0")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, 32)
+    _dequantize_rows(blocks, out)
     return out
 
 

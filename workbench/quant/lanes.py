@@ -1,0 +1,184 @@
+"""Vector code for the dequantize kernels: LLVM IR through numba's @intrinsic.
+
+Every block format dequantizes as y = A * float(q) (+ B or - B): small integers q unpacked from the block's
+bytes, times a float group scale A (ggml's d * sc, taken in float32 like ggml), plus or minus a group
+offset B. Written as plain numba loops, LLVM either unrolls the 16- or 32-element loops into scalar code
+or vectorizes them behind run-time alias checks and remainders; spelled out here on <16 x i8> / <16 x float>
+vectors they become a handful of AVX2 instructions per 16 weights, with the same float operations (one
+fmul, then one fadd / fsub, no fma contraction) as the readable numpy references in each format module.
+
+A format module writes one block as an `emit(builder, block, y)` function (block: i8* to the block's bytes,
+y: float* to its first output) and turns it into a row kernel with ``row_kernel``; its numba driver is a
+prange over rows calling that kernel.
+
+workbench.moe.lanes_ir builds its dot-product kernels from the same helpers.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+F32 = ir.FloatType()
+I8 = ir.IntType(8)
+I16 = ir.IntType(16)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+
+
+def splat(builder, value, n=8):
+    """<n x T> with every lane `value`."""
+    vec = ir.VectorType(value.type, n)
+    v = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+
+def const_vec(ty, values):
+    """<len(values) x ty> constant."""
+    return ir.Constant(ir.VectorType(ty, len(values)), list(values))
+
+
+def ptr(builder, base, offset, ty):
+    """Pointer to a `ty` at byte `offset` (an int or an i64 value) from an i8* `base`, no alignment assumed."""
+    if isinstance(offset, int):
+        offset = ir.Constant(I64, offset)
+    return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
+
+
+def load(builder, base, offset, ty):
+    return builder.load(ptr(builder, base, offset, ty), align=1)
+
+
+def load_bytes(builder, base, offset, n):
+    """<n x i8> at byte `offset`."""
+    return load(builder, base, offset, ir.VectorType(I8, n))
+
+
+def fp16(builder, base, offset):
+    """The fp16 at byte `offset` as float32 (fpext: exact, vcvtph2ps)."""
+    h = builder.bitcast(load(builder, base, offset, I16), ir.HalfType())
+    return builder.fpext(h, F32)
+
+
+def byte_at(builder, base, offset):
+    """The uint8 at byte `offset`, zero-extended to i32."""
+    return builder.zext(load(builder, base, offset, I8), I32)
+
+
+def vand(builder, v, c):
+    return builder.and_(v, splat(builder, ir.Constant(v.type.element, c), v.type.count))
+
+
+def vshr(builder, v, c):
+    """Logical shift right of every lane by the constant c."""
+    return builder.lshr(v, splat(builder, ir.Constant(v.type.element, c), v.type.count))
+
+
+def vshl(builder, v, c):
+    return builder.shl(v, splat(builder, ir.Constant(v.type.element, c), v.type.count))
+
+
+def vsub(builder, v, c):
+    return builder.sub(v, splat(builder, ir.Constant(v.type.element, c), v.type.count))
+
+
+def half(builder, v, which):
+    """Lanes [0, n/2) (which=0) or [n/2, n) (which=1) of a vector."""
+    n = v.type.count // 2
+    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                  const_vec(I32, range(which * n, which * n + n)))
+
+
+def concat(builder, a, b):
+    n = a.type.count
+    return builder.shuffle_vector(a, b, const_vec(I32, range(2 * n)))
+
+
+def scale_f32(builder, d, sc):
+    """float32 d * (float) sc for an integer sc: ggml's d * scale, one rounding."""
+    return builder.fmul(d, builder.sitofp(sc, F32))
+
+
+def store_affine(builder, out, index, q, a, b=None, subtract=False):
+    """out[index : index + n] = a * float(q) (+ b, or - b when `subtract`), q an <n x i8> of signed levels.
+
+    out is a float*, index an int or i64 element index; one fmul and one fadd / fsub, no fma."""
+    n = q.type.count
+    y = builder.fmul(splat(builder, a, n), builder.sitofp(q, ir.VectorType(F32, n)))
+    if b is not None:
+        bb = splat(builder, b, n)
+        y = builder.fsub(y, bb) if subtract else builder.fadd(y, bb)
+    if isinstance(index, int):
+        index = ir.Constant(I64, index)
+    builder.store(y, builder.bitcast(builder.gep(out, [index]), y.type.as_pointer()), align=4)
+
+
+def row_kernel(emit, qk, nbytes):
+    """@intrinsic (blocks, out, r) -> None: emit the blocks of row r of the 2-D uint8 `blocks` into row r of
+    the 2-D float32 `out` (rows contiguous; blocks of `qk` weights stored in `nbytes` bytes). Only whole
+    blocks: out.shape[1] // qk of them (F16 / BF16 take 32 weights at a time and finish the row in numba)."""
+    @intrinsic
+    def kernel(typingctx, blocks, out, r):
+        def codegen(context, builder, sig, args):
+            rows = []
+            for ty, arr in zip(sig.args[:2], args[:2]):
+                a = context.make_array(ty)(context, builder, arr)
+                stride = cgutils.unpack_tuple(builder, a.strides)[0]
+                rows.append(builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(args[2], stride)]))
+            src, dst = rows[0], builder.bitcast(rows[1], F32.as_pointer())
+            n_out = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape)[1]
+            with cgutils.for_range(builder, builder.udiv(n_out, ir.Constant(I64, qk))) as loop:
+                emit(builder, builder.gep(src, [builder.mul(loop.index, ir.Constant(I64, nbytes))]),
+                     builder.gep(dst, [builder.mul(loop.index, ir.Constant(I64, qk))]))
+            return context.get_dummy_value()
+
+        return types.void(blocks, out, r), codegen
+
+    return kernel
+
+
+def bit_planes(builder, v, bit, shift=4):
+    """((v >> bit) & 1) << shift on every lane of an integer vector (a high bit moved into place)."""
+    return vshl(builder, vand(builder, vshr(builder, v, bit), 1), shift)
+
+
+def word_bits(builder, word, first, n, shift=4):
+    """<n x i8> whose lane l is ((word >> (first + l)) & 1) << shift, for an i32 `word`."""
+    w = builder.lshr(splat(builder, word, n), const_vec(I32, range(first, first + n)))
+    return builder.trunc(vshl(builder, vand(builder, w, 1), shift), ir.VectorType(I8, n))
+
+
+def emit_legacy(builder, block, y, qs_at, qh_at=None, m_at=None, bias=0):
+    """A 32-weight block of Q4_0 / Q4_1 / Q5_0 / Q5_1: fp16 d at byte 0 (and the min m at m_at), 16 bytes
+    of nibbles at qs_at (low nibbles are weights 0..15, high nibbles 16..31), for the 5-bit formats the
+    fifth bits as the i32 at qh_at (bit j for weight j). y = d * (q - bias) (+ m)."""
+    d = fp16(builder, block, 0)
+    m = fp16(builder, block, m_at) if m_at is not None else None
+    q = load_bytes(builder, block, qs_at, 16)
+    parts = [vand(builder, q, 0x0F), vshr(builder, q, 4)]
+    if qh_at is not None:
+        qh = load(builder, block, qh_at, I32)
+        parts = [builder.or_(p, word_bits(builder, qh, 16 * k, 16)) for k, p in enumerate(parts)]
+    for k, p in enumerate(parts):
+        store_affine(builder, y, 16 * k, vsub(builder, p, bias) if bias else p, d, m)
+
+
+def emit_f16_run(builder, h, y):
+    """32 fp16 values at `h` -> float32 at `y`, numpy's cast: vcvtph2ps, and for exponent-31 patterns
+    (inf / NaN, whose signaling bit the hardware would set) the float rebuilt from the bits (sign << 16 |
+    0x7F800000 | mantissa << 13); see common.fp16_to_fp32_vec for one value."""
+    bits = load(builder, h, 0, ir.VectorType(I16, 32))
+    f = builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 32)), ir.VectorType(F32, 32))
+    u = builder.zext(bits, ir.VectorType(I32, 32))
+    special = builder.icmp_unsigned("==", vand(builder, u, 0x7C00), splat(builder, I32(0x7C00), 32))
+    rebuilt = builder.or_(builder.or_(vshl(builder, vand(builder, u, 0x8000), 16),
+                                      vshl(builder, vand(builder, u, 0x3FF), 13)), splat(builder, I32(0x7F800000), 32))
+    out = builder.select(special, builder.bitcast(rebuilt, f.type), f)
+    builder.store(out, builder.bitcast(y, out.type.as_pointer()), align=4)
+
+
+def emit_bf16_run(builder, h, y):
+    """32 bf16 values at `h` -> float32 at `y`: the bits shifted into the top half."""
+    bits = builder.zext(load(builder, h, 0, ir.VectorType(I16, 32)), ir.VectorType(I32, 32))
+    builder.store(vshl(builder, bits, 16), builder.bitcast(y, ir.VectorType(I32, 32).as_pointer()), align=4)
