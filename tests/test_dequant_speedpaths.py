@@ -67,6 +67,20 @@ def test_f16_every_pattern_exact():
                           f"vs numpy {ref.ravel()[bad[0]].view(np.uint32):#010x}"
 
 
+@pytest.mark.parametrize("name", ["F16", "BF16"])
+@pytest.mark.parametrize("n", [31, 32, 100, 4099])
+def test_per_element_formats_whole_runs_and_tails(name, n):
+    """F16 / BF16 rows go through vector code 32 values at a time and finish the last n % 32 one by one:
+    rows of random bits (NaN / inf patterns in some runs, none in others) of widths around that split."""
+    mod = format_module(GGMLType[name])
+    bits = np.random.default_rng(n).integers(0, 1 << 16, (3, n), dtype=np.uint16)
+    bits[1, : n // 2] &= 0xBBFF                      # runs without an exponent-31 pattern: the plain path
+    blocks = bits.view(np.uint8)
+    ref = mod.dequantize_ref(blocks, n)
+    assert_same(mod.dequantize(blocks, n), ref, f"{name} 3x{n}")
+    assert_same(dequantize(blocks[1:], name, n), ref[1:], f"{name} rows 1: (a view not at the array's start)")
+
+
 def test_fast_path_still_validates():
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     from workbench.quant import quantize

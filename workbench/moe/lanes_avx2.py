@@ -18,7 +18,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .lanes_ir import (_F32, _I32, _I64, _V8F, _V32B, _f16, _fma, _hsum8, _lane_sums_u8_i8, _load, _ptr, _splat,
+from ..quant.lanes import ptr as _ptr
+from .lanes_ir import (_F32, _I32, _I64, _V8F, _V32B, _f16, _fma, _hsum8, _lane_sums_u8_i8, _load, _splat,
                        _x86, q8_lanes)
 
 

@@ -14,7 +14,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .lanes_ir import _F32, _I32, _I64, _V8F, _fma, _hsum8, _load, _ptr, half_to_float
+from ..quant.lanes import ptr as _ptr
+from .lanes_ir import _F32, _I32, _I64, _V8F, _fma, _hsum8, _load, half_to_float
 from .ops import round_f16
 
 

@@ -19,7 +19,8 @@ them (the lane sums read 4 elements at a stride of 4), so here the same arithmet
 Every step is the same float operation as ggml's (one rounding per fma, llvm.fma is always fused), so the
 results are bit for bit those of the scalar kernels (tests/test_lanes_ir.py).
 
-This module also holds the IR helpers the other vector-code modules share: lanes_avx2 (the same sums with
+This module also holds the IR helpers the other vector-code modules share (the generic ones come from
+workbench.quant.lanes, which the dequantize kernels use too): lanes_avx2 (the same sums with
 AVX2's integer instructions, one token and prompt batches), lanes_f16 (F16 weights), lanes_kquants.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..quant.lanes import fp16 as _f16, load as _load, splat as _splat
 from .ops import round_f16
 
 _F32 = ir.FloatType()
@@ -83,32 +85,12 @@ def lane_order(xq: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(xq.reshape(T, K // 32, 8, 4).transpose(0, 1, 3, 2), dtype=np.float32)
 
 
-def _splat(builder, value, n=8):
-    vec = ir.VectorType(value.type, n)
-    v = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), ir.Constant(_V8I, [0] * n))
-
-
 def _fma(builder, a, b, c):
     """llvm.fma: one rounding, like _mm256_fmadd_ps (a software fma where the CPU has none)."""
     ty = a.type
     name = "llvm.fma.v8f32" if isinstance(ty, ir.VectorType) else "llvm.fma.f32"
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
     return builder.call(fn, [a, b, c])
-
-
-def _ptr(builder, base, offset, ty):
-    """Pointer to a `ty` at byte `offset` from an i8* `base` (no alignment assumed)."""
-    return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
-
-
-def _load(builder, base, offset, ty):
-    return builder.load(_ptr(builder, base, offset, ty), align=1)
-
-
-def _f16(builder, base, offset):
-    h = builder.bitcast(_load(builder, base, offset, ir.IntType(16)), ir.HalfType())
-    return builder.fpext(h, _F32)
 
 
 def _hsum8(builder, acc):

@@ -167,15 +167,22 @@ def emit_legacy(builder, block, y, qs_at, qh_at=None, m_at=None, bias=0):
 def emit_f16_run(builder, h, y):
     """32 fp16 values at `h` -> float32 at `y`, numpy's cast: vcvtph2ps, and for exponent-31 patterns
     (inf / NaN, whose signaling bit the hardware would set) the float rebuilt from the bits (sign << 16 |
-    0x7F800000 | mantissa << 13); see common.fp16_to_fp32_vec for one value."""
+    0x7F800000 | mantissa << 13); see common.fp16_to_fp32_vec for one value. Runs without such patterns
+    (all of them in practice) store the conversion as it is."""
     bits = load(builder, h, 0, ir.VectorType(I16, 32))
     f = builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 32)), ir.VectorType(F32, 32))
     u = builder.zext(bits, ir.VectorType(I32, 32))
     special = builder.icmp_unsigned("==", vand(builder, u, 0x7C00), splat(builder, I32(0x7C00), 32))
-    rebuilt = builder.or_(builder.or_(vshl(builder, vand(builder, u, 0x8000), 16),
-                                      vshl(builder, vand(builder, u, 0x3FF), 13)), splat(builder, I32(0x7F800000), 32))
-    out = builder.select(special, builder.bitcast(rebuilt, f.type), f)
-    builder.store(out, builder.bitcast(y, out.type.as_pointer()), align=4)
+    dst = builder.bitcast(y, f.type.as_pointer())
+    with builder.if_else(builder.icmp_unsigned("!=", builder.bitcast(special, I32), I32(0)), likely=False) as (
+            some_special, none):
+        with some_special:
+            rebuilt = builder.or_(builder.or_(vshl(builder, vand(builder, u, 0x8000), 16),
+                                              vshl(builder, vand(builder, u, 0x3FF), 13)),
+                                  splat(builder, I32(0x7F800000), 32))
+            builder.store(builder.select(special, builder.bitcast(rebuilt, f.type), f), dst, align=4)
+        with none:
+            builder.store(f, dst, align=4)
 
 
 def emit_bf16_run(builder, h, y):
