@@ -98,3 +98,32 @@ def test_fast_path_still_validates():
         dequantize(q, GGMLType.Q4_0, 65)
     with pytest.raises(QuantInputError):
         dequantize(q, GGMLType.Q4_0, 0)
+
+
+def test_vector_kernels_on_a_cpu_without_avx2_or_f16c():
+    """The dequantize kernels use pshufb (IQ4 levels) and vcvtph2ps (fp16) only where the CPU has them; the
+    portable code (a chain of selects, an exact integer fp16 conversion), compiled in a subprocess for a
+    generic x86-64 CPU, gives the reference's bits too (F16: all 65536 patterns, NaN payloads included)."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "from workbench.quant.lanes import has_avx2, has_f16c\n"
+        "from workbench.quant.formats import format_module\n"
+        "from workbench.gguf import GGMLType\n"
+        "assert not has_avx2() and not has_f16c()\n"
+        "for name in ('IQ4_NL', 'IQ4_XS', 'Q4_1', 'Q5_0', 'Q8_0', 'Q4_K', 'Q6_K', 'IQ3_S', 'IQ1_S', 'BF16'):\n"
+        "    t = GGMLType[name]; mod = format_module(t); n = 512\n"
+        "    b = np.random.default_rng(5).integers(0, 256, (3, t.row_bytes(n)), dtype=np.uint8)\n"
+        "    with np.errstate(all='ignore'):\n"
+        "        got, ref = mod.dequantize(b, n), mod.dequantize_ref(b, n)\n"
+        "    same = (got.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(got) & np.isnan(ref))\n"
+        "    assert same.all(), name\n"
+        "h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(16, 4096)\n"
+        "got = format_module(GGMLType.F16).dequantize(h.view(np.uint8), 4096)\n"
+        "assert np.array_equal(got.view(np.uint32), h.view(np.float16).astype(np.float32).view(np.uint32))\n"
+        "print('ok')\n")
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -11,7 +11,8 @@ from workbench.moe.activations import prepare_activations, vec_dot_type
 from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
 from workbench.moe.lanes_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
 from workbench.moe.lanes_f16 import f16_matmul, f16_matvec
-from workbench.moe.lanes_ir import has_avx2, lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
+from workbench.moe.lanes_ir import lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
+from workbench.quant.lanes import has_avx2
 from workbench.moe.matmul import matmul_raw
 
 

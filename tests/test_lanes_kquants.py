@@ -14,7 +14,7 @@ from workbench.moe import exact_legacy as el
 from workbench.moe import exact_repack as er
 from workbench.moe import lanes_kquants as lk
 from workbench.moe.activations import prepare_activations, vec_dot_type
-from workbench.moe.lanes_ir import has_avx2
+from workbench.quant.lanes import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
 _F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),

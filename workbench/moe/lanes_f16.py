@@ -1,4 +1,4 @@
-"""F16 weights in ggml's float order, as LLVM vector code (fpext <8 x half>, llvm.fma; see lanes_ir).
+"""F16 weights in ggml's float order, as LLVM vector code (<8 x half> -> float, llvm.fma; see lanes_ir).
 
 - one token (generation, and every ggml_mul_mat_id): ggml_vec_dot_f16 (arch-independent vec.c with the
   AVX2 mappings): 4 x 8 fma lanes over chunks of 32 elements, GGML_F16_VEC_REDUCE, the tail in double;
@@ -14,7 +14,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..quant.lanes import ptr as _ptr
+from ..quant.lanes import half_to_f32, ptr as _ptr
 from .lanes_ir import _F32, _I32, _I64, _V8F, _fma, _hsum8, _load, half_to_float
 from .ops import round_f16
 
@@ -36,8 +36,8 @@ def _f16_row32(typingctx, W16, r, n32, xh):
         with cgutils.for_range(builder, args[2]) as loop:
             for j in range(4):
                 e = builder.add(builder.mul(loop.index, ir.Constant(_I64, 32)), ir.Constant(_I64, 8 * j))
-                w = builder.fpext(_load(builder, row, builder.mul(e, ir.Constant(_I64, 2)),
-                                        ir.VectorType(ir.HalfType(), 8)), _V8F)
+                w = half_to_f32(builder, _load(builder, row, builder.mul(e, ir.Constant(_I64, 2)),
+                                               ir.VectorType(ir.IntType(16), 8)))
                 x = _load(builder, xh, builder.mul(e, ir.Constant(_I64, 4)), _V8F)
                 builder.store(_fma(builder, w, x, builder.load(accs[j])), accs[j])
         a0, a1, a2, a3 = (builder.load(a) for a in accs)
@@ -81,8 +81,8 @@ def _f16_tile_codegen(rm, rn):
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rn)] for _ in range(rm)]
         with cgutils.for_range(builder, k8) as loop:
             k = builder.mul(loop.index, ir.Constant(_I64, 8))
-            ws = [builder.fpext(_load(builder, row, builder.mul(k, ir.Constant(_I64, 2)),
-                                      ir.VectorType(ir.HalfType(), 8)), _V8F) for row in rows]
+            ws = [half_to_f32(builder, _load(builder, row, builder.mul(k, ir.Constant(_I64, 2)),
+                                             ir.VectorType(ir.IntType(16), 8))) for row in rows]
             xs = [_load(builder, tok, builder.mul(k, ir.Constant(_I64, 4)), _V8F) for tok in toks]
             for i in range(rm):
                 for j in range(rn):

@@ -31,7 +31,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..quant.lanes import fp16 as _f16, load as _load, splat as _splat
+from ..quant.lanes import fp16 as _f16, half_to_f32, load as _load, splat as _splat, x86 as _x86
 from .ops import round_f16
 
 _F32 = ir.FloatType()
@@ -196,7 +196,7 @@ def half_to_float(typingctx, bits):
     sig = types.float32(bits)
 
     def codegen(context, builder, sig, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
+        return half_to_f32(builder, args[0])
 
     return sig, codegen
 
@@ -206,20 +206,6 @@ def half_to_float(typingctx, bits):
 # ones (-> the 8 lane sums of 4 products as i32), no saturation at these magnitudes.
 _V32B = ir.VectorType(ir.IntType(8), 32)
 _V16S = ir.VectorType(ir.IntType(16), 16)
-
-
-def has_avx2() -> bool:
-    """Does numba compile for a CPU with AVX2 (the host, unless NUMBA_CPU_NAME names another target)?"""
-    from numba.core import config
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    import llvmlite.binding as ll
-    return bool(ll.get_host_cpu_features().get("avx2", False))
-
-
-def _x86(builder, name, ret, args):
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
-    return builder.call(fn, args)
 
 
 def _lane_sums_u8_i8(builder, u8, i8):

@@ -643,7 +643,7 @@ def q5_1_matvec_portable(W, K, x, out):
 def _avx2() -> bool:
     global _AVX2
     if _AVX2 is None:
-        from .lanes_ir import has_avx2
+        from ..quant.lanes import has_avx2
         _AVX2 = has_avx2()
     return _AVX2
 

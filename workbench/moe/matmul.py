@@ -33,7 +33,8 @@ from . import exact_kquants, exact_legacy, exact_repack
 from .blocks import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
 from .lanes_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
 from .lanes_f16 import f16_matmul, f16_matvec
-from .lanes_ir import has_avx2, q4_1_matvec, q8_0_matvec
+from ..quant.lanes import has_avx2
+from .lanes_ir import q4_1_matvec, q8_0_matvec
 from .exact_dots import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
                          q8_0_q8_0_batch)
 

@@ -14,6 +14,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .lanes import half_to_f32
+
 QK_K = 256                        # super-block size of the k-quants
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this a group counts as all zero
 
@@ -68,7 +70,7 @@ def fp16_to_fp32_vec(typingctx, bits):
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
-        f = builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        f = half_to_f32(builder, args[0])
         u = builder.zext(args[0], i32)
         special = builder.icmp_unsigned("==", builder.and_(u, i32(0x7C00)), i32(0x7C00))
         sign = builder.shl(builder.and_(u, i32(0x8000)), i32(16))

@@ -16,9 +16,9 @@ d = max_scale/15; the stored super-block scale is d*1.125.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
                         fp16_from_bytes, nearest_int, seq_sum, store_fp16, ternary_snap_np)
-from .common import get_fp16
 from .iq_grids import IQ1S_DELTA, grid
 
 BLOCK = QK_K
@@ -267,29 +267,36 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, n8):
-    """dequantize_row_iq1_s: per 32 weights a uint16 qh (3 high index bits x4, scale, delta sign);
-    y = dl * (grid value + delta), dl = d * (2 * scale + 1). n8 = 8 at run time."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                qh = np.int64(brow[o + 34 + 2 * ib]) | (np.int64(brow[o + 35 + 2 * ib]) << 8)
-                dl = d * f32(2 * ((qh >> 12) & 7) + 1)
-                delta = -IQ1S_DELTA if qh & 0x8000 else IQ1S_DELTA
-                for l in range(4):
-                    v = values[np.int64(brow[o + 2 + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)]
-                    y = orow[i * QK_K + 32 * ib + n8 * l:i * QK_K + 32 * ib + n8 * (l + 1)]
-                    for j in range(n8):
-                        y[j] = dl * (v[j] + delta)
+def _emit_block(builder, block, y, values):
+    """dequantize_row_iq1_s: per 32 weights a uint16 qh (3 high index bits per group of 8, scale << 12,
+    shift sign << 15); y = dl * (grid value + delta), dl = d * (2 * scale + 1), delta = -+IQ1S_DELTA."""
+    I32, I64, F32 = lanes.I32, lanes.I64, lanes.F32
+    d = lanes.fp16(builder, block, 0)
+    plus, minus = F32(float(np.float32(IQ1S_DELTA))), F32(float(-np.float32(IQ1S_DELTA)))
+    for ib in range(8):
+        qh = builder.zext(lanes.load(builder, block, 34 + 2 * ib, lanes.I16), I32)
+        s = builder.and_(builder.lshr(qh, I32(12)), I32(7))
+        dl = lanes.scale_f32(builder, d, builder.add(builder.shl(s, I32(1)), I32(1)))
+        neg = builder.icmp_unsigned("!=", builder.and_(qh, I32(0x8000)), I32(0))
+        delta = lanes.splat(builder, builder.select(neg, minus, plus), 8)
+        for g in range(4):
+            gi = builder.or_(lanes.byte_at(builder, block, 2 + 4 * ib + g),
+                             builder.shl(builder.and_(builder.lshr(qh, I32(3 * g)), I32(7)), I32(8)))
+            v = lanes.load_floats(builder, values, builder.mul(builder.zext(gi, I64), I64(8)), 8)
+            lanes.store(builder, y, 32 * ib + 8 * g, builder.fmul(lanes.splat(builder, dl, 8), builder.fadd(v, delta)))
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_S")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ1_S").values, 8)
+    _dequantize_rows(blocks, out, grid("IQ1_S").values)
     return out

@@ -16,9 +16,9 @@ in place); the last slots stay zero.  Stored super-block scale d*1.033, sub-bloc
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits, fp16_from_bytes,
                         grid_subblocks_ref, nearest_int, snap_group, store_fp16)
-from .common import get_fp16
 from .iq_grids import grid
 
 BLOCK = QK_K
@@ -183,29 +183,32 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+def _emit_block(builder, block, y, values):
+    """dequantize_row_iq3_s: sub-block ib of 32 weights, db = d * (1 + 2 * scale); group g of 4 reads grid
+    row qs[8 ib + g] | (bit g of qh[ib]) << 8; the sign of weight w is bit w of the 4 sign bytes of ib;
+    y = (db * grid value) * (+-1)."""
+    I32, I64 = lanes.I32, lanes.I64
+    d = lanes.fp16(builder, block, 0)
+    for ib in range(8):
+        s = builder.and_(builder.lshr(lanes.byte_at(builder, block, 106 + ib // 2), I32(4 * (ib % 2))), I32(0xF))
+        db = lanes.scale_f32(builder, d, builder.add(builder.shl(s, I32(1)), I32(1)))
+        qh = lanes.byte_at(builder, block, 66 + ib)
+        signs = lanes.load(builder, block, 74 + 4 * ib, I32)
+        for g in range(8):
+            gi = builder.or_(lanes.byte_at(builder, block, 2 + 8 * ib + g),
+                             builder.shl(builder.and_(builder.lshr(qh, I32(g)), I32(1)), I32(8)))
+            v = lanes.load_floats(builder, values, builder.mul(builder.zext(gi, I64), I64(4)), 4)
+            yv = lanes.flip_signs(builder, builder.fmul(lanes.splat(builder, db, 4), v), signs, 4 * g)
+            lanes.store(builder, y, 32 * ib + 4 * g, yv)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
 def _dequantize_rows(blocks, out, values):
-    """dequantize_row_iq3_s: grid index (4 values) = qs byte | bit g of qh[ib] << 8, explicit sign bits,
-    db = d * (1 + 2 * scale); y = (db * grid value) * (+-1). Groups of 4: too short
-    to vectorize, so unrolled scalar code (a run-time count of 4 would cost a vector loop set-up each); the
-    sign is a multiply by 1 - 2 * bit (exactly +-1.0), as a branch on random sign bits it mispredicts."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                s = (np.int64(brow[o + 106 + ib // 2]) >> (4 * (ib % 2))) & 0xF
-                db = d * f32(1 + 2 * s)
-                qh = np.int64(brow[o + 66 + ib])
-                y = orow[i * QK_K + 32 * ib:i * QK_K + 32 * ib + 32]
-                for g in range(8):
-                    gi = np.int64(brow[o + 2 + 8 * ib + g]) | (((qh >> g) & 1) << 8)
-                    signs = brow[o + 74 + 4 * ib + g // 2]
-                    sh = 4 * (g % 2)
-                    for j in range(4):
-                        y[4 * g + j] = db * values[gi, j] * f32(1 - 2 * ((signs >> (sh + j)) & 1))
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):

@@ -18,7 +18,7 @@ The same super-block routine serves IQ4_XS (256 weights, 8 sub-blocks with 6-bit
 import numpy as np
 from numba import njit, prange
 
-from .common import get_fp16
+from . import lanes
 from .iq_common import (GROUP_MAX_EPS, KVALUES_IQ4NL, best_index_int8, best_index_int8_np, check_blocks,
                         check_quantize_args, f32, fp16_bits, fp16_from_bytes, nearest_int, store_fp16)
 
@@ -214,25 +214,25 @@ def dequantize_ref(blocks, n_per_row):
 KVALUES_F32 = KVALUES_IQ4NL.astype(np.float32)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, kv, h):
-    """dequantize_row_iq4_nl: y = d * kvalues[nibble]. h = 16 at run time (vectorizable loops, see q4_0)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for ib in range(orow.shape[0] // (2 * h)):
-            o = ib * TYPE_SIZE
-            d = get_fp16(brow, o)
-            q = brow[o + 2:o + 2 + h]
-            y0 = orow[2 * h * ib:2 * h * ib + h]
-            y1 = orow[2 * h * ib + h:2 * h * ib + 2 * h]
-            for j in range(h):
-                y0[j] = d * kv[q[j] & 0xF]
-                y1[j] = d * kv[q[j] >> 4]
+def _emit_block(builder, block, y):
+    """dequantize_row_iq4_nl: y = d * kvalues[nibble], low nibbles weights 0..15, high 16..31."""
+    d = lanes.fp16(builder, block, 0)
+    q = lanes.load_bytes(builder, block, 2, 16)
+    for k, idx in enumerate((lanes.vand(builder, q, 0xF), lanes.vshr(builder, q, 4))):
+        lanes.store_affine(builder, y, 16 * k, lanes.lookup16(builder, idx, KVALUES_IQ4NL), d)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_NL")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, KVALUES_F32, 16)
+    _dequantize_rows(blocks, out)
     return out

@@ -12,8 +12,8 @@ the indices are re-derived from d*l.  ``quantize_row_iq4_xs_ref`` is the same fu
 import numpy as np
 from numba import njit, prange
 
-from .common import get_fp16
-from .iq4_nl import KVALUES_F32, NTRY, block_scales_ref, iq4_superblock, pack_nibbles
+from . import lanes
+from .iq4_nl import NTRY, block_scales_ref, iq4_superblock, pack_nibbles
 from .iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args,
                         fp16_bits, fp16_from_bytes, store_fp16)
 
@@ -92,31 +92,32 @@ def dequantize_ref(blocks, n_per_row):
     return y.reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, kv, h):
-    """dequantize_row_iq4_xs: sub-block ib of 32 has the 6-bit scale ls (low 4 bits in scales_l, high 2 in
-    scales_h), y = (d * (ls - 32)) * kvalues[nibble]. h = 16 at run time (vectorizable loops, see q4_0)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            scales_h = np.int64(brow[o + 2]) | (np.int64(brow[o + 3]) << 8)
-            for ib in range(8):
-                ls = ((np.int64(brow[o + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
-                dl = d * np.float32(ls - 32)
-                q = brow[o + 8 + ib * h:o + 8 + (ib + 1) * h]
-                base = i * QK_K + 2 * h * ib
-                y0 = orow[base:base + h]
-                y1 = orow[base + h:base + 2 * h]
-                for j in range(h):
-                    y0[j] = dl * kv[q[j] & 0xF]
-                    y1[j] = dl * kv[q[j] >> 4]
+def _emit_block(builder, block, y):
+    """dequantize_row_iq4_xs: sub-block ib of 32 has the 6-bit scale ls (4 bits of scales_l, 2 of the
+    uint16 scales_h), y = (d * (ls - 32)) * kvalues[nibble]."""
+    I32 = lanes.I32
+    d = lanes.fp16(builder, block, 0)
+    scales_h = builder.zext(lanes.load(builder, block, 2, lanes.I16), I32)
+    for ib in range(8):
+        low = builder.and_(builder.lshr(lanes.byte_at(builder, block, 4 + ib // 2), I32(4 * (ib % 2))), I32(0xF))
+        high = builder.and_(builder.lshr(scales_h, I32(2 * ib)), I32(3))
+        dl = lanes.scale_f32(builder, d, builder.sub(builder.or_(low, builder.shl(high, I32(4))), I32(32)))
+        q = lanes.load_bytes(builder, block, 8 + 16 * ib, 16)
+        for k, idx in enumerate((lanes.vand(builder, q, 0xF), lanes.vshr(builder, q, 4))):
+            lanes.store_affine(builder, y, 32 * ib + 16 * k, lanes.lookup16(builder, idx, KVALUES_IQ4NL), dl)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_XS")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, KVALUES_F32, 16)
+    _dequantize_rows(blocks, out)
     return out

@@ -11,7 +11,9 @@ A format module writes one block as an `emit(builder, block, y)` function (block
 y: float* to its first output) and turns it into a row kernel with ``row_kernel``; its numba driver is a
 prange over rows calling that kernel.
 
-workbench.moe.lanes_ir builds its dot-product kernels from the same helpers.
+Target features are looked up at compile time: pshufb (has_avx2) and vcvtph2ps (has_f16c) where the CPU has
+them, portable LLVM code elsewhere (a chain of selects, an integer fp16 conversion). workbench.moe's
+dot-product kernels (lanes_ir, lanes_avx2, lanes_f16) build on the same helpers.
 """
 from __future__ import annotations
 
@@ -25,6 +27,30 @@ I8 = ir.IntType(8)
 I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
+
+
+def has_f16c() -> bool:
+    """Does numba compile for a CPU that converts fp16 in hardware (x86 F16C: vcvtph2ps)?"""
+    return _host_feature("f16c")
+
+
+def _host_feature(name) -> bool:
+    from numba.core import config
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    import llvmlite.binding as ll
+    return bool(ll.get_host_cpu_features().get(name, False))
+
+
+def has_avx2() -> bool:
+    """Does numba compile for a CPU with AVX2 (the host, unless NUMBA_CPU_NAME names another target)?"""
+    return _host_feature("avx2")
+
+
+def x86(builder, name, ret, args):
+    """A call to the LLVM intrinsic `name` (an x86 instruction: only where the CPU has it)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
 
 
 def splat(builder, value, n=8):
@@ -55,10 +81,35 @@ def load_bytes(builder, base, offset, n):
     return load(builder, base, offset, ir.VectorType(I8, n))
 
 
+def half_to_f32(builder, bits):
+    """fp16 bit patterns (an i16 or an <n x i16>) -> float32, exact for every finite value.
+
+    With F16C: fpext (vcvtph2ps, which quiets a signaling NaN). Elsewhere (where fpext would become a call
+    to compiler-rt's __extendhfsf2, which numba's JIT does not link): the 15 magnitude bits moved up 13
+    places and scaled by 2^112 (exact: normal and subnormal halves alike), exponent-31 patterns rebuilt as
+    inf / NaN with their payload (numpy's cast), then the sign."""
+    vec = isinstance(bits.type, ir.VectorType)
+    n = bits.type.count if vec else None
+
+    def ty(t):
+        return ir.VectorType(t, n) if vec else t
+
+    def c(v, t=I32):
+        return splat(builder, t(v), n) if vec else t(v)
+
+    if has_f16c():
+        return builder.fpext(builder.bitcast(bits, ty(ir.HalfType())), ty(F32))
+    u = builder.zext(bits, ty(I32))
+    mag = builder.shl(builder.and_(u, c(0x7FFF)), c(13))
+    scaled = builder.bitcast(builder.fmul(builder.bitcast(mag, ty(F32)), c(2.0 ** 112, F32)), ty(I32))
+    special = builder.icmp_unsigned("==", builder.and_(u, c(0x7C00)), c(0x7C00))
+    magnitude = builder.select(special, builder.or_(mag, c(0x7F800000)), scaled)
+    return builder.bitcast(builder.or_(magnitude, builder.shl(builder.and_(u, c(0x8000)), c(16))), ty(F32))
+
+
 def fp16(builder, base, offset):
-    """The fp16 at byte `offset` as float32 (fpext: exact, vcvtph2ps)."""
-    h = builder.bitcast(load(builder, base, offset, I16), ir.HalfType())
-    return builder.fpext(h, F32)
+    """The fp16 at byte `offset` as float32 (exact, see half_to_f32)."""
+    return half_to_f32(builder, load(builder, base, offset, I16))
 
 
 def byte_at(builder, base, offset):
@@ -90,11 +141,6 @@ def half(builder, v, which):
                                   const_vec(I32, range(which * n, which * n + n)))
 
 
-def concat(builder, a, b):
-    n = a.type.count
-    return builder.shuffle_vector(a, b, const_vec(I32, range(2 * n)))
-
-
 def scale_f32(builder, d, sc):
     """float32 d * (float) sc for an integer sc: ggml's d * scale, one rounding."""
     return builder.fmul(d, builder.sitofp(sc, F32))
@@ -109,33 +155,77 @@ def store_affine(builder, out, index, q, a, b=None, subtract=False):
     if b is not None:
         bb = splat(builder, b, n)
         y = builder.fsub(y, bb) if subtract else builder.fadd(y, bb)
+    store(builder, out, index, y)
+
+
+def row_kernel(emit, qk, nbytes, with_table=False):
+    """@intrinsic (blocks, out, r) -> None: emit the blocks of row r of the 2-D uint8 `blocks` into row r of
+    the 2-D float32 `out` (rows contiguous; blocks of `qk` weights stored in `nbytes` bytes). Only whole
+    blocks: out.shape[1] // qk of them (F16 / BF16 take 32 weights at a time and finish the row in numba).
+    with_table: the intrinsic takes a 4th argument, a contiguous float32 array (a grid of values), whose
+    data pointer `emit` gets as a 4th argument."""
+    def codegen(context, builder, sig, args):
+        rows = []
+        for ty, arr in zip(sig.args[:2], args[:2]):
+            a = context.make_array(ty)(context, builder, arr)
+            stride = cgutils.unpack_tuple(builder, a.strides)[0]
+            rows.append(builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(args[2], stride)]))
+        src, dst = rows[0], builder.bitcast(rows[1], F32.as_pointer())
+        extra = []
+        if with_table:
+            table = context.make_array(sig.args[3])(context, builder, args[3]).data
+            extra = [builder.bitcast(table, F32.as_pointer())]
+        n_out = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape)[1]
+        with cgutils.for_range(builder, builder.udiv(n_out, ir.Constant(I64, qk))) as loop:
+            emit(builder, builder.gep(src, [builder.mul(loop.index, ir.Constant(I64, nbytes))]),
+                 builder.gep(dst, [builder.mul(loop.index, ir.Constant(I64, qk))]), *extra)
+        return context.get_dummy_value()
+
+    if with_table:
+        @intrinsic
+        def kernel_with_table(typingctx, blocks, out, r, table):
+            return types.void(blocks, out, r, table), codegen
+        return kernel_with_table
+
+    @intrinsic
+    def kernel(typingctx, blocks, out, r):
+        return types.void(blocks, out, r), codegen
+    return kernel
+
+
+def lookup16(builder, idx, table):
+    """<16 x i8> of table[idx[l]] for indices 0..15 and a 16-entry int8 `table`: one pshufb on x86 with SSSE3
+    (every AVX2 CPU), else a chain of selects."""
+    vec = ir.VectorType(I8, 16)
+    if has_avx2():
+        return x86(builder, "llvm.x86.ssse3.pshuf.b.128", vec, [const_vec(I8, [int(v) & 0xFF for v in table]), idx])
+    out = splat(builder, I8(int(table[0]) & 0xFF), 16)
+    for i in range(1, 16):
+        out = builder.select(builder.icmp_unsigned("==", idx, splat(builder, I8(i), 16)),
+                             splat(builder, I8(int(table[i]) & 0xFF), 16), out)
+    return out
+
+
+def flip_signs(builder, y, word, first=0):
+    """y (<n x float>) with lane l negated where bit first + l of the i32 `word` is set: the sign bit xored,
+    which is exactly y * -1.0 for every value but NaN (whose sign is then not defined either way)."""
+    n = y.type.count
+    bits = builder.lshr(splat(builder, word, n), const_vec(I32, range(first, first + n)))
+    mask = vshl(builder, vand(builder, bits, 1), 31)
+    vi = ir.VectorType(I32, n)
+    return builder.bitcast(builder.xor(builder.bitcast(y, vi), mask), y.type)
+
+
+def store(builder, out, index, y):
+    """out[index : index + n] = y (<n x float>), out a float*."""
     if isinstance(index, int):
         index = ir.Constant(I64, index)
     builder.store(y, builder.bitcast(builder.gep(out, [index]), y.type.as_pointer()), align=4)
 
 
-def row_kernel(emit, qk, nbytes):
-    """@intrinsic (blocks, out, r) -> None: emit the blocks of row r of the 2-D uint8 `blocks` into row r of
-    the 2-D float32 `out` (rows contiguous; blocks of `qk` weights stored in `nbytes` bytes). Only whole
-    blocks: out.shape[1] // qk of them (F16 / BF16 take 32 weights at a time and finish the row in numba)."""
-    @intrinsic
-    def kernel(typingctx, blocks, out, r):
-        def codegen(context, builder, sig, args):
-            rows = []
-            for ty, arr in zip(sig.args[:2], args[:2]):
-                a = context.make_array(ty)(context, builder, arr)
-                stride = cgutils.unpack_tuple(builder, a.strides)[0]
-                rows.append(builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(args[2], stride)]))
-            src, dst = rows[0], builder.bitcast(rows[1], F32.as_pointer())
-            n_out = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape)[1]
-            with cgutils.for_range(builder, builder.udiv(n_out, ir.Constant(I64, qk))) as loop:
-                emit(builder, builder.gep(src, [builder.mul(loop.index, ir.Constant(I64, nbytes))]),
-                     builder.gep(dst, [builder.mul(loop.index, ir.Constant(I64, qk))]))
-            return context.get_dummy_value()
-
-        return types.void(blocks, out, r), codegen
-
-    return kernel
+def load_floats(builder, table, index, n):
+    """<n x float> from float* `table` at element `index` (an i64 value)."""
+    return builder.load(builder.bitcast(builder.gep(table, [index]), ir.VectorType(F32, n).as_pointer()), align=4)
 
 
 def bit_planes(builder, v, bit, shift=4):
@@ -170,10 +260,13 @@ def emit_f16_run(builder, h, y):
     0x7F800000 | mantissa << 13); see common.fp16_to_fp32_vec for one value. Runs without such patterns
     (all of them in practice) store the conversion as it is."""
     bits = load(builder, h, 0, ir.VectorType(I16, 32))
-    f = builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 32)), ir.VectorType(F32, 32))
+    f = half_to_f32(builder, bits)
+    dst = builder.bitcast(y, f.type.as_pointer())
+    if not has_f16c():                                  # the integer conversion keeps NaN payloads already
+        builder.store(f, dst, align=4)
+        return
     u = builder.zext(bits, ir.VectorType(I32, 32))
     special = builder.icmp_unsigned("==", vand(builder, u, 0x7C00), splat(builder, I32(0x7C00), 32))
-    dst = builder.bitcast(y, f.type.as_pointer())
     with builder.if_else(builder.icmp_unsigned("!=", builder.bitcast(special, I32), I32(0)), likely=False) as (
             some_special, none):
         with some_special:
