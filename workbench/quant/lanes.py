@@ -265,11 +265,12 @@ def emit_f16_run(builder, h, y):
     if not has_f16c():                                  # the integer conversion keeps NaN payloads already
         builder.store(f, dst, align=4)
         return
-    u = builder.zext(bits, ir.VectorType(I32, 32))
-    special = builder.icmp_unsigned("==", vand(builder, u, 0x7C00), splat(builder, I32(0x7C00), 32))
-    with builder.if_else(builder.icmp_unsigned("!=", builder.bitcast(special, I32), I32(0)), likely=False) as (
+    special16 = builder.icmp_unsigned("==", vand(builder, bits, 0x7C00), splat(builder, I16(0x7C00), 32))
+    with builder.if_else(builder.icmp_unsigned("!=", builder.bitcast(special16, I32), I32(0)), likely=False) as (
             some_special, none):
         with some_special:
+            u = builder.zext(bits, ir.VectorType(I32, 32))
+            special = builder.icmp_unsigned("==", vand(builder, u, 0x7C00), splat(builder, I32(0x7C00), 32))
             rebuilt = builder.or_(builder.or_(vshl(builder, vand(builder, u, 0x8000), 16),
                                               vshl(builder, vand(builder, u, 0x3FF), 13)),
                                   splat(builder, I32(0x7F800000), 32))
