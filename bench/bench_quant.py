@@ -4,12 +4,13 @@
     python bench/bench_quant.py --types q4_0,q4_k --rows 256 --dequant-rows 64 --threads 1 --json
 
 MB/s counts the float32 side (4 bytes per weight) in both directions. Quantize runs on --rows x --cols
-(64 x 4096: 1 MB of float32), dequantize on --dequant-rows x --cols (1024 x 4096: a 16 MB tensor, a 4096-wide
-matrix's worth; the rows' blocks repeated): on 1 MB the ~4 us of a call's fixed cost and on tensors larger
-than the L3 cache the kernel's first touch of its fresh output pages weigh as much as the work itself. ggml is timed through ctypes on
-libggml-base (``ggml_quantize_chunk``, single-threaded as llama-quantize calls it per chunk, and the type's
-``to_float``), found from --ggml-lib, $WORKBENCH_GGML_LIB or an installed llama-cpp-python; it is skipped
-when none is found. Targets (issue 3): dequantize >= 20x gguf; quantize within 1.5x of ggml single-threaded.
+(64 x 4096: 1 MB of float32), dequantize on --dequant-rows x --cols (1024 x 4096: a 16 MB tensor, a
+4096-wide matrix's worth; the rows' blocks repeated). On 1 MB the ~4 us of a call's fixed cost, and on
+tensors larger than the L3 cache the first touch of the fresh output pages, weigh as much as the work
+itself. Each figure is an engine's best of --repeat rounds that call the engines in turn. ggml is timed
+through ctypes on libggml-base (``ggml_quantize_chunk``, single-threaded as llama-quantize calls it per
+chunk, and the type's ``to_float``), found from --ggml-lib, $WORKBENCH_GGML_LIB or an installed
+llama-cpp-python; it is skipped when none is found. Targets (issue 3): dequantize >= 20x gguf; quantize within 1.5x of ggml single-threaded.
 With --json the last line printed is one JSON object with every figure.
 """
 from __future__ import annotations
@@ -31,15 +32,18 @@ from workbench.quant import dequantize, format_table, quantize  # noqa: E402
 from workbench.quant.formats import format_module  # noqa: E402
 
 
-def best_time(fn, repeat: int) -> float:
-    """Best wall time of `repeat` calls (after one warm-up call that also triggers numba compilation)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def best_times(fns: dict, repeat: int) -> dict:
+    """Best wall time of each function over `repeat` rounds that call them in turn (interleaved: a slow spell
+    of the machine falls on every engine alike), after one warm-up call each (numba compiles there)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 # ------------------------------------------------------------------------------------------- ggml
@@ -103,25 +107,27 @@ def bench_type(t: GGMLType, x, imatrix, repeat, lib, dequant_rows) -> dict:
         im = np.ones(n, np.float32)
     row = {"type": t.name, "imatrix": im is not None}
     blocks = quantize(x, t, im)
-    row["wb_quantize_MBps"] = mb / best_time(lambda: quantize(x, t, im), repeat)
-    blocks = np.ascontiguousarray(blocks[np.arange(dequant_rows) % x.shape[0]])
-    row["wb_dequantize_MBps"] = mb_dq / best_time(lambda: dequantize(blocks, t, n), repeat)
+    big = np.ascontiguousarray(blocks[np.arange(dequant_rows) % x.shape[0]])   # the rows' blocks repeated
     gt = gguf.GGMLQuantizationType[t.name] if t.name in gguf.GGMLQuantizationType.__members__ else None
-    for what, fn in (("quantize", lambda: gguf.quants.quantize(x, gt)),
-                     ("dequantize", lambda: gguf.quants.dequantize(blocks, gt))):
-        try:
-            if gt is None or t == GGMLType.F32 or (what == "quantize" and im is not None):
-                raise NotImplementedError                           # gguf has no imatrix-aware quantize
-            if what == "quantize":                                  # numpy's quantize is slow: fewer runs
-                row["gguf_quantize_MBps"] = mb / best_time(fn, max(1, repeat // 2))
-            else:
-                row["gguf_dequantize_MBps"] = mb_dq / best_time(fn, repeat)
-        except NotImplementedError:
-            row[f"gguf_{what}_MBps"] = None
+    quant = {"wb": lambda: quantize(x, t, im)}
+    dequant = {"wb": lambda: dequantize(big, t, n)}
+    if gt is not None and t != GGMLType.F32:
+        dequant["gguf"] = lambda: gguf.quants.dequantize(big, gt)
+        if im is None:                                              # gguf has no imatrix-aware quantize
+            quant["gguf"] = lambda: gguf.quants.quantize(x, gt)
     if lib is not None and t != GGMLType.F32 and t.name not in ("Q8_1", "Q8_K"):   # not in ggml_quantize_chunk
         q, dq = ggml_funcs(lib, t, x, im, dequant_rows)
-        row["ggml_quantize_MBps"] = mb / best_time(q, repeat)
-        row["ggml_dequantize_MBps"] = mb_dq / best_time(lambda: dq(blocks), repeat)
+        quant["ggml"], dequant["ggml"] = q, lambda: dq(big)
+    for what, fns, size in (("quantize", quant, mb), ("dequantize", dequant, mb_dq)):
+        try:
+            fns["gguf"]()
+        except NotImplementedError:
+            fns.pop("gguf")
+        except KeyError:
+            pass
+        best = best_times(fns, repeat)
+        for engine in ("wb", "gguf", "ggml"):
+            row[f"{engine}_{what}_MBps"] = size / best[engine] if engine in best else None
     for what in ("quantize", "dequantize"):
         for other in ("gguf", "ggml"):
             ref = row.get(f"{other}_{what}_MBps")
