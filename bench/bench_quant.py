@@ -7,7 +7,7 @@ MB/s counts the float32 side (4 bytes per weight) in both directions. Quantize r
 (64 x 4096: 1 MB of float32), dequantize on --dequant-rows x --cols (1024 x 4096: a 16 MB tensor, a
 4096-wide matrix's worth; the rows' blocks repeated). On 1 MB the ~4 us of a call's fixed cost, and on
 tensors larger than the L3 cache the first touch of the fresh output pages, weigh as much as the work
-itself. Each figure is an engine's best call in 3 rounds of --repeat calls (see best_times). ggml is timed
+itself. Each figure is an engine's best call in 2 rounds of --repeat calls (see best_times). ggml is timed
 through ctypes on libggml-base (``ggml_quantize_chunk``, single-threaded as llama-quantize calls it per
 chunk, and the type's ``to_float``), found from --ggml-lib, $WORKBENCH_GGML_LIB or an installed
 llama-cpp-python; it is skipped when none is found. Targets (issue 3): dequantize >= 20x gguf; quantize
@@ -32,11 +32,11 @@ from workbench.quant import dequantize, format_table, quantize  # noqa: E402
 from workbench.quant.formats import format_module  # noqa: E402
 
 
-def best_times(fns: dict, repeat: int, rounds: int = 3) -> dict:
+def best_times(fns: dict, repeat: int, rounds: int = 2) -> dict:
     """Each function's best wall time: `rounds` rounds that give every engine in turn a run of `repeat`
-    back-to-back calls (steady state: its buffers recycled, its threads awake; one call after another
-    engine's finds caches and allocator in that engine's state, and may fault in fresh pages), the best
-    call of all its runs counting. The rounds spread each engine over the whole measurement, so a slow
+    back-to-back calls, the best call of all its runs counting: steady state, its buffers recycled and its
+    threads awake (the first call after another engine's finds the allocator in that engine's state and
+    can spend 20+ ms faulting in a fresh 16 MB output; a few calls later the same memory is reused). The rounds spread each engine over the whole measurement, so a slow
     spell of the machine does not fall on one engine only. numba compiles in a first, untimed call."""
     for fn in fns.values():
         fn()
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=64, help="rows quantized (default 64)")
     ap.add_argument("--dequant-rows", type=int, default=1024, help="rows dequantized (default 1024)")
     ap.add_argument("--cols", type=int, default=4096)
-    ap.add_argument("--repeat", type=int, default=3, help="calls per engine and round, 3 rounds (default 3)")
+    ap.add_argument("--repeat", type=int, default=6, help="calls per engine and round, 2 rounds (default 6)")
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
     ap.add_argument("--imatrix", action="store_true", help="quantize with a random importance vector")
     ap.add_argument("--ggml-lib", default=None, help="path to libggml-base.so for the ggml columns")

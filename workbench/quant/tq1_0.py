@@ -71,12 +71,13 @@ def dequantize_ref(blocks, n_per_row):
 
 
 def _emit_trits(builder, q, p3, y, at, d):
-    """y[at + l] = (trit of ((uint8)(q[l] * p3) * 3) >> 8) - 1, times d, for the lanes l of q."""
+    """y[at + l] = (trit of ((uint8)(q[l] * p3) * 3) >> 8) - 1, times d, for the lanes l of q (p3 one power
+    of 3 or one per lane), in 16-bit lanes: the uint8 product is the low byte of the 16-bit one."""
     n = q.type.count
-    t = builder.mul(q, lanes.const_vec(lanes.I8, p3) if isinstance(p3, list) else
-                    lanes.splat(builder, lanes.I8(p3), n))
-    t = lanes.vshr(builder, builder.mul(builder.zext(t, lanes.ir.VectorType(lanes.I16, n)),
-                                        lanes.splat(builder, lanes.I16(3), n)), 8)
+    v16 = lanes.ir.VectorType(lanes.I16, n)
+    p = lanes.const_vec(lanes.I16, p3) if isinstance(p3, list) else lanes.splat(builder, lanes.I16(p3), n)
+    t = lanes.vand(builder, builder.mul(builder.zext(q, v16), p), 0xFF)
+    t = lanes.vshr(builder, builder.mul(t, lanes.splat(builder, lanes.I16(3), n)), 8)
     lanes.store_affine(builder, y, at, lanes.vsub(builder, builder.trunc(t, q.type), 1), d)
 
 
