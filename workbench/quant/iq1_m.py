@@ -15,10 +15,10 @@ sub-blocks, which decode as grid point 0) and stored times 1.1125.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq1_s import snap_ternary
 from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
                         fp32_to_fp16, nearest_int, seq_sum, ternary_snap_np)
-from .common import FP16_TO_FP32
 from .iq_grids import IQ1M_DELTA, grid
 
 BLOCK = QK_K
@@ -328,35 +328,37 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, n8):
+def _emit_block(builder, block, y, values):
     """dequantize_row_iq1_m: d is spread over the top nibbles of the 4 scale words; per 16 weights a 3-bit
     scale, per 8 a grid index (qs byte | 3 bits of qh << 8) and a delta sign; y = dl * (value + delta)."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            s0 = np.int64(brow[o + 48]) | (np.int64(brow[o + 49]) << 8)
-            s1 = np.int64(brow[o + 50]) | (np.int64(brow[o + 51]) << 8)
-            s2 = np.int64(brow[o + 52]) | (np.int64(brow[o + 53]) << 8)
-            s3 = np.int64(brow[o + 54]) | (np.int64(brow[o + 55]) << 8)
-            d = FP16_TO_FP32[(s0 >> 12) | ((s1 >> 8) & 0x00F0) | ((s2 >> 4) & 0x0F00) | (s3 & 0xF000)]
-            for sb in range(16):
-                w = np.int64(brow[o + 48 + 2 * (sb // 4)]) | (np.int64(brow[o + 49 + 2 * (sb // 4)]) << 8)
-                dl = d * f32(2 * ((w >> (3 * (sb % 4))) & 7) + 1)
-                qh = np.int64(brow[o + 32 + sb])
-                for k in range(2):
-                    v = values[np.int64(brow[o + 2 * sb + k]) | (((qh >> (4 * k)) & 7) << 8)]
-                    delta = -IQ1M_DELTA if qh & (0x08 << (4 * k)) else IQ1M_DELTA
-                    base = i * QK_K + 16 * sb + n8 * k
-                    y = orow[base:base + n8]
-                    for j in range(n8):
-                        y[j] = dl * (v[j] + delta)
+    I32, F32 = lanes.I32, lanes.F32
+    sc = [builder.zext(lanes.load(builder, block, 48 + 2 * k, lanes.I16), I32) for k in range(4)]
+    d16 = builder.or_(builder.or_(builder.lshr(sc[0], I32(12)), builder.and_(builder.lshr(sc[1], I32(8)), I32(0xF0))),
+                      builder.or_(builder.and_(builder.lshr(sc[2], I32(4)), I32(0xF00)), builder.and_(sc[3], I32(0xF000))))
+    d = lanes.half_to_f32(builder, builder.trunc(d16, lanes.I16))
+    plus, minus = F32(float(IQ1M_DELTA)), F32(float(-IQ1M_DELTA))
+    for sb in range(16):
+        s = builder.and_(builder.lshr(sc[sb // 4], I32(3 * (sb % 4))), I32(7))
+        dl = lanes.scale_f32(builder, d, builder.add(builder.shl(s, I32(1)), I32(1)))
+        qh = lanes.byte_at(builder, block, 32 + sb)
+        for k in range(2):
+            gi = builder.or_(lanes.byte_at(builder, block, 2 * sb + k),
+                             builder.shl(builder.and_(builder.lshr(qh, I32(4 * k)), I32(7)), I32(8)))
+            neg = builder.icmp_unsigned("!=", builder.and_(qh, I32(0x08 << (4 * k))), I32(0))
+            lanes.emit_grid_group(builder, values, gi, 8, dl, y, 16 * sb + 8 * k, delta=builder.select(neg, minus, plus))
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_M")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ1_M").values, 8)
+    _dequantize_rows(blocks, out, grid("IQ1_M").values)
     return out

@@ -270,7 +270,7 @@ def dequantize_ref(blocks, n_per_row):
 def _emit_block(builder, block, y, values):
     """dequantize_row_iq1_s: per 32 weights a uint16 qh (3 high index bits per group of 8, scale << 12,
     shift sign << 15); y = dl * (grid value + delta), dl = d * (2 * scale + 1), delta = -+IQ1S_DELTA."""
-    I32, I64, F32 = lanes.I32, lanes.I64, lanes.F32
+    I32, F32 = lanes.I32, lanes.F32
     d = lanes.fp16(builder, block, 0)
     plus, minus = F32(float(np.float32(IQ1S_DELTA))), F32(float(-np.float32(IQ1S_DELTA)))
     for ib in range(8):
@@ -278,12 +278,11 @@ def _emit_block(builder, block, y, values):
         s = builder.and_(builder.lshr(qh, I32(12)), I32(7))
         dl = lanes.scale_f32(builder, d, builder.add(builder.shl(s, I32(1)), I32(1)))
         neg = builder.icmp_unsigned("!=", builder.and_(qh, I32(0x8000)), I32(0))
-        delta = lanes.splat(builder, builder.select(neg, minus, plus), 8)
+        delta = builder.select(neg, minus, plus)
         for g in range(4):
             gi = builder.or_(lanes.byte_at(builder, block, 2 + 4 * ib + g),
                              builder.shl(builder.and_(builder.lshr(qh, I32(3 * g)), I32(7)), I32(8)))
-            v = lanes.load_floats(builder, values, builder.mul(builder.zext(gi, I64), I64(8)), 8)
-            lanes.store(builder, y, 32 * ib + 8 * g, builder.fmul(lanes.splat(builder, dl, 8), builder.fadd(v, delta)))
+            lanes.emit_grid_group(builder, values, gi, 8, dl, y, 32 * ib + 8 * g, delta=delta)
 
 
 _dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)

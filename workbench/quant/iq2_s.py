@@ -14,9 +14,9 @@ super-block scale d*0.9875, 4-bit sub-block scales against d = max_scale/31.
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (GROUP_MAX_EPS_IQ2_S, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
                         fp16_from_bytes, grid_subblocks_ref, nearest_int, snap_group, store_fp16)
-from .common import get_fp16
 from .iq_grids import grid
 
 BLOCK = QK_K
@@ -173,32 +173,34 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, n8):
+def _emit_block(builder, block, y, values):
     """dequantize_row_iq2_s: grid index = qs byte | 2 bits of qh << 8, explicit sign bytes; scales as
-    IQ2_XS; y = (db * grid value) * (+-1). n8 = 8 at run time."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                sc = np.int64(brow[o + 74 + ib])
-                qh = np.int64(brow[o + 66 + ib])
-                db0 = d * (f32(0.5) + f32(sc & 0xF)) * f32(0.25)
-                db1 = d * (f32(0.5) + f32(sc >> 4)) * f32(0.25)
-                for l in range(4):
-                    v = values[np.int64(brow[o + 2 + 4 * ib + l]) | (((qh >> (2 * l)) & 3) << 8)]
-                    signs = brow[o + 34 + 4 * ib + l]
-                    db = db0 if l < 2 else db1
-                    y = orow[i * QK_K + 32 * ib + n8 * l:i * QK_K + 32 * ib + n8 * (l + 1)]
-                    for j in range(n8):
-                        y[j] = db * v[j] * (f32(-1.0) if (signs >> j) & 1 else f32(1.0))
+    IQ2_XS; y = (db * grid value) * (+-1)."""
+    I32 = lanes.I32
+    d = lanes.fp16(builder, block, 0)
+    for ib in range(8):
+        sc = lanes.byte_at(builder, block, 74 + ib)
+        qh = lanes.byte_at(builder, block, 66 + ib)
+        db = [lanes.half_scale(builder, d, builder.and_(sc, I32(0xF)), 0.25),
+              lanes.half_scale(builder, d, builder.lshr(sc, I32(4)), 0.25)]
+        for l in range(4):
+            gi = builder.or_(lanes.byte_at(builder, block, 2 + 4 * ib + l),
+                             builder.shl(builder.and_(builder.lshr(qh, I32(2 * l)), I32(3)), I32(8)))
+            lanes.emit_grid_group(builder, values, gi, 8, db[l // 2], y, 32 * ib + 8 * l,
+                                  lanes.byte_at(builder, block, 34 + 4 * ib + l))
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_S")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ2_S").values, 8)
+    _dequantize_rows(blocks, out, grid("IQ2_S").values)
     return out

@@ -14,10 +14,10 @@ ended off the grid are re-snapped at the final scale, which is then refitted.  S
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
                         fp16_from_bytes, grid_subblocks_ref, nearest_int, signs_and_magnitudes, snap_group,
                         store_fp16)
-from .common import get_fp16
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -161,33 +161,33 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, ksigns, n8):
+def _emit_block(builder, block, y, values):
     """dequantize_row_iq2_xs: per group of 8 a uint16 (grid index 9 bits, sign index 7 bits); the 4-bit
-    scale of groups 0-1 / 2-3 of each 32 in scales[ib]; y = (db * grid value) * (+-1). n8 = 8 at run time."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                sc = np.int64(brow[o + 66 + ib])
-                db0 = d * (f32(0.5) + f32(sc & 0xF)) * f32(0.25)
-                db1 = d * (f32(0.5) + f32(sc >> 4)) * f32(0.25)
-                for l in range(4):
-                    p = o + 2 + 2 * (4 * ib + l)
-                    q = np.int64(brow[p]) | (np.int64(brow[p + 1]) << 8)
-                    v = values[q & 511]
-                    signs = ksigns[q >> 9]
-                    db = db0 if l < 2 else db1
-                    y = orow[i * QK_K + 32 * ib + n8 * l:i * QK_K + 32 * ib + n8 * (l + 1)]
-                    for j in range(n8):
-                        y[j] = db * v[j] * (f32(-1.0) if (signs >> j) & 1 else f32(1.0))
+    scales of groups 0-1 / 2-3 of each 32 in scales[ib]; y = (db * grid value) * (+-1)."""
+    I32 = lanes.I32
+    d = lanes.fp16(builder, block, 0)
+    for ib in range(8):
+        sc = lanes.byte_at(builder, block, 66 + ib)
+        db = [lanes.half_scale(builder, d, builder.and_(sc, I32(0xF)), 0.25),
+              lanes.half_scale(builder, d, builder.lshr(sc, I32(4)), 0.25)]
+        for l in range(4):
+            q = builder.zext(lanes.load(builder, block, 2 + 2 * (4 * ib + l), lanes.I16), I32)
+            signs = lanes.ksigns(builder, builder.lshr(q, I32(9)))
+            lanes.emit_grid_group(builder, values, builder.and_(q, I32(511)), 8, db[l // 2], y, 32 * ib + 8 * l,
+                                  signs)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XS")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ2_XS").values, KSIGNS_IQ2XS, 8)
+    _dequantize_rows(blocks, out, grid("IQ2_XS").values)
     return out

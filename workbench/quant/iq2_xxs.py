@@ -17,10 +17,10 @@ Quantization: ggml-quants.c ``quantize_row_iq2_xxs_impl`` (imatrix required).  P
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
                         fp16_from_bytes, grid_subblocks_ref, make_qp_quants, nearest_int, signs_and_magnitudes,
                         snap_group, store_fp16)
-from .common import get_fp16
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -162,31 +162,31 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, ksigns, n8):
-    """dequantize_row_iq2_xxs: per 32 weights two words, 4 grid indices and (7-bit signs x4, scale << 28);
-    y = (db * grid value) * (+-1), db = d * (0.5 + scale) * 0.25, as dequantize_ref. n8 = 8 at run time."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                p = o + 2 + 8 * ib
-                aux1 = (np.int64(brow[p + 4]) | (np.int64(brow[p + 5]) << 8) | (np.int64(brow[p + 6]) << 16)
-                        | (np.int64(brow[p + 7]) << 24))
-                db = d * (f32(0.5) + f32(aux1 >> 28)) * f32(0.25)
-                for l in range(4):
-                    v = values[brow[p + l]]
-                    signs = ksigns[(aux1 >> (7 * l)) & 127]
-                    y = orow[i * QK_K + 32 * ib + n8 * l:i * QK_K + 32 * ib + n8 * (l + 1)]
-                    for j in range(n8):
-                        y[j] = db * v[j] * (f32(-1.0) if (signs >> j) & 1 else f32(1.0))
+def _emit_block(builder, block, y, values):
+    """dequantize_row_iq2_xxs: per 32 weights two words, 4 grid indices (bytes) and (7-bit sign indices x4,
+    scale << 28); y = (db * grid value) * (+-1), db = d * (0.5 + scale) * 0.25."""
+    I32 = lanes.I32
+    d = lanes.fp16(builder, block, 0)
+    for ib in range(8):
+        aux1 = lanes.load(builder, block, 2 + 8 * ib + 4, I32)
+        db = lanes.half_scale(builder, d, builder.lshr(aux1, I32(28)), 0.25)
+        for l in range(4):
+            signs = lanes.ksigns(builder, builder.and_(builder.lshr(aux1, I32(7 * l)), I32(127)))
+            lanes.emit_grid_group(builder, values, lanes.byte_at(builder, block, 2 + 8 * ib + l), 8, db, y,
+                                  32 * ib + 8 * l, signs)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XXS")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ2_XXS").values, KSIGNS_IQ2XS, 8)
+    _dequantize_rows(blocks, out, grid("IQ2_XXS").values)
     return out

@@ -187,7 +187,7 @@ def _emit_block(builder, block, y, values):
     """dequantize_row_iq3_s: sub-block ib of 32 weights, db = d * (1 + 2 * scale); group g of 4 reads grid
     row qs[8 ib + g] | (bit g of qh[ib]) << 8; the sign of weight w is bit w of the 4 sign bytes of ib;
     y = (db * grid value) * (+-1)."""
-    I32, I64 = lanes.I32, lanes.I64
+    I32 = lanes.I32
     d = lanes.fp16(builder, block, 0)
     for ib in range(8):
         s = builder.and_(builder.lshr(lanes.byte_at(builder, block, 106 + ib // 2), I32(4 * (ib % 2))), I32(0xF))
@@ -197,9 +197,7 @@ def _emit_block(builder, block, y, values):
         for g in range(8):
             gi = builder.or_(lanes.byte_at(builder, block, 2 + 8 * ib + g),
                              builder.shl(builder.and_(builder.lshr(qh, I32(g)), I32(1)), I32(8)))
-            v = lanes.load_floats(builder, values, builder.mul(builder.zext(gi, I64), I64(4)), 4)
-            yv = lanes.flip_signs(builder, builder.fmul(lanes.splat(builder, db, 4), v), signs, 4 * g)
-            lanes.store(builder, y, 32 * ib + 4 * g, yv)
+            lanes.emit_grid_group(builder, values, gi, 4, db, y, 32 * ib + 4 * g, signs, 4 * g)
 
 
 _dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)

@@ -14,10 +14,10 @@ off-grid groups re-snapped at the final scale.  The stored super-block scale is 
 import numpy as np
 from numba import njit, prange
 
+from . import lanes
 from .iq_common import (GROUP_MAX_EPS_IQ3_XXS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
                         fp16_from_bytes, grid_subblocks_ref, nearest_int, signs_and_magnitudes, snap_group,
                         store_fp16)
-from .common import get_fp16
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -165,34 +165,32 @@ def dequantize_ref(blocks, n_per_row):
     return y.astype(np.float32).reshape(-1, n_per_row)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _dequantize_rows(blocks, out, values, ksigns):
-    """dequantize_row_iq3_xxs: per 32 weights 8 grid indices (4 values each) and a word (7-bit signs x4,
-    scale << 28); y = (db * grid value) * (+-1), db = d * (0.5 + scale) * 0.5. Groups of 4: too short
-    to vectorize, so unrolled scalar code (a run-time count of 4 would cost a vector loop set-up each); the
-    sign is a multiply by 1 - 2 * bit (exactly +-1.0), as a branch on random sign bits it mispredicts."""
-    for r in prange(blocks.shape[0]):
-        brow = blocks[r]
-        orow = out[r]
-        for i in range(orow.shape[0] // QK_K):
-            o = i * TYPE_SIZE
-            d = get_fp16(brow, o)
-            for ib in range(8):
-                p = o + 66 + 4 * ib
-                aux = (np.int64(brow[p]) | (np.int64(brow[p + 1]) << 8) | (np.int64(brow[p + 2]) << 16)
-                       | (np.int64(brow[p + 3]) << 24))
-                db = d * (f32(0.5) + f32(aux >> 28)) * f32(0.5)
-                y = orow[i * QK_K + 32 * ib:i * QK_K + 32 * ib + 32]
-                for l in range(4):
-                    signs = ksigns[(aux >> (7 * l)) & 127]
-                    for half in range(2):
-                        g = np.int64(brow[o + 2 + 8 * ib + 2 * l + half])
-                        for j in range(4):
-                            y[8 * l + 4 * half + j] = db * values[g, j] * f32(1 - 2 * ((signs >> (4 * half + j)) & 1))
+def _emit_block(builder, block, y, values):
+    """dequantize_row_iq3_xxs: per 32 weights 8 grid indices (4 values each) and a word (7-bit sign indices
+    x4, scale << 28); y = (db * grid value) * (+-1), db = d * (0.5 + scale) * 0.5."""
+    I32 = lanes.I32
+    d = lanes.fp16(builder, block, 0)
+    for ib in range(8):
+        aux = lanes.load(builder, block, 66 + 4 * ib, I32)
+        db = lanes.half_scale(builder, d, builder.lshr(aux, I32(28)), 0.5)
+        for l in range(4):
+            signs = lanes.ksigns(builder, builder.and_(builder.lshr(aux, I32(7 * l)), I32(127)))
+            for h in range(2):
+                lanes.emit_grid_group(builder, values, lanes.byte_at(builder, block, 2 + 8 * ib + 2 * l + h), 4,
+                                      db, y, 32 * ib + 8 * l + 4 * h, signs, 4 * h)
+
+
+_dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_rows(blocks, out, values):
+    for r in prange(out.shape[0]):
+        _dequantize_row(blocks, out, r, values)
 
 
 def dequantize(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ3_XXS")
     out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ3_XXS").values, KSIGNS_IQ2XS)
+    _dequantize_rows(blocks, out, grid("IQ3_XXS").values)
     return out

@@ -283,3 +283,26 @@ def emit_bf16_run(builder, h, y):
     """32 bf16 values at `h` -> float32 at `y`: the bits shifted into the top half."""
     bits = builder.zext(load(builder, h, 0, ir.VectorType(I16, 32)), ir.VectorType(I32, 32))
     builder.store(vshl(builder, bits, 16), builder.bitcast(y, ir.VectorType(I32, 32).as_pointer()), align=4)
+
+
+def ksigns(builder, i7):
+    """ksigns_iq2xs[i7] for an i32 0..127: the 7 bits and an 8th that makes the count of set bits even."""
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I32, [I32]), "llvm.ctpop.i32")
+    return builder.or_(i7, builder.shl(builder.and_(builder.call(ctpop, [i7]), I32(1)), I32(7)))
+
+
+def half_scale(builder, d, sc, factor):
+    """ggml's d * (0.5f + sc) * factor for an integer sc (IQ2 / IQ3_XXS block scales), in that order."""
+    return builder.fmul(builder.fmul(d, builder.fadd(F32(0.5), builder.sitofp(sc, F32))), F32(factor))
+
+
+def emit_grid_group(builder, values, gi, n, a, y, at, signs=None, sign_first=0, delta=None):
+    """y[at : at + n] = a * values[gi] (a * (values[gi] + delta) with a delta), negated in the lanes whose
+    bit sign_first + l of the i32 `signs` is set: n grid values of row gi (an i32) of a float* table."""
+    v = load_floats(builder, values, builder.mul(builder.zext(gi, I64), I64(n)), n)
+    if delta is not None:
+        v = builder.fadd(v, splat(builder, delta, n))
+    out = builder.fmul(splat(builder, a, n), v)
+    if signs is not None:
+        out = flip_signs(builder, out, signs, sign_first)
+    store(builder, y, at, out)
