@@ -162,7 +162,7 @@ def test_alignment_is_honoured(tmp_path):
 
 
 def _minimal(md=None, tensors=None) -> bytes:
-    import io, os, tempfile
+    import os, tempfile
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "m.gguf")
         write_gguf(p, md if md is not None else new_metadata([("k", 1, VT.UINT32)]),

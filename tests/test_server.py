@@ -2,7 +2,6 @@
 auth and bad input. Uses the toy Mixtral (fast) and, for the seed's curl example, SmolLM2."""
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading

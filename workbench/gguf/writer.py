@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 

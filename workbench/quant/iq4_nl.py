@@ -211,9 +211,6 @@ def dequantize_ref(blocks, n_per_row):
     return y.reshape(-1, n_per_row)
 
 
-KVALUES_F32 = KVALUES_IQ4NL.astype(np.float32)
-
-
 def _emit_block(builder, block, y):
     """dequantize_row_iq4_nl: y = d * kvalues[nibble], low nibbles weights 0..15, high 16..31."""
     d = lanes.fp16(builder, block, 0)
