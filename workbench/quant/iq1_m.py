@@ -18,7 +18,7 @@ from numba import njit, prange
 from . import lanes
 from .iq1_s import snap_ternary
 from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
-                        fp32_to_fp16, nearest_int, seq_sum, ternary_snap_np)
+                        fp32_to_fp16, nearest_int, run_dequantize, seq_sum, ternary_snap_np)
 from .iq_grids import IQ1M_DELTA, grid
 
 BLOCK = QK_K
@@ -333,8 +333,9 @@ def _emit_block(builder, block, y, values):
     scale, per 8 a grid index (qs byte | 3 bits of qh << 8) and a delta sign; y = dl * (value + delta)."""
     I32, F32 = lanes.I32, lanes.F32
     sc = [builder.zext(lanes.load(builder, block, 48 + 2 * k, lanes.I16), I32) for k in range(4)]
-    d16 = builder.or_(builder.or_(builder.lshr(sc[0], I32(12)), builder.and_(builder.lshr(sc[1], I32(8)), I32(0xF0))),
-                      builder.or_(builder.and_(builder.lshr(sc[2], I32(4)), I32(0xF00)), builder.and_(sc[3], I32(0xF000))))
+    d16 = I32(0)                                        # nibble k of d is the top nibble of word k
+    for k in range(4):
+        d16 = builder.or_(d16, builder.and_(builder.lshr(sc[k], I32(12 - 4 * k)), I32(0xF << (4 * k))))
     d = lanes.half_to_f32(builder, builder.trunc(d16, lanes.I16))
     plus, minus = F32(float(IQ1M_DELTA)), F32(float(-IQ1M_DELTA))
     for sb in range(16):
@@ -345,7 +346,8 @@ def _emit_block(builder, block, y, values):
             gi = builder.or_(lanes.byte_at(builder, block, 2 * sb + k),
                              builder.shl(builder.and_(builder.lshr(qh, I32(4 * k)), I32(7)), I32(8)))
             neg = builder.icmp_unsigned("!=", builder.and_(qh, I32(0x08 << (4 * k))), I32(0))
-            lanes.emit_grid_group(builder, values, gi, 8, dl, y, 16 * sb + 8 * k, delta=builder.select(neg, minus, plus))
+            lanes.emit_grid_group(builder, values, gi, 8, dl, y, 16 * sb + 8 * k,
+                                  delta=builder.select(neg, minus, plus))
 
 
 _dequantize_row = lanes.row_kernel(_emit_block, BLOCK, TYPE_SIZE, with_table=True)
@@ -358,7 +360,4 @@ def _dequantize_rows(blocks, out, values):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_M")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ1_M").values)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_M", grid("IQ1_M").values)

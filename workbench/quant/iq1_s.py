@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from . import lanes
 from .iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
-                        fp16_from_bytes, nearest_int, seq_sum, store_fp16, ternary_snap_np)
+                        fp16_from_bytes, nearest_int, run_dequantize, seq_sum, store_fp16, ternary_snap_np)
 from .iq_grids import IQ1S_DELTA, grid
 
 BLOCK = QK_K
@@ -295,7 +295,4 @@ def _dequantize_rows(blocks, out, values):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_S")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ1_S").values)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_S", grid("IQ1_S").values)

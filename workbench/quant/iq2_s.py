@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from . import lanes
 from .iq_common import (GROUP_MAX_EPS_IQ2_S, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, nearest_int, snap_group, store_fp16)
+                        fp16_from_bytes, grid_subblocks_ref, nearest_int, run_dequantize, snap_group, store_fp16)
 from .iq_grids import grid
 
 BLOCK = QK_K
@@ -200,7 +200,4 @@ def _dequantize_rows(blocks, out, values):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_S")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ2_S").values)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_S", grid("IQ2_S").values)

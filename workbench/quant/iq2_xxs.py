@@ -19,8 +19,8 @@ from numba import njit, prange
 
 from . import lanes
 from .iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, make_qp_quants, nearest_int, signs_and_magnitudes,
-                        snap_group, store_fp16)
+                        fp16_from_bytes, grid_subblocks_ref, make_qp_quants, nearest_int, run_dequantize,
+                        signs_and_magnitudes, snap_group, store_fp16)
 from .iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -186,7 +186,4 @@ def _dequantize_rows(blocks, out, values):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XXS")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out, grid("IQ2_XXS").values)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XXS", grid("IQ2_XXS").values)

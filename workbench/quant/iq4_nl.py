@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from . import lanes
 from .iq_common import (GROUP_MAX_EPS, KVALUES_IQ4NL, best_index_int8, best_index_int8_np, check_blocks,
-                        check_quantize_args, f32, fp16_bits, fp16_from_bytes, nearest_int, store_fp16)
+                        check_quantize_args, f32, fp16_bits, fp16_from_bytes, nearest_int, run_dequantize, store_fp16)
 
 BLOCK = 32
 TYPE_SIZE = 18
@@ -229,7 +229,4 @@ def _dequantize_rows(blocks, out):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_NL")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_NL")

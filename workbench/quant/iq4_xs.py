@@ -14,8 +14,8 @@ from numba import njit, prange
 
 from . import lanes
 from .iq4_nl import NTRY, block_scales_ref, iq4_superblock, pack_nibbles
-from .iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args,
-                        fp16_bits, fp16_from_bytes, store_fp16)
+from .iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args, fp16_bits,
+                        fp16_from_bytes, run_dequantize, store_fp16)
 
 BLOCK = QK_K
 TYPE_SIZE = 136
@@ -117,7 +117,4 @@ def _dequantize_rows(blocks, out):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_XS")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_XS")

@@ -64,6 +64,15 @@ def check_blocks(blocks, n_per_row, block, type_size, name):
     return blocks
 
 
+def run_dequantize(rows_kernel, blocks, n_per_row, block, type_size, name, *args):
+    """A format module's dequantize: validated blocks (check_blocks) through rows_kernel(blocks, out, *args)
+    into a new float32 (rows, n_per_row)."""
+    blocks = check_blocks(blocks, n_per_row, block, type_size, name)
+    out = np.empty((blocks.shape[0], n_per_row), np.float32)
+    rows_kernel(blocks, out, *args)
+    return out
+
+
 # ----------------------------------------------------------------------------- numpy helpers
 def fp16_bits(v):
     """float32 -> IEEE half bits, round to nearest even (GGML_FP32_TO_FP16)."""

@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import lanes
-from .iq_common import QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, store_fp16
+from .iq_common import (QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, run_dequantize,
+                        store_fp16)
 
 BLOCK = QK_K
 TYPE_SIZE = 54
@@ -106,10 +107,7 @@ def _dequantize_rows(blocks, out):
 
 
 def dequantize(blocks, n_per_row):
-    blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ1_0")
-    out = np.empty((blocks.shape[0], n_per_row), np.float32)
-    _dequantize_rows(blocks, out)
-    return out
+    return run_dequantize(_dequantize_rows, blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ1_0")
 
 
 # ----------------------------------------------------------------------------- numba kernel
