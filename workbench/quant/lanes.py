@@ -165,17 +165,15 @@ def row_kernel(emit, qk, nbytes, with_table=False):
     with_table: the intrinsic takes a 4th argument, a contiguous float32 array (a grid of values), whose
     data pointer `emit` gets as a 4th argument."""
     def codegen(context, builder, sig, args):
-        rows = []
-        for ty, arr in zip(sig.args[:2], args[:2]):
-            a = context.make_array(ty)(context, builder, arr)
-            stride = cgutils.unpack_tuple(builder, a.strides)[0]
-            rows.append(builder.gep(builder.bitcast(a.data, I8.as_pointer()), [builder.mul(args[2], stride)]))
-        src, dst = rows[0], builder.bitcast(rows[1], F32.as_pointer())
+        arrays = [context.make_array(ty)(context, builder, arr) for ty, arr in zip(sig.args[:2], args[:2])]
+        src, dst = [builder.gep(builder.bitcast(a.data, I8.as_pointer()),
+                                [builder.mul(args[2], cgutils.unpack_tuple(builder, a.strides)[0])]) for a in arrays]
+        dst = builder.bitcast(dst, F32.as_pointer())
         extra = []
         if with_table:
             table = context.make_array(sig.args[3])(context, builder, args[3]).data
             extra = [builder.bitcast(table, F32.as_pointer())]
-        n_out = cgutils.unpack_tuple(builder, context.make_array(sig.args[1])(context, builder, args[1]).shape)[1]
+        n_out = cgutils.unpack_tuple(builder, arrays[1].shape)[1]
         with cgutils.for_range(builder, builder.udiv(n_out, ir.Constant(I64, qk))) as loop:
             emit(builder, builder.gep(src, [builder.mul(loop.index, ir.Constant(I64, nbytes))]),
                  builder.gep(dst, [builder.mul(loop.index, ir.Constant(I64, qk))]), *extra)
