@@ -15,35 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .logprobs import encode_rows, kld_rows, record_width, token_nll
 from .perplexity import PerplexityError, check_inputs, chunk_batches, output_logits
 
 MAGIC = b"_logits_"
 
 
-def record_width(n_vocab: int) -> int:
-    return 2 * ((n_vocab + 1) // 2) + 4
-
-
-def encode_log_probs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(records uint16 (n, nv), nll float64 unused) for rows of logits: perplexity.cpp's log_softmax that
-    fills log_prob."""
-    logits = np.asarray(logits, np.float32)
-    n, n_vocab = logits.shape
-    mx = logits.max(axis=1)
-    mn = np.maximum(logits.min(axis=1), mx - np.float32(16))
-    sum_exp = np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
-    log_sum_exp = np.log(sum_exp).astype(np.float32)
-    min_log_prob = (mn - mx - log_sum_exp).astype(np.float32)
-    scale = ((mx - mn) / np.float32(65535)).astype(np.float32)
-    out = np.zeros((n, record_width(n_vocab)), np.uint16)
-    head = np.stack([scale, min_log_prob], axis=1).astype(np.float32)
-    out[:, :4] = head.view(np.uint16).reshape(n, 4)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
-    q = np.rint(inv[:, None] * (logits - mn[:, None]))  # nearest_int: round half to even, float32
-    q = np.where((logits > mn[:, None]) & (scale[:, None] != 0), q, 0)
-    out[:, 4:4 + n_vocab] = q.astype(np.uint16)
-    return out
+def encode_log_probs(logits: np.ndarray) -> np.ndarray:
+    """The uint16 records (n, nv) for rows of logits: perplexity.cpp's log_softmax that fills log_prob."""
+    return encode_rows(logits)
 
 
 def decode_log_probs(records: np.ndarray, n_vocab: int) -> np.ndarray:
@@ -58,8 +38,6 @@ def save_base(model, text: str, path, n_ctx: int = 512, n_chunks: int | None = N
     """--kl-divergence-base: run the base model and write its log-probs to a `.kld` file. Returns the
     PerplexityResult-style NLL of the base (float64 array)."""
     from tqdm.auto import tqdm
-
-    from .perplexity import token_nll
 
     toks = np.asarray(model.tokenize(text, add_special=True) if tokens is None else tokens, dtype=np.int32)
     check_inputs(model, len(toks), n_ctx)
@@ -176,25 +154,14 @@ def kl_divergence(model, base, progress: bool = True) -> KLDResult:
                          total=kf.n_chunk, desc="kld", disable=not progress):
         logits = output_logits(model, batch, first)[: n_ctx - 1 - first].astype(np.float32)
         targets = toks[i * n_ctx + first + 1:(i + 1) * n_ctx]
-        rows = np.arange(len(targets))
-        mx = logits.max(axis=1)
-        imax = logits.argmax(axis=1)
-        log_sum_exp = np.log(np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
-        nll = (mx + log_sum_exp - logits[rows, targets]).astype(np.float32)
-        base_lp = decode_log_probs(kf.records[i], kf.n_vocab)
-        nll_base = (-base_lp[rows, targets]).astype(np.float32)
-        imax_base = base_lp.argmax(axis=1)
-        lse = (mx + log_sum_exp).astype(np.float32)
-        keep = base_lp > np.float32(-16)
-        terms = np.where(keep, np.exp(base_lp) * (base_lp - logits + lse[:, None]), np.float32(0)).astype(np.float32)
-        kld = terms.sum(axis=1, dtype=np.float64)
-        p_diff = (np.exp(-nll) - np.exp(-nll_base)).astype(np.float32)
+        kld, p_diff, nll, nll_base, same = kld_rows(logits, kf.records[i], targets)
         nll64, nllb64, dp64 = nll.astype(np.float64), nll_base.astype(np.float64), p_diff.astype(np.float64)
         s["nll"] += nll64.sum(); s["nll2"] += (nll64 * nll64).sum()
         s["nllb"] += nllb64.sum(); s["nllb2"] += (nllb64 * nllb64).sum(); s["nllnllb"] += (nll64 * nllb64).sum()
         s["kld"] += kld.sum(); s["kld2"] += (kld * kld).sum()
-        s["dp"] += dp64.sum(); s["dp2"] += (dp64 ** 2).sum(); s["dp4"] += (dp64 ** 4).sum()
-        same_top += int((imax == imax_base).sum())
+        dp2 = (p_diff * p_diff).astype(np.float64)          # p_diff*p_diff in float, then double (as the C)
+        s["dp"] += dp64.sum(); s["dp2"] += dp2.sum(); s["dp4"] += (dp2 * dp2).sum()
+        same_top += int(same.sum())
         count += len(targets)
         kld_vals.append(kld.astype(np.float32))
         dp_vals.append(p_diff)
@@ -213,6 +180,6 @@ def kl_divergence(model, base, progress: bool = True) -> KLDResult:
            "0.1": _percentile(kv, 0.001), "min": float(kv[0])}
     ppl, ppl_b = math.exp(lp), math.exp(lpb)
     return KLDResult(ppl=ppl, ppl_err=ppl * lp_u, ppl_base=ppl_b, ln_ppl_ratio=lp - lpb,
-                     ln_ppl_ratio_err=math.sqrt(max(lp_u ** 2 + lpb_u ** 2 - 2 * cov, 0.0)),
+                     ln_ppl_ratio_err=math.sqrt(max(lp_u * lp_u + lpb_u * lpb_u - 2 * cov, 0.0)),
                      ppl_minus_base=ppl - ppl_b, kld_mean=kl_m, kld_err=kl_u, kld_percentiles=pct, dp_mean=dp_m,
                      dp_rms=math.sqrt(mse), same_top_p=same_top / count, n_scored=count, kld_values=kv, dp_values=dv)

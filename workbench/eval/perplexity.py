@@ -14,19 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .logprobs import token_nll  # noqa: F401  (part of this module's API)
+
 
 class PerplexityError(ValueError):
     """The text or settings cannot give a perplexity (too short, context too long, ...)."""
-
-
-def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] per row, as perplexity.cpp's log_softmax: max in float32, sum of expf
-    in double, result in double."""
-    logits = np.asarray(logits, dtype=np.float32)
-    mx = logits.max(axis=1)
-    sum_exp = np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
-    picked = logits[np.arange(len(targets)), targets]
-    return -((picked - mx).astype(np.float64) - np.log(sum_exp))
 
 
 @dataclass

@@ -8,6 +8,8 @@ LlamaModel.set_gguf_parameters in order, and rope_type "llama3" adds the rope_fr
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 from pathlib import Path
@@ -113,6 +115,19 @@ def hparam_metadata(hp: dict, ftype: LlamaFileType) -> list[tuple[str, Any, Any]
     return out
 
 
+def _powf(a, b) -> float:
+    """C's powf (the same libm function on every x86-64 host)."""
+    global _POWF
+    if _POWF is None:
+        libm = ctypes.CDLL(ctypes.util.find_library("m"))
+        _POWF = libm.powf
+        _POWF.restype, _POWF.argtypes = ctypes.c_float, [ctypes.c_float, ctypes.c_float]
+    return _POWF(float(a), float(b))
+
+
+_POWF = None
+
+
 def llama3_rope_factors(hp: dict) -> np.ndarray | None:
     """rope_freqs for rope_type "llama3" (LlamaModel.generate_extra_tensors), computed in float32."""
     rp = rope_parameters(hp)
@@ -120,7 +135,8 @@ def llama3_rope_factors(hp: dict) -> np.ndarray | None:
         return None
     dim = hp["head_dim"]
     base = np.float32(rp.get("rope_theta", 10000.0))
-    freqs = np.float32(1.0) / (base ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    # powf from libm: numpy's float32 power goes to SVML on AVX-512 hosts and differs there in the last bit
+    freqs = [np.float32(1.0) / np.float32(_powf(base, e)) for e in np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)]
     factor = rp.get("factor", 8.0)
     low, high = rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
     old_ctx = rp.get("original_max_position_embeddings", 8192)

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .libm import log_softmax_64
 from .sampling import LlamaRNG, Sampler, SamplingParams
 from .tokenizer import StreamDecoder
 
@@ -90,9 +91,7 @@ def _partial_stop(text: str, stops: Sequence[str]) -> int:
 
 def token_probs(tokenizer, logits: np.ndarray, tok: int, n: int) -> list[dict]:
     """llama-server's completion_probabilities entry: the chosen token's log-prob and the top n."""
-    lg = np.asarray(logits, np.float64)
-    logp = lg - lg.max()
-    logp -= np.log(np.exp(logp).sum())
+    logp = log_softmax_64(np.asarray(logits, np.float64))
 
     def entry(t: int) -> dict:
         piece = tokenizer.token_to_piece(int(t))

@@ -7,12 +7,15 @@ Shapes: T new tokens, E = n_embd, H = n_head, Hkv = n_head_kv, D = head_dim, F =
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import ops
 from .config import LlamaConfig
 from .experts import moe_ffn
 from .kv_cache import KVCache
+from .libm import logf, powf
 from .weights import LayerWeights, ModelWeights
 
 
@@ -23,17 +26,25 @@ def swiglu_ffn(lw: LayerWeights, x: np.ndarray, quantize_act: bool = True) -> np
     return lw.ffn_down.mul(ops.swiglu(g, u), quantize_act)  # (T, E)
 
 
+def yarn_corr_dims(n_dims: int, n_ctx_orig: int, freq_base: float, beta_fast: float, beta_slow: float):
+    """ggml_rope_yarn_corr_dims: the dims whose wavelength fits in n_ctx_orig beta_fast / beta_slow times,
+    in float32 as ggml.c computes them (n_dims * logf(n_ctx_orig / (beta * 2 * pi)) / (2 * logf(base)))."""
+    f32 = np.float32
+
+    def corr_dim(n_rot_beta):
+        turns = f32(n_ctx_orig) / (f32(n_rot_beta) * f32(2) * f32(math.pi))
+        return f32(n_dims) * f32(logf(turns)) / (f32(2) * f32(logf(f32(freq_base))))
+    return (f32(max(0.0, math.floor(corr_dim(beta_fast)))), f32(min(n_dims - 1.0, math.ceil(corr_dim(beta_slow)))))
+
+
 class RopeTables:
     """The constants of ggml_rope_ext for this model (theta_scale, YaRN correction dims, freq factors)."""
 
     def __init__(self, cfg: LlamaConfig, freq_factors: np.ndarray | None):
         n = cfg.n_rot
-        self.theta_scale = np.power(np.float32(cfg.rope_freq_base), np.float32(-2.0) / np.float32(n))
-        # ggml_rope_yarn_corr_dims: the dims whose wavelength fits in n_ctx_orig beta_fast / beta_slow times
-        def corr_dim(n_rot_beta):
-            return n * np.log(cfg.n_ctx_orig / (n_rot_beta * 2 * np.pi)) / (2 * np.log(cfg.rope_freq_base))
-        self.corr = (np.float32(max(0.0, np.floor(corr_dim(cfg.yarn_beta_fast)))),
-                     np.float32(min(n - 1.0, np.ceil(corr_dim(cfg.yarn_beta_slow)))))
+        # float32 libm calls as ggml (powf, logf): a numpy power or log would depend on the host's SIMD level
+        self.theta_scale = np.float32(powf(np.float32(cfg.rope_freq_base), np.float32(-2.0) / np.float32(n)))
+        self.corr = yarn_corr_dims(n, cfg.n_ctx_orig, cfg.rope_freq_base, cfg.yarn_beta_fast, cfg.yarn_beta_slow)
         self.freq_factors = (np.asarray(freq_factors, np.float32) if freq_factors is not None
                              else np.zeros(0, np.float32))
         self.cfg = cfg

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .libm import expf_array, logf, logf_array
+
 
 class SamplingError(ValueError):
     """Invalid sampling parameters or logits."""
@@ -80,7 +82,7 @@ class Candidates:
     def softmax(self) -> np.ndarray:
         """float32 probabilities in current order (llama_sampler_softmax_impl)."""
         mx = self.logits[0] if self.sorted else self.logits.max()
-        p = np.exp(self.logits - mx)
+        p = expf_array(self.logits - mx)
         return p / np.cumsum(p)[-1]  # (sequential float sum, as the C loop)
 
 
@@ -116,8 +118,9 @@ def apply_typical(c: Candidates, p: float, min_keep: int) -> None:
         return
     c.sort()
     probs = c.softmax()
-    entropy = np.cumsum(-probs * np.log(probs))[-1]
-    shifted = np.abs(-np.log(probs) - entropy)
+    log_probs = logf_array(probs)
+    entropy = np.cumsum(-probs * log_probs)[-1]
+    shifted = np.abs(-log_probs - entropy)
     order = np.argsort(shifted, kind="stable")
     cum = np.cumsum(probs[order])
     last = len(order)
@@ -148,7 +151,7 @@ def apply_min_p(c: Candidates, p: float, min_keep: int) -> None:
     """llama_sampler_min_p_apply: drop tokens with prob < p * max prob (logit < max + log p)."""
     if p <= 0.0 or len(c.ids) == 0:
         return
-    log_p = np.log(np.float32(p))
+    log_p = np.float32(logf(np.float32(p)))
     if not c.sorted:
         keep = c.logits >= c.logits.max() + log_p
         n = int(keep.sum())
@@ -184,7 +187,7 @@ def sample_dist(c: Candidates, rng: LlamaRNG) -> int:
     if len(c.ids) == 1:
         return int(c.ids[0])
     mx = c.logits[0] if c.sorted else c.logits.max()
-    p = np.exp(c.logits - mx).astype(np.float64)  # expf, accumulated in double
+    p = expf_array(c.logits - mx).astype(np.float64)  # expf, accumulated in double
     run = np.cumsum(p)
     i = int(np.searchsorted(run, run[-1] * r, side="left"))
     return int(c.ids[min(i, len(run) - 1)])

@@ -129,7 +129,7 @@ def fp32_to_fp16(v):
         return sign | int(np.rint(a * 16777216.0))
     m, e = math.frexp(a)  # a = m * 2**e, m in [0.5, 1)
     E = e - 1
-    mant = int(np.rint(a * 2.0 ** (10 - E)))  # in [1024, 2048]
+    mant = int(np.rint(a * 2.0 ** (10 - E)))  # in [1024, 2048] (exact: python floats)
     if mant == 2048:
         mant = 1024
         E += 1

@@ -118,7 +118,7 @@ def _neighbour_maps_kernel(pos, bits, kmap, nwant):
 def _neighbour_maps(pos, bits, kmap_size, nwant):
     """kmap and neighbour lists exactly as iq2xs_init_impl / iq3xs_init_impl build them."""
     G, n = pos.shape
-    on_grid = ((pos.astype(np.int64) - 1) // 2) @ (1 << (bits * np.arange(n))).astype(np.int64)
+    on_grid = ((pos.astype(np.int64) - 1) // 2) @ (1 << (bits * np.arange(n))).astype(np.int64)  # exact: int
     kmap = np.full(kmap_size, -1, dtype=np.int32)
     kmap[on_grid] = np.arange(G)
     neighbours = _neighbour_maps_kernel(pos.astype(np.int64), bits, kmap, nwant)
