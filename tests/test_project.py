@@ -48,3 +48,16 @@ def test_notebooks_are_stripped_and_thin():
             assert not cell.get("outputs") and not cell.get("execution_count"), f"{nb_path.name} cell {i} has outputs"
             assert not re.search(r"^\s*(def|class)\s", src, re.M), f"{nb_path.name} cell {i} defines a function/class"
             assert len(src.splitlines()) <= 15, f"{nb_path.name} cell {i} is long: move the logic into the package"
+
+
+def test_numeric_stack_is_the_pinned_one():
+    """The exact results were verified with constraints.txt's numpy / numba / llvmlite: make and CI install
+    with it, and a run on another version fails here instead of drifting silently."""
+    from importlib.metadata import version
+
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert set(pins) == {"numpy", "numba", "llvmlite"}
+    assert "-c constraints.txt" in (REPO / "Makefile").read_text()
+    installed = {name: version(name) for name in pins}
+    assert installed == pins, f"installed {installed}, verified {pins}: update constraints.txt deliberately"
