@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .gguf.writer import open_temp_beside
+
 
 @dataclass(frozen=True)
 class Asset:
@@ -88,7 +90,7 @@ def _extract(archive: Path, member: str) -> bytes:
 
 def _place(data_or_file, dest: Path, sha256: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix="." + dest.name + ".", suffix=".tmp")
+    fd, tmp = open_temp_beside(dest)  # not mkstemp: its 0600 would survive the rename
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data_or_file)

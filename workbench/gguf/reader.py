@@ -35,8 +35,8 @@ class GGUFError(ValueError):
 class Metadata(dict):
     """Ordered mapping key -> Python value, with `types[key]` giving the GGUF value type of each key.
 
-    Scalars are int/float/bool/str; arrays of numbers are read-only numpy arrays (zero-copy views of the
-    file), arrays of strings are lists of str, arrays of arrays are lists.
+    Scalars are int/float/bool/str; arrays of numbers are read-only numpy arrays (copied out of the file,
+    so they outlive `GGUFFile.close`), arrays of strings are lists of str, arrays of arrays are lists.
     """
 
     def __init__(self, *args, **kwargs):
@@ -146,15 +146,25 @@ class GGUFFile:
 
 
 class _Cursor:
-    """Bounded little-endian reads; every overrun becomes a GGUFError naming the field and offset."""
+    """Bounded little-endian reads; every overrun becomes a GGUFError naming the field and offset.
+
+    Nothing read here keeps a view of `buf`: scalars are unpacked, strings and numeric arrays copied out.
+    A view would hold the memory map exported, and a GGUFError raised later could not close it
+    (`BufferError: cannot close exported pointers exist`); the copies cost ~0.2 MB for a 49k-token vocab.
+    Strings come back as raw bytes, decoded by `_parse` only once the whole file has been validated: one
+    corrupt length can make a "string" of most of the file, and decoding 60 MB of tensor data as UTF-8
+    takes ~1 s, while copying it and failing at the garbage that follows takes milliseconds.
+    """
 
     def __init__(self, buf, version: int = 3):
         self.buf = buf
         self.size = len(buf)
         self.pos = 0
         self.version = version
+        self.field = "magic"             # the field being read, for errors raised outside this class
 
     def need(self, n: int, what: str) -> int:
+        self.field = what
         if n < 0 or self.pos + n > self.size:
             raise GGUFError(f"offset {self.pos}: {what} needs {n} bytes but only {self.size - self.pos} remain")
         start = self.pos
@@ -175,14 +185,34 @@ class _Cursor:
         """A count or length: u32 in GGUF v1, u64 since v2."""
         return self.u32(what) if self.version == 1 else self.u64(what)
 
-    def string(self, what: str) -> str:
+    def string(self, what: str) -> bytes:
+        """A string's raw bytes (see the class docstring on when they are decoded)."""
         at = self.pos
         n = self.count(f"{what} length")
         if n > self.size - self.pos:
             raise GGUFError(f"offset {at}: {what} length {n} exceeds the {self.size - self.pos} bytes remaining")
         start = self.need(n, what)
-        # surrogateescape keeps invalid UTF-8 bytes so that a re-write is byte-identical
-        return bytes(self.buf[start:start + n]).decode("utf-8", errors="surrogateescape")
+        return bytes(self.buf[start:start + n])
+
+    def strings(self, n: int, what: str) -> list[bytes]:
+        """`n` strings in a row: `string` without a method call and an f-string per item, because the
+        token and merge lists hold ~100k strings (~3x faster); any overrun goes to `string` for its error."""
+        self.field = what
+        length = struct.Struct("<I" if self.version == 1 else "<Q")
+        unpack, width = length.unpack_from, length.size
+        buf, size, pos = self.buf, self.size, self.pos
+        out = []
+        for i in range(n):
+            if pos + width <= size:
+                end = pos + width + unpack(buf, pos)[0]
+                if end <= size:
+                    out.append(bytes(buf[pos + width:end]))
+                    pos = end
+                    continue
+            self.pos = pos
+            self.string(f"{what}[{i}]")  # raises the GGUFError naming this item
+        self.pos = pos
+        return out
 
     def value_type(self, what: str) -> GGUFValueType:
         at = self.pos
@@ -200,7 +230,7 @@ class _Cursor:
             return self.array(what, depth + 1)
         dt = VALUE_DTYPES[vtype]
         start = self.need(dt.itemsize, what)
-        v = np.frombuffer(self.buf, dtype=dt, count=1, offset=start)[0]
+        v = np.frombuffer(self.buf[start:start + dt.itemsize], dtype=dt)[0]
         if vtype == GGUFValueType.BOOL:
             return bool(v), vtype
         return (float(v) if dt.kind == "f" else int(v)), vtype
@@ -212,13 +242,16 @@ class _Cursor:
         at = self.pos
         n = self.count(f"{what} array length")
         remain = self.size - self.pos
-        min_elem = 8 if etype in (GGUFValueType.STRING, GGUFValueType.ARRAY) else VALUE_DTYPES[etype].itemsize
-        if self.version == 1 and etype in (GGUFValueType.STRING, GGUFValueType.ARRAY):
-            min_elem = 4
+        # the least bytes an element takes bounds n by the bytes left, so a corrupt length fails here and
+        # never drives a huge allocation: a string is its length, an inner array its type and length
+        width = 4 if self.version == 1 else 8
+        min_elem = {GGUFValueType.STRING: width, GGUFValueType.ARRAY: 4 + width}.get(etype)
+        if min_elem is None:
+            min_elem = VALUE_DTYPES[etype].itemsize
         if n > remain // min_elem:
             raise GGUFError(f"offset {at}: {what} array length {n} exceeds the {remain} bytes remaining")
         if etype == GGUFValueType.STRING:
-            return [self.string(f"{what}[{i}]") for i in range(n)], (GGUFValueType.ARRAY, etype)
+            return self.strings(n, what), (GGUFValueType.ARRAY, etype)
         if etype == GGUFValueType.ARRAY:
             items, specs = [], []
             for i in range(n):
@@ -228,9 +261,11 @@ class _Cursor:
             return items, (GGUFValueType.ARRAY, specs)
         dt = VALUE_DTYPES[etype]
         start = self.need(n * dt.itemsize, what)
-        arr = np.frombuffer(self.buf, dtype=dt, count=n, offset=start)
+        # slicing an mmap copies (bytes); frombuffer over those bytes gives a read-only array
+        arr = np.frombuffer(bytes(self.buf[start:start + n * dt.itemsize]), dtype=dt)
         if etype == GGUFValueType.BOOL:
             arr = arr.astype(bool)
+            arr.flags.writeable = False
         return arr, (GGUFValueType.ARRAY, etype)
 
 
@@ -248,21 +283,60 @@ def _open_buffer(source) -> tuple[Any, str | None]:
         raise FileNotFoundError(f"GGUF file not found: {path}") from None
 
 
+# Exceptions that corrupt bytes can still raise from the numpy/struct/enum calls below in ways the checks do
+# not foresee; read_gguf reports them as a GGUFError at the cursor's offset rather than letting them escape.
+_CORRUPTION_ERRORS = (ValueError, ArithmeticError, LookupError, struct.error, MemoryError)
+
+
 def read_gguf(source) -> GGUFFile:
-    """Read a GGUF file (path, or bytes for in-memory data). Raises GGUFError on any format violation."""
+    """Read a GGUF file (path, or bytes for in-memory data). Raises GGUFError on any format violation.
+
+    After a failed read nothing of the file stays mapped: the header is parsed without keeping views of the
+    map, and tensor views are made only once the whole file has been validated.
+    """
     buf, path = _open_buffer(source)
+    cur = _Cursor(buf)
     try:
-        return _parse(buf, path)
-    except GGUFError as e:
+        return _parse(cur, path)
+    except BaseException as e:
         if isinstance(buf, mmap.mmap):
             buf.close()
-        if path and path not in str(e):
-            raise GGUFError(f"{path}: {e}") from None
+        if isinstance(e, GGUFError):
+            if path and path not in str(e):
+                raise GGUFError(f"{path}: {e}") from None
+            raise
+        if isinstance(e, _CORRUPTION_ERRORS):
+            where = f"{path}: " if path else ""
+            raise GGUFError(f"{where}offset {cur.pos}: cannot read {cur.field} "
+                            f"({type(e).__name__}: {e})") from e
         raise
 
 
-def _parse(buf, path: str | None) -> GGUFFile:
-    cur = _Cursor(buf)
+def _text(raw: bytes) -> str:
+    # surrogateescape keeps invalid UTF-8 bytes so that a re-write is byte-identical
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _shown(raw: bytes) -> str:
+    """A key or name as an error message quotes it: decoded, at most 80 bytes of it."""
+    return repr(raw[:80].decode("utf-8", errors="replace"))
+
+
+def _decoded(value, spec: ValueTypeSpec):
+    """A value read by _Cursor with its strings (raw bytes) decoded to str."""
+    if spec == GGUFValueType.STRING:
+        return _text(value)
+    if isinstance(spec, tuple):
+        elem = spec[1]
+        if elem == GGUFValueType.STRING:
+            return [_text(v) for v in value]
+        if isinstance(elem, list):
+            return [_decoded(v, s) for v, s in zip(value, elem)]
+    return value
+
+
+def _parse(cur: _Cursor, path: str | None) -> GGUFFile:
+    buf = cur.buf
     start = cur.need(4, "magic")
     magic = bytes(buf[start:start + 4])
     if magic != GGUF_MAGIC:
@@ -272,42 +346,45 @@ def _parse(buf, path: str | None) -> GGUFFile:
         hint = " (byte order mismatch?)" if version & 0xFFFF == 0 else ""
         raise GGUFError(f"offset 4: unsupported GGUF version {version}{hint}; supported: {GGUF_READ_VERSIONS}")
     cur.version = version
+    at_n_tensors = cur.pos
     n_tensors = cur.count("tensor count")
+    at_n_kv = cur.pos
     n_kv = cur.count("metadata key/value count")
     # every KV takes >= 8+1 (key) + 4 (type) + 1 bytes, every tensor info >= 8+1+4+4+8 bytes
     if n_kv > (cur.size - cur.pos) // 14:
-        raise GGUFError(f"offset 16: metadata count {n_kv} cannot fit in a file of {cur.size} bytes")
+        raise GGUFError(f"offset {at_n_kv}: metadata count {n_kv} cannot fit in a file of {cur.size} bytes")
     if n_tensors > (cur.size - cur.pos) // 25:
-        raise GGUFError(f"offset 8: tensor count {n_tensors} cannot fit in a file of {cur.size} bytes")
+        raise GGUFError(f"offset {at_n_tensors}: tensor count {n_tensors} cannot fit in a file of {cur.size} bytes")
 
-    metadata = Metadata()
+    kvs: dict[bytes, tuple] = {}         # raw key -> (value with raw strings, type spec, file offset)
     for i in range(n_kv):
         at = cur.pos
         k = cur.string(f"metadata key #{i}")
         if not k:
             raise GGUFError(f"offset {at}: metadata key #{i} is empty")
-        if k in metadata:
-            raise GGUFError(f"offset {at}: duplicate metadata key {k!r}")
-        vtype = cur.value_type(f"type of {k!r}")
-        value, spec = cur.value(vtype, f"value of {k!r}")
-        metadata[k] = value
-        metadata.types[k] = spec
+        if k in kvs:
+            raise GGUFError(f"offset {at}: duplicate metadata key {_shown(k)}")
+        vtype = cur.value_type(f"type of {_shown(k)}")
+        value, spec = cur.value(vtype, f"value of {_shown(k)}")
+        kvs[k] = value, spec, at
 
     alignment = GGUF_DEFAULT_ALIGNMENT
-    if Keys.General.ALIGNMENT in metadata:
-        if metadata.types[Keys.General.ALIGNMENT] != GGUFValueType.UINT32:
-            raise GGUFError(f"{Keys.General.ALIGNMENT} must be UINT32, not {metadata.types[Keys.General.ALIGNMENT]!r}")
-        alignment = metadata[Keys.General.ALIGNMENT]
+    if Keys.General.ALIGNMENT.encode() in kvs:
+        alignment, spec, at = kvs[Keys.General.ALIGNMENT.encode()]
+        if spec != GGUFValueType.UINT32:
+            raise GGUFError(f"offset {at}: {Keys.General.ALIGNMENT} must be UINT32, not {spec!r}")
         if alignment == 0 or alignment & (alignment - 1):
-            raise GGUFError(f"{Keys.General.ALIGNMENT} = {alignment} is not a power of two")
+            raise GGUFError(f"offset {at}: {Keys.General.ALIGNMENT} = {alignment} is not a power of two")
 
     tensors: list[TensorInfo] = []
+    offset_at: list[int] = []            # file offset of each tensor's data-offset field, for errors
     seen: set[str] = set()
     for i in range(n_tensors):
         at = cur.pos
-        name = cur.string(f"tensor #{i} name")
-        if len(name.encode("utf-8", errors="surrogateescape")) >= GGML_MAX_NAME:
-            raise GGUFError(f"offset {at}: tensor name {name[:80]!r} is longer than {GGML_MAX_NAME - 1} bytes")
+        raw_name = cur.string(f"tensor #{i} name")
+        if len(raw_name) >= GGML_MAX_NAME:
+            raise GGUFError(f"offset {at}: tensor name {_shown(raw_name)} is longer than {GGML_MAX_NAME - 1} bytes")
+        name = _text(raw_name)
         if name in seen:
             raise GGUFError(f"offset {at}: duplicate tensor name {name!r}")
         seen.add(name)
@@ -333,6 +410,7 @@ def _parse(buf, path: str | None) -> GGUFFile:
         if ne and ne[0] % blck:
             raise GGUFError(f"offset {at}: tensor {name!r} of type {gtype.name} has {ne[0]} elements per row, "
                             f"not a multiple of the block size {blck}")
+        offset_at.append(cur.pos)
         offset = cur.u64(f"data offset of {name!r}")
         tensors.append(TensorInfo(name=name, type=gtype, shape=tuple(reversed(ne)), offset=offset))
 
@@ -340,16 +418,23 @@ def _parse(buf, path: str | None) -> GGUFFile:
     if n_tensors:
         data_offset = -(-cur.pos // alignment) * alignment
     expected = 0
-    for t in tensors:
+    for t, at in zip(tensors, offset_at):
         if t.offset != expected:
-            raise GGUFError(f"tensor {t.name!r} has data offset {t.offset}, expected {expected} "
+            raise GGUFError(f"offset {at}: tensor {t.name!r} has data offset {t.offset}, expected {expected} "
                             f"(offsets must be the running sum of padded sizes)")
         nbytes = t.nbytes
         if data_offset + t.offset + nbytes > cur.size:
             raise GGUFError(f"offset {data_offset + t.offset}: data of tensor {t.name!r} ({nbytes} bytes) "
                             f"runs past the end of the file ({cur.size} bytes)")
-        t.data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=data_offset + t.offset)
         expected += -(-nbytes // alignment) * alignment
+    # only now, with every check passed, decode the strings and hand out the zero-copy tensor views (see
+    # _Cursor on why not earlier)
+    metadata = Metadata()
+    for k, (value, spec, _) in kvs.items():
+        metadata[_text(k)] = _decoded(value, spec)
+        metadata.types[_text(k)] = spec
+    for t in tensors:
+        t.data = np.frombuffer(buf, dtype=np.uint8, count=t.nbytes, offset=data_offset + t.offset)
 
     return GGUFFile(metadata=metadata, tensors=tensors, version=version, alignment=alignment,
                     data_offset=data_offset, path=path, _buffer=buf)

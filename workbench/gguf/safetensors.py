@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+
+from .writer import open_temp_beside
 
 # dtype string -> numpy storage dtype (BF16 is stored as its raw 16 bits)
 DTYPES: dict[str, np.dtype] = {
@@ -218,7 +219,7 @@ def write_safetensors(path, tensors: Mapping[str, "np.ndarray | LazyTensor"],
         lazies.append((name, t))
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(head)) + head)
@@ -228,9 +229,6 @@ def write_safetensors(path, tensors: Mapping[str, "np.ndarray | LazyTensor"],
                     raise SafetensorsError(f"{path}: tensor {name!r} produced {arr.dtype} x {list(arr.shape)}, "
                                            f"declared {t.dtype} x {list(t.shape)}")
                 f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(-1).data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,8 +8,8 @@ never leaves a partial file at the destination.
 from __future__ import annotations
 
 import os
+import secrets
 import struct
-import tempfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -57,6 +57,25 @@ def infer_value_type(value: Any) -> ValueTypeSpec:
             raise GGUFError(f"array mixes value types {sorted(set(s.name for s in specs))}")
         return (GGUFValueType.ARRAY, specs[0])
     raise GGUFError(f"cannot infer a GGUF type for {type(value).__name__}")
+
+
+def open_temp_beside(path) -> tuple[int, str]:
+    """(fd, name) of a new, empty file in `path`'s folder, to be renamed over `path` once it is complete.
+
+    `tempfile.mkstemp` creates 0600, and that mode would survive the rename; this creates the file with
+    mode 0666 and lets the kernel apply the umask (and any default ACL), as `open(path, "wb")` would, so
+    the result has the permissions of a normally created file. No os.umask() round trip: that briefly sets
+    the process-wide umask to 0, racing with files other threads create.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {path} in {folder}")
 
 
 def _string(s: str) -> bytes:
@@ -174,8 +193,7 @@ class GGUFWriter:
         return head + b"\x00" * (self._pad(len(head)) - len(head))
 
     def __enter__(self) -> "GGUFWriter":
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
+        fd, self._tmp = open_temp_beside(self.path)
         self._file = os.fdopen(fd, "wb")
         self._file.write(self._header())
         return self
