@@ -14,6 +14,7 @@ import numpy as np
 from . import ops
 from .config import LlamaConfig
 from .experts import moe_ffn
+from .flash_attention import flash_attention
 from .kv_cache import KVCache
 from .libm import logf, powf
 from .weights import LayerWeights, ModelWeights
@@ -57,15 +58,18 @@ class RopeTables:
 
 
 def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache, tokens: np.ndarray,
-            out_rows: np.ndarray | None = None, quantize_act: bool = True, routing: list | None = None) -> np.ndarray:
+            out_rows: np.ndarray | None = None, quantize_act: bool = True, routing: list | None = None,
+            flash_attn: bool = False) -> np.ndarray:
     """Run T tokens at positions cache.n_past .. +T-1, append their K/V to the cache, return the logits
-    (len(out_rows) or T, V) of the rows `out_rows` (default all). `routing` collects (experts, weights) per layer."""
+    (len(out_rows) or T, V) of the rows `out_rows` (default all). `routing` collects (experts, weights) per layer.
+    flash_attn: attention as llama.cpp's flash-attention graph (its command-line tools' default on CPU)."""
     T = len(tokens)
     n_past = cache.n_past
     cache.check_room(T)
     H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     cs = rope.cos_sin(np.arange(n_past, n_past + T))        # (T, n_rot/2, 2)
     scale = np.float32(cfg.kq_scale)
+    attention = flash_attention if flash_attn else ops.attention
 
     x = w.token_embd.get_rows(tokens)                       # (T, E) token embeddings
     for il, lw in enumerate(w.layers):
@@ -79,7 +83,7 @@ def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache,
         cache.store(il, n_past, k.reshape(T, Hkv * D), v)
         kc, vc = cache.layer(il, n_past + T)                # (n_kv, Hkv*D) each
         att = np.empty((T, H * D), np.float32)              # (T, H*D)
-        ops.attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, ops.F16_TABLE, att)
+        attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, ops.F16_TABLE, att)
         x = x + lw.wo.mul(att, quantize_act)                # residual
 
         # feed-forward: dense SwiGLU or the mixture of experts

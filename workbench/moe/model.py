@@ -24,7 +24,7 @@ N_UBATCH = 512         # tokens per forward call, as llama.cpp's default n_ubatc
 
 class Model:
     def __init__(self, gguf_file, config: LlamaConfig, weights: ModelWeights, n_ctx: int,
-                 n_threads: int | None, cache_type: str, quantize_act: bool = True):
+                 n_threads: int | None, cache_type: str, quantize_act: bool = True, flash_attn: bool = False):
         self.gguf = gguf_file               # keeps the memory map (the weights are views of it) alive
         self.config = config
         self.weights = weights
@@ -33,6 +33,7 @@ class Model:
         self.n_threads = n_threads
         self.cache_type = cache_type
         self.quantize_act = quantize_act    # emulate ggml's activation quantization in the matmuls
+        self.flash_attn = flash_attn        # llama.cpp's flash-attention graph (its CLI tools) or not (its bindings)
         self.cache = KVCache(config.n_layer, n_ctx, config.n_embd_kv, cache_type)
         self._tokenizer = None
         self._chat_history = None          # tokens in the cache after the last chat() turn
@@ -93,7 +94,8 @@ class Model:
 
     def fork(self) -> "Model":
         """Another Model over the same memory-mapped weights with its own, empty KV cache (server slots)."""
-        m = Model(self.gguf, self.config, self.weights, self.n_ctx, self.n_threads, self.cache_type, self.quantize_act)
+        m = Model(self.gguf, self.config, self.weights, self.n_ctx, self.n_threads, self.cache_type, self.quantize_act,
+                  self.flash_attn)
         m._tokenizer = self._tokenizer
         return m
 
@@ -141,13 +143,17 @@ class Model:
                 rows = np.arange(max(first_output - s, 0), len(chunk))
             if not all_logits and not last:
                 rows = np.zeros(0, np.int64)        # no logits needed for this ubatch
-            outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, self.quantize_act, routing))
+            outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, self.quantize_act, routing,
+                                self.flash_attn))
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
 def load(path, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16",
-         n_expert_used: int | None = None, quantize_act: bool = True) -> Model:
-    """Open a GGUF llama/Mixtral model (weights stay memory-mapped and quantized)."""
+         n_expert_used: int | None = None, quantize_act: bool = True, flash_attn: bool = False) -> Model:
+    """Open a GGUF llama/Mixtral model (weights stay memory-mapped and quantized).
+
+    flash_attn=False gives llama-cpp-python's numbers (its default); True those of llama.cpp's command-line tools
+    (llama-perplexity, llama-imatrix: flash attention AUTO, on for the CPU), for batches of >= 64 tokens."""
     gf = read_gguf(path)
     cfg = LlamaConfig.from_metadata(gf.metadata)
     if n_expert_used is not None:
@@ -157,4 +163,4 @@ def load(path, n_ctx: int | None = None, n_threads: int | None = None, cache_typ
         n_ctx = min(cfg.n_ctx_train, DEFAULT_N_CTX)
     if n_threads is not None and not 1 <= n_threads <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"n_threads={n_threads} must be in 1..{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS)")
-    return Model(gf, cfg, weights, int(n_ctx), n_threads, cache_type, quantize_act)
+    return Model(gf, cfg, weights, int(n_ctx), n_threads, cache_type, quantize_act, flash_attn)
