@@ -24,6 +24,7 @@ def test_quant_table_matches_llama_perplexity(smollm2_path, golden_dir, shared_d
     ftypes = [f for f in rows if f != "F16"]
     text = (shared_data_dir / golden["text"]).read_text(encoding="utf-8")
     df = quant_table(base, ftypes, text, n_ctx=golden["n_ctx"], n_chunks=golden["n_chunk"], out_dir=tmp_path,
+                     flash_attn=False,  # the golden table was made through llama-cpp-python: no flash attention
                      with_speed=False, reports_dir=tmp_path)
     df["ftype"] = df["ftype"].replace({"base": "F16"})
     bad = []

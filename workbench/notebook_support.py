@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .assets import data_dir, ensure_texts
+from .textfile import read_prompt_file
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def toy_dir() -> Path:
 
 def read_text(lang: str = "en", max_chars: int | None = None) -> str:
     """An evaluation text ("en": botchan, "zh": People's Daily news), optionally cut to max_chars."""
-    text = ensure_texts()[lang].read_text(encoding="utf-8")
+    text = read_prompt_file(ensure_texts()[lang])  # as llama-perplexity -f reads it: BOM and CRLF kept
     return text if max_chars is None else text[:max_chars]
 
 

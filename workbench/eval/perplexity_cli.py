@@ -9,20 +9,28 @@ def configure(p) -> None:
     p.add_argument("--ctx-size", "-c", type=int, default=512)
     p.add_argument("--chunks", type=int, default=-1, help="max chunks (-1: all)")
     p.add_argument("--threads", "-t", type=int)
+    p.add_argument("--flash-attn", "-fa", choices=("on", "off", "auto"), default="auto",
+                   help="flash attention as llama.cpp's: auto = on (what the CPU backend resolves AUTO to)")
+    p.add_argument("--batch-size", "-b", type=int, default=2048,
+                   help="logical batch (as llama-perplexity; must be >= the context: one chunk per batch)")
     p.add_argument("--kl-divergence-base", help="write the base log-probs to this .kld file")
     p.add_argument("--kl-divergence", action="store_true", help="compare with --logits-file / the .kld base")
     p.add_argument("--logits-file", help="the .kld file for --kl-divergence")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from .. import load
     from ..assets import ensure_model, ensure_texts
+    from ..textfile import read_prompt_file
+    from .perplexity import PerplexityError
 
+    if args.batch_size < args.ctx_size:
+        raise PerplexityError(f"--batch-size {args.batch_size} is smaller than --ctx-size {args.ctx_size}: "
+                              f"chunks split over several batches are not supported; use -b >= -c")
     path = args.file or ensure_texts()["en"]
-    text = Path(path).read_text(encoding="utf-8")
-    model = load(ensure_model(args.model), n_ctx=args.ctx_size, n_threads=args.threads)
+    text = read_prompt_file(path)  # the file's bytes as llama-perplexity reads them (BOM and CRLF kept)
+    model = load(ensure_model(args.model), n_ctx=args.ctx_size, n_threads=args.threads,
+                 flash_attn=args.flash_attn != "off")
     chunks = None if args.chunks < 0 else args.chunks
     if args.kl_divergence:
         from .kl import kl_divergence

@@ -38,8 +38,10 @@ def speed(model, n_prompt: int = 64, n_gen: int = 16) -> tuple[float, float]:
 
 
 def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | None = 16, out_dir=None,
-                imatrix=None, with_speed: bool = True, progress: bool = False, reports_dir=None) -> pd.DataFrame:
-    """Quantize `base_gguf` to each ftype and compare with the base (row "base" first).
+                imatrix=None, with_speed: bool = True, progress: bool = False, reports_dir=None,
+                flash_attn: bool = True) -> pd.DataFrame:
+    """Quantize `base_gguf` to each ftype and compare with the base (row "base" first), as llama-perplexity
+    --kl-divergence-base / --kl-divergence would (flash_attn=True, its default on CPU; False: as llama-cpp-python).
 
     Columns: ftype, file_bytes, bpw, ppl, ppl_err, delta_ppl, ppl_ratio, kld_mean, kld_err, kld_p99,
     same_top_p, dp_rms, prompt_tps, gen_tps. Also written as CSV and markdown under data/reports/."""
@@ -50,7 +52,7 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
     out_dir = Path(out_dir) if out_dir else data_dir() / "models" / "quant_table"
     out_dir.mkdir(parents=True, exist_ok=True)
     base_gguf = Path(base_gguf)
-    base = load(base_gguf, n_ctx=n_ctx)
+    base = load(base_gguf, n_ctx=n_ctx, flash_attn=flash_attn)
     tokens = base.tokenize(text, add_special=True)
     kld_file = out_dir / f"{base_gguf.stem}.n{n_ctx}.kld"
     base_nll = save_base(base, text, kld_file, n_ctx=n_ctx, n_chunks=n_chunks, tokens=tokens, progress=progress)
@@ -67,7 +69,7 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
         if not dst.exists():
             quantize_model(base_gguf, dst, ftype, imatrix=imatrix, progress=progress, with_error=False,
                            allow_requantize=True)
-        m = load(dst, n_ctx=n_ctx)
+        m = load(dst, n_ctx=n_ctx, flash_attn=flash_attn)
         k = kl_divergence(m, kld_file, progress=progress)
         size, bpw = model_bpw(dst)
         pp, tg = speed(m) if with_speed else (np.nan, np.nan)
