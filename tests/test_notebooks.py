@@ -19,6 +19,7 @@ EXPECTED = {
     "03_perplexity_vs_context": ["ppl_vs_context.png", "ppl_vs_context.csv", "rope_scaling.png"],
     "04_moe": ["moe_routing.png", "moe_token_routing.png", "ppl_vs_experts.png"],
     "05_chat": [],
+    "06_plan": ["plan_mixtral.csv", "memory_vs_context.png"],
 }
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "perplexity": ("workbench.eval.perplexity_cli", "perplexity / KL divergence like llama-perplexity"),
     "serve": ("workbench.server.serve_cli", "llama-server/OpenAI-compatible HTTP server"),
     "modelfile": ("workbench.server.modelfile_cli", "write an ollama Modelfile for a GGUF"),
+    "plan": ("workbench.plan_cli", "file size, bits per weight and memory per ftype, before downloading"),
     "demo": ("workbench.demo", "the main job of `make demo`: describe the model, execute the notebooks"),
 }
 

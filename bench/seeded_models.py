@@ -1,0 +1,91 @@
+"""Seeded real-shaped models for the memory bench: a TinyLlama-1.1B-shaped Llama (hidden 2048, ffn 5632,
+22 layers, 32/4 heads, vocab 32000, ctx 2048) with float16 weights from a seeded normal, converted by
+workbench's converter and quantized to Q4_K_M by workbench's quantizer. Made once under data/models/.
+
+    python bench/seeded_models.py            # builds data/models/seeded-1b-{f16,Q4_K_M}.gguf if missing
+
+Scale: the toy models (workbench/toy_models.py) draw weights as N(0, 0.08) at hidden 64; here the same
+std per fan-in, 0.08 * sqrt(64 / fan_in), so activations stay in the same range as the toys'; embeddings
+N(0, 1) as there. Tokenizer: the toy models' Mistral-7B SentencePiece model (32000 pieces).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINYLLAMA_1B = {"hidden": 2048, "ffn": 5632, "n_layer": 22, "n_head": 32, "n_head_kv": 4, "vocab": 32000,
+                "ctx": 2048}
+TOY_TOKENIZER = Path("/work/shared/golden/toy/tiny-llama")
+
+
+def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenizer_dir: Path = TOY_TOKENIZER) -> Path:
+    """A Hugging Face Llama folder with seeded float16 weights (written one tensor at a time)."""
+    from workbench.gguf.safetensors import LazyTensor, write_safetensors
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(tokenizer_dir / f, out / f)
+    h, ff, n_head, n_kv, vocab = shape["hidden"], shape["ffn"], shape["n_head"], shape["n_head_kv"], shape["vocab"]
+    head_dim = h // n_head
+
+    def w(name_seed: int, *dims, scale=None):
+        std = 0.08 * np.sqrt(64 / dims[-1]) if scale is None else scale
+
+        def load():
+            rng = np.random.default_rng([seed, name_seed])
+            return (rng.standard_normal(dims, dtype=np.float32) * np.float32(std)).astype(np.float16)
+        return LazyTensor("F16", tuple(dims), load)
+
+    def norm(name_seed: int):
+        return LazyTensor("F16", (h,), lambda: (1 + w(name_seed, h, scale=0.1).load()).astype(np.float16))
+
+    t = {"model.embed_tokens.weight": w(0, vocab, h, scale=1.0), "model.norm.weight": norm(1),
+         "lm_head.weight": w(2, vocab, h)}
+    for i in range(shape["n_layer"]):
+        p, s = f"model.layers.{i}.", 100 * (i + 1)
+        t[p + "input_layernorm.weight"] = norm(s)
+        t[p + "post_attention_layernorm.weight"] = norm(s + 1)
+        t[p + "self_attn.q_proj.weight"] = w(s + 2, n_head * head_dim, h)
+        t[p + "self_attn.k_proj.weight"] = w(s + 3, n_kv * head_dim, h)
+        t[p + "self_attn.v_proj.weight"] = w(s + 4, n_kv * head_dim, h)
+        t[p + "self_attn.o_proj.weight"] = w(s + 5, h, n_head * head_dim)
+        t[p + "mlp.gate_proj.weight"] = w(s + 6, ff, h)
+        t[p + "mlp.up_proj.weight"] = w(s + 7, ff, h)
+        t[p + "mlp.down_proj.weight"] = w(s + 8, h, ff)
+    write_safetensors(out / "model.safetensors", t)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+              "intermediate_size": ff, "num_hidden_layers": shape["n_layer"], "num_attention_heads": n_head,
+              "num_key_value_heads": n_kv, "head_dim": head_dim, "vocab_size": vocab,
+              "max_position_embeddings": shape["ctx"], "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "tie_word_embeddings": False, "torch_dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
+              "hidden_act": "silu"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def ensure_seeded_1b(folder: Path = ROOT / "data" / "models", ftype: str = "Q4_K_M") -> Path:
+    """data/models/seeded-1b-<ftype>.gguf, built (HF folder -> F16 GGUF -> ftype) the first time only."""
+    from workbench.gguf.convert import convert_hf
+    from workbench.quant.quantize_model import quantize_model
+
+    quant = folder / f"seeded-1b-{ftype}.gguf"
+    if quant.exists():
+        return quant
+    f16 = folder / "seeded-1b-f16.gguf"
+    if not f16.exists():
+        hf = make_hf_llama(folder / "seeded-1b-hf")
+        convert_hf(hf, f16, outtype="f16", progress=False)
+        shutil.rmtree(hf)  # the GGUF holds the same weights; keep only it
+    quantize_model(f16, quant, ftype, with_error=False, progress=False)
+    return quant
+
+
+if __name__ == "__main__":
+    print(ensure_seeded_1b())
