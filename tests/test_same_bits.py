@@ -149,3 +149,15 @@ def test_libm_functions_are_the_c_library_s():
         for n in (32, 64, 80, 128):
             e = np.float32(-2.0) / np.float32(n)
             assert np.float32(powf(np.float32(base), e)) == np.float32(libm.powf(base, float(e)))
+
+
+def test_numba_uses_the_c_library_not_svml():
+    """With SVML installed numba would vectorize math.exp loops through it (other bits than libm's expf)."""
+    import numba
+
+    import workbench  # noqa: F401  (sets NUMBA_DISABLE_INTEL_SVML before numba's config is read)
+
+    assert not numba.config.USING_SVML
+    probe = ("import workbench, numba, sys; sys.exit(0 if numba.config.DISABLE_INTEL_SVML and "
+             "not numba.config.USING_SVML else 1)")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO).returncode == 0
