@@ -16,6 +16,13 @@ def configure(p) -> None:
     p.add_argument("--kl-divergence-base", help="write the base log-probs to this .kld file")
     p.add_argument("--kl-divergence", action="store_true", help="compare with --logits-file / the .kld base")
     p.add_argument("--logits-file", help="the .kld file for --kl-divergence")
+    p.add_argument("--binary-file", "-bf", help="binary task file (--multiple-choice)")
+    p.add_argument("--hellaswag", action="store_true", help="HellaSwag acc_norm of the -f file's tasks")
+    p.add_argument("--hellaswag-tasks", type=int, default=400, help="tasks drawn at random (default 400)")
+    p.add_argument("--winogrande", action="store_true", help="Winogrande score of the -f CSV")
+    p.add_argument("--winogrande-tasks", type=int, default=0, help="tasks drawn at random (0: all, in order)")
+    p.add_argument("--multiple-choice", action="store_true", help="multiple-choice score of the -bf / -f file")
+    p.add_argument("--multiple-choice-tasks", type=int, default=0, help="tasks drawn at random (0: all)")
 
 
 def run(args) -> int:
@@ -27,6 +34,10 @@ def run(args) -> int:
     if args.batch_size < args.ctx_size:
         raise PerplexityError(f"--batch-size {args.batch_size} is smaller than --ctx-size {args.ctx_size}: "
                               f"chunks split over several batches are not supported; use -b >= -c")
+    if args.hellaswag or args.winogrande or args.multiple_choice:
+        from .tasks_cli import run_tasks
+
+        return run_tasks(args)
     path = args.file or ensure_texts()["en"]
     text = read_prompt_file(path)  # the file's bytes as llama-perplexity reads them (BOM and CRLF kept)
     model = load(ensure_model(args.model), n_ctx=args.ctx_size, n_threads=args.threads,
