@@ -24,6 +24,7 @@ from .gguf.constants import GGMLType as T, GGUFValueType as VT, Keys, LlamaFileT
 from .gguf.reader import Metadata, TensorInfo, read_gguf
 from .gguf.writer import encode_kv
 from .quant.mixes import DEFAULT_TYPE, ModelShape, plan_types
+from .quant.quantize_model import quantized_metadata
 
 MiB, GB = 1 << 20, 10 ** 9
 # the ftypes a plan covers by default: the 17 of the SmolLM2 goldens plus the low-bit IQ family
@@ -258,20 +259,6 @@ def header_bytes(md, tensors, alignment: int, kv_bytes: int | None = None) -> in
     n = 4 + 4 + 8 + 8 + kv_bytes
     n += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in tensors)
     return -(-n // alignment) * alignment
-
-
-def quantized_metadata(md: Metadata, ftype: F) -> Metadata:
-    """The metadata llama-quantize writes (quantize_model): split keys dropped, version and file type last."""
-    from .gguf.constants import QUANTIZATION_VERSION
-    from .quant.quantize_model import SPLIT_KEYS
-
-    out = md.copy()
-    for k in SPLIT_KEYS + (Keys.General.QUANTIZATION_VERSION, Keys.General.FILE_TYPE):
-        if k in out:
-            del out[k]
-    out.set(Keys.General.QUANTIZATION_VERSION, QUANTIZATION_VERSION, VT.UINT32)
-    out.set(Keys.General.FILE_TYPE, int(ftype), VT.UINT32)
-    return out
 
 
 def ggml_name(t: T) -> str:

@@ -20,18 +20,30 @@ def _one_replacement_per_byte(err: UnicodeDecodeError):
 codecs.register_error("workbench.llama_cpp_replace", _one_replacement_per_byte)
 
 
+def decode_utf8(raw: bytes) -> str:
+    """Bytes as llama.cpp's tokenizer sees them: UTF-8, one U+FFFD for each byte it cannot decode."""
+    return raw.decode("utf-8", errors="workbench.llama_cpp_replace")
+
+
+def prompt_bytes(raw: bytes) -> bytes:
+    """What llama.cpp's `-f` keeps of a file's bytes: all but one trailing '\\n' (BOM and CR kept)."""
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
 def decode_prompt_bytes(raw: bytes) -> str:
     """The string llama.cpp's `-f` gives for these file bytes: one trailing '\\n' dropped, BOM and CR kept."""
-    if raw.endswith(b"\n"):
-        raw = raw[:-1]
-    return raw.decode("utf-8", errors="workbench.llama_cpp_replace")
+    return decode_utf8(prompt_bytes(raw))
+
+
+def read_prompt_bytes(path) -> bytes:
+    """A file's bytes as llama-perplexity / llama-imatrix / llama-cli keep them for `-f path`."""
+    path = Path(path)
+    try:
+        return prompt_bytes(path.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"error: failed to open file '{path}'") from None
 
 
 def read_prompt_file(path) -> str:
     """The contents of a text file as llama-perplexity / llama-imatrix / llama-cli see `-f path`."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"error: failed to open file '{path}'") from None
-    return decode_prompt_bytes(raw)
+    return decode_utf8(read_prompt_bytes(path))

@@ -15,15 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .logprobs import encode_rows, kld_rows, record_width, token_nll
+from .logprobs import encode_log_probs, kld_rows, record_width, token_nll  # noqa: F401 (kl's API)
 from .perplexity import PerplexityError, check_inputs, chunk_batches, output_logits
 
 MAGIC = b"_logits_"
-
-
-def encode_log_probs(logits: np.ndarray) -> np.ndarray:
-    """The uint16 records (n, nv) for rows of logits: perplexity.cpp's log_softmax that fills log_prob."""
-    return encode_rows(logits)
 
 
 def decode_log_probs(records: np.ndarray, n_vocab: int) -> np.ndarray:

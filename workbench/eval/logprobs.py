@@ -4,9 +4,9 @@ Each function is the C loop of one `log_softmax` overload, row by row: the max i
 expf(logit - max)` in double in index order, libm's expf / log (numba calls the same libm functions). numpy's
 exp and log would give other last bits, and other ones again on an AVX-512 host.
 
-token_nll      log_softmax(n_vocab, logits, tok) of the perplexity run: -(logit[tok] - max - log(sum_exp))
-encode_rows    log_softmax(..., log_prob, tok) of --kl-divergence-base: the uint16 record of each row
-kld_rows       log_softmax(..., base_log_prob, tok, kld) of --kl-divergence: per-token KLD, nll, p_diff, ...
+token_nll         log_softmax(n_vocab, logits, tok) of the perplexity run: -(logit[tok] - max - log(sum_exp))
+encode_log_probs  log_softmax(..., log_prob, tok) of --kl-divergence-base: the uint16 record of each row
+kld_rows          log_softmax(..., base_log_prob, tok, kld) of --kl-divergence: per-token KLD, nll, p_diff, ...
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from numba import njit, prange
 
 
 @njit(cache=True, inline="always")
-def _max_and_sum_exp(row):
+def max_and_sum_exp(row):
     """(max, index of the first max, sum of expf(x - max) in double, in order)."""
     mx = row[0]
     imax = 0
@@ -34,7 +34,7 @@ def _max_and_sum_exp(row):
 @njit(cache=True, parallel=True)
 def _token_nll(logits, targets, out):
     for r in prange(logits.shape[0]):
-        mx, _, s = _max_and_sum_exp(logits[r])
+        mx, _, s = max_and_sum_exp(logits[r])
         out[r] = -(np.float64(logits[r, targets[r]] - mx) - math.log(s))
 
 
@@ -59,7 +59,7 @@ def _encode_rows(logits, out):
     n_vocab = logits.shape[1]
     for r in prange(logits.shape[0]):
         row = logits[r]
-        mx, _, s = _max_and_sum_exp(row)
+        mx, _, s = max_and_sum_exp(row)
         mn = row[0]
         for i in range(1, n_vocab):
             mn = min(mn, row[i])
@@ -77,7 +77,7 @@ def _encode_rows(logits, out):
                     out[r, 4 + i] = np.uint16(np.rint(inv_scale * (row[i] - mn)))
 
 
-def encode_rows(logits: np.ndarray) -> np.ndarray:
+def encode_log_probs(logits: np.ndarray) -> np.ndarray:
     """The uint16 records (n, record_width) of --kl-divergence-base for rows of logits."""
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     out = np.empty((logits.shape[0], record_width(logits.shape[1])), np.uint16)
@@ -90,7 +90,7 @@ def _kld_rows(logits, records, targets, kld, p_diff, nll, nll_base, same_top):
     n_vocab = logits.shape[1]
     for r in prange(logits.shape[0]):
         row = logits[r]
-        mx, imax, s = _max_and_sum_exp(row)
+        mx, imax, s = max_and_sum_exp(row)
         log_sum_exp = np.float32(math.log(s))
         head = records[r, :4].copy().view(np.float32)
         scale, min_log_prob = head[0], head[1]

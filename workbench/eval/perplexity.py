@@ -87,18 +87,6 @@ def check_inputs(model, n_tokens: int, n_ctx: int) -> None:
                       f"expect the perplexity to degrade", stacklevel=3)
 
 
-def warn_small_flash_batches(model, n_ctx: int) -> None:
-    """Flash attention is reproduced for batches of >= 64 tokens only (see workbench.moe.flash_attention)."""
-    from ..moe.flash_attention import FA_TILE
-
-    if getattr(model, "flash_attn", False) and n_ctx < FA_TILE:
-        import warnings
-
-        warnings.warn(f"n_ctx {n_ctx} < {FA_TILE}: llama.cpp's flash attention takes its per-row fp16 path for such "
-                      f"batches, which is not reproduced (load with flash_attn=False for llama-cpp-python's numbers)",
-                      stacklevel=3)
-
-
 def perplexity(model, text: str, n_ctx: int = 512, n_chunks: int | None = None, n_threads: int | None = None,
                tokens=None, progress: bool = True, keep_nll: bool = False) -> PerplexityResult:
     """llama-perplexity on `text` (or pre-computed `tokens`) with `model` (a workbench Model)."""
@@ -110,7 +98,6 @@ def perplexity(model, text: str, n_ctx: int = 512, n_chunks: int | None = None, 
         numba.set_num_threads(max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS)))
     toks = np.asarray(model.tokenize(text, add_special=True) if tokens is None else tokens, dtype=np.int32)
     check_inputs(model, len(toks), n_ctx)
-    warn_small_flash_batches(model, n_ctx)
     n_chunk_max = len(toks) // n_ctx
     n_chunk = n_chunk_max if n_chunks is None or n_chunks < 0 else min(int(n_chunks), n_chunk_max)
     add_bos = bool(model.add_bos)

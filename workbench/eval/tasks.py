@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
+from .logprobs import max_and_sum_exp
+
 
 class TaskFileError(ValueError):
     """A task file the tool would reject (message names the task / byte offset)."""
@@ -281,12 +283,7 @@ def compute_logprobs(logits: np.ndarray, targets) -> np.ndarray:
 
 @njit(cache=True)
 def _first_logprobs(row, toks, out):
-    mx = row[0]
-    for j in range(row.shape[0]):
-        mx = max(mx, row[j])
-    s = 0.0                                                 # double sum_exp += (float) expf(logit - max)
-    for j in range(row.shape[0]):
-        s += np.float64(math.exp(row[j] - mx))
+    mx, _, s = max_and_sum_exp(row)                         # softmax(): double sum_exp += expf(logit - max)
     for k in range(toks.shape[0]):
         p = np.float32(np.float64(math.exp(row[toks[k]] - mx)) / s)   # probs[i] /= sum_exp
         out[k] = math.log(p)                                # std::log(float)
@@ -447,9 +444,9 @@ def winogrande_score(model, tasks: list[WinograndeTask], rows=None, progress=Fal
 
 
 def _text(b: bytes) -> str:
-    from ..textfile import decode_prompt_bytes
+    from ..textfile import decode_utf8
 
-    return decode_prompt_bytes(b + b"\x00")[:-1]            # UTF-8, one U+FFFD per bad byte, no '\n' dropped
+    return decode_utf8(b)
 
 
 def _progress(items, on, desc):

@@ -8,7 +8,7 @@ from pathlib import Path
 def run_tasks(args) -> int:
     from .. import load
     from ..assets import ensure_model
-    from ..textfile import read_prompt_file
+    from ..textfile import read_prompt_bytes, read_prompt_file
     from . import tasks as T
 
     if not (args.file or args.binary_file):
@@ -16,9 +16,8 @@ def run_tasks(args) -> int:
     model = load(ensure_model(args.model), n_ctx=4 * args.ctx_size, n_threads=args.threads,
                  flash_attn=args.flash_attn != "off")
     if args.multiple_choice:
-        raw = Path(args.binary_file).read_bytes() if args.binary_file else Path(args.file).read_bytes()
-        if not args.binary_file and raw.endswith(b"\n"):
-            raw = raw[:-1]                                  # -f drops one trailing '\n', even of a binary file
+        # -bf reads the bytes as they are; -f drops one trailing '\n', even of a binary file
+        raw = Path(args.binary_file).read_bytes() if args.binary_file else read_prompt_bytes(args.file)
         r = T.multiple_choice_score(model, T.read_multiple_choice(raw, args.multiple_choice_tasks), progress=True)
     elif args.hellaswag:
         r = T.hellaswag_score(model, T.select_hellaswag(T.parse_hellaswag(read_prompt_file(args.file)),

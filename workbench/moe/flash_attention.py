@@ -11,6 +11,7 @@ which is not reproduced.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numba import njit, prange
@@ -83,6 +84,10 @@ def flash_attention_tiled(q, kT, v, n_past, n_head_kv, scale, out):
 
 def flash_attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
     """workbench.moe.ops.attention's signature, computed as llama.cpp's CPU flash attention (see above)."""
+    if q.shape[0] < FA_TILE:
+        warnings.warn(f"a batch of {q.shape[0]} tokens: for fewer than {FA_TILE} tokens llama.cpp's flash attention "
+                      f"takes its per-row fp16 path, which is not reproduced (the last bits can differ; load with "
+                      f"flash_attn=False for llama-cpp-python's numbers)", stacklevel=3)
     kT = np.ascontiguousarray((table[kc] if f16 else kc).T, np.float32)     # fp16 -> fp32 is exact
     v = np.ascontiguousarray(table[vc] if f16 else vc, np.float32)
     flash_attention_tiled(np.ascontiguousarray(q, np.float32), kT, v, n_past, n_head_kv, np.float32(scale), out)

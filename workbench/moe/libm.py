@@ -8,7 +8,7 @@ llama.cpp calls libm (expf, logf, powf, log, exp ...). numba lowers math.exp / m
 float32 to libm's expf / logf / powf, and of a float64 to exp / log / pow: the very functions llama.cpp
 calls, and the same on AVX2 and AVX-512 hosts (glibc chooses between its FMA and non-FMA builds only).
 
-expf_rows      out = expf(x) elementwise (2-D float32)
+expf_array     expf of each element of a 1-D float32 array; logf_array likewise
 log_softmax_64 log(softmax(x)) of a float64 vector, exp/log in libm, sums in order
 powf, logf     scalars (ggml_rope_cache_init's theta_scale, ggml_rope_yarn_corr_dims)
 """

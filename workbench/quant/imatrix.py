@@ -252,17 +252,6 @@ class _ExpertRecorder:
 
 # ------------------------------------------------------------------------------------ computing one
 
-def _ubatch_sizes(n_ctx: int, n_batch: int) -> list[int]:
-    """Tokens per forward call of one chunk: n_batch per decode, split into ubatches of N_UBATCH (n_ubatch)."""
-    from ..moe.model import N_UBATCH
-
-    sizes = []
-    for s in range(0, n_ctx, n_batch):
-        b = min(n_batch, n_ctx - s)
-        sizes += [min(N_UBATCH, b - u) for u in range(0, b, N_UBATCH)]
-    return sizes
-
-
 _LAYER_WEIGHTS = ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down", "gate_inp", "gate_exps", "up_exps",
                   "down_exps")
 
@@ -282,7 +271,6 @@ def compute_imatrix(model_path, text: str, n_ctx: int = 512, n_chunks: int | Non
 
     from ..eval.perplexity import chunk_batches
     from ..moe import load
-    from ..moe.flash_attention import FA_TILE
 
     n_batch = n_ctx if n_batch is None else int(n_batch)
     if n_ctx <= 0 or n_batch <= 0:
@@ -300,11 +288,6 @@ def compute_imatrix(model_path, text: str, n_ctx: int = 512, n_chunks: int | Non
     n_chunk = len(toks) // n_ctx
     if n_chunks is not None and n_chunks >= 0:
         n_chunk = min(int(n_chunks), n_chunk)
-    if min(_ubatch_sizes(n_ctx, n_batch)) < FA_TILE:
-        import warnings
-
-        warnings.warn(f"batches of fewer than {FA_TILE} tokens: llama.cpp's flash attention then takes its per-row "
-                      f"fp16 path, which is not reproduced (expect differences in the last bits)", stacklevel=2)
 
     collector = _Collector(model.config.n_expert_used)
     for lw in model.weights.layers:

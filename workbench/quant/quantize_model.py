@@ -41,6 +41,22 @@ def model_shape(metadata) -> ModelShape:
                       n_expert=get(Keys.LLM.EXPERT_COUNT, 0))
 
 
+def quantized_metadata(metadata, ftype: LlamaFileType, imat=None):
+    """The metadata llama-quantize writes: the source's, split keys dropped, then the quantization version,
+    the file type and (with an importance matrix) its quantize.imatrix.* keys set last (gguf_set_val_* on an
+    existing key moves it to the end, as llama-quantize's output shows)."""
+    md = metadata.copy()
+    for k in SPLIT_KEYS:
+        md.pop(k, None)
+        md.types.pop(k, None)
+    for k, v, vt in [(Keys.General.QUANTIZATION_VERSION, QUANTIZATION_VERSION, VT.UINT32),
+                     (Keys.General.FILE_TYPE, int(ftype), VT.UINT32)] + (imat.metadata_items() if imat else []):
+        md.pop(k, None)
+        md.types.pop(k, None)
+        md.set(k, v, vt)
+    return md
+
+
 def to_f32(t: TensorInfo) -> np.ndarray:
     """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row)."""
     from . import dequantize
@@ -128,16 +144,7 @@ def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False
             raise QuantizeError(f"{p.name} -> {p.dst_type.name} needs an importance matrix "
                                 f"({ftype.name} is a very low-bit quantization): pass imatrix=...")
 
-    md = gf.metadata.copy()
-    for k in SPLIT_KEYS:
-        md.pop(k, None)
-        md.types.pop(k, None)
-    # gguf_set_val_* on an existing key moves it to the end, as llama-quantize's output shows
-    for k, v, vt in [(Keys.General.QUANTIZATION_VERSION, QUANTIZATION_VERSION, VT.UINT32),
-                     (Keys.General.FILE_TYPE, int(ftype), VT.UINT32)] + (imat.metadata_items() if imat else []):
-        md.pop(k, None)
-        md.types.pop(k, None)
-        md.set(k, v, vt)
+    md = quantized_metadata(gf.metadata, ftype, imat)
 
     infos = [TensorInfo(p.name, p.dst_type, by_name[p.name].shape) for p in plans]
     rows = []
