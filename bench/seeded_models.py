@@ -27,7 +27,7 @@ TOY_TOKENIZER = Path("/work/shared/golden/toy/tiny-llama")
 
 def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenizer_dir: Path = TOY_TOKENIZER) -> Path:
     """A Hugging Face Llama folder with seeded float16 weights (written one tensor at a time)."""
-    from workbench.gguf.safetensors import LazyTensor, write_safetensors
+    from workbench.hf.safetensors import LazyTensor, write_safetensors
 
     out.mkdir(parents=True, exist_ok=True)
     for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
@@ -72,7 +72,7 @@ def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenize
 
 def ensure_seeded_1b(folder: Path = ROOT / "data" / "models", ftype: str = "Q4_K_M") -> Path:
     """data/models/seeded-1b-<ftype>.gguf, built (HF folder -> F16 GGUF -> ftype) the first time only."""
-    from workbench.gguf.convert import convert_hf
+    from workbench.hf.convert import convert_hf
     from workbench.quant.quantize_model import quantize_model
 
     quant = folder / f"seeded-1b-{ftype}.gguf"

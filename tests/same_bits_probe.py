@@ -26,10 +26,10 @@ def digest(*arrays) -> str:
 def main(model_path: str, golden_dir: str, text_path: str) -> None:
     from workbench.eval.kl import encode_log_probs
     from workbench.eval.perplexity import perplexity
-    from workbench.moe.model import load
-    from workbench.moe.sampling import LlamaRNG, Sampler, SamplingParams
+    from workbench.llama.model import load
+    from workbench.llama.sampling import LlamaRNG, Sampler, SamplingParams
     from workbench.quant import quantize
-    from workbench.textfile import read_prompt_file
+    from workbench.text.files import read_prompt_file
 
     out = {}
     m = load(model_path, n_ctx=1024)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.moe import ops
-from workbench.moe.attention_f16 import attention_f16, round_f16_inplace
-from workbench.moe.exact_dots import hardware_fma
+from workbench.cpu import ops
+from workbench.cpu.attention_f16 import attention_f16, round_f16_inplace
+from workbench.cpu.vec_dot import hardware_fma
 
 
 @pytest.mark.parametrize("T, n_past, D", [(1, 0, 64), (1, 45, 64), (1, 40, 40), (2, 0, 64), (17, 3, 64),
@@ -44,7 +44,7 @@ def test_softmax_scores_is_the_spec():
     including scores far below the maximum (ggml_v_expf's scaled path) and -inf (masked)."""
     if not hardware_fma():
         pytest.skip("no hardware fma: the spec kernel is used")
-    from workbench.moe.attention_f16 import softmax_scores
+    from workbench.cpu.attention_f16 import softmax_scores
     rng = np.random.default_rng(1)
     for n in (1, 7, 8, 9, 64, 301):
         for spread in (1.0, 30.0, 300.0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from workbench.gguf import read_gguf
-from workbench.moe.chat import (BUILTIN_TEMPLATES, ChatTemplateError, detect_template,
+from workbench.text.chat import (BUILTIN_TEMPLATES, ChatTemplateError, detect_template,
                                 render_chat, render_jinja, stop_strings)
 
 CONVO = [{"role": "system", "content": "You are terse."},

@@ -42,7 +42,7 @@ def make_widget(toy_path):
 def reference_answer(toy_path, messages, template, max_tokens):
     """What the same model answers through the library (no widget), greedy."""
     import workbench
-    from workbench.moe.generate import chat
+    from workbench.llama.generate import chat
 
     text, final = chat(workbench.load(toy_path, n_ctx=512), messages, template=template, stream=False,
                        max_tokens=max_tokens, **GREEDY)

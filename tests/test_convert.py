@@ -12,8 +12,8 @@ import pytest
 
 from conftest import load_json
 from workbench.gguf import read_gguf
-from workbench.gguf.convert import convert_hf
-from workbench.gguf.safetensors import (
+from workbench.hf.convert import convert_hf
+from workbench.hf.safetensors import (
     SafetensorsError, bf16_to_f32, f32_to_bf16, open_checkpoint, read_header, write_safetensors, write_sharded,
 )
 
@@ -207,8 +207,8 @@ def test_safetensors_header_beyond_file(tmp_path):
 
 def test_pre_tokenizer_hash_of_smollm2(smollm2_path):
     """Our byte-level BPE tokenization of llama.cpp's check string hashes to llama.cpp's 'smollm' entry."""
-    from workbench.gguf.bpe_pre import pre_from_hash
-    from workbench.gguf.export import tokenizer_json
+    from workbench.hf.bpe_pre import pre_from_hash
+    from workbench.hf.export import tokenizer_json
 
     with read_gguf(smollm2_path) as gf:
         tj = tokenizer_json(gf.metadata)
@@ -220,7 +220,7 @@ def test_pre_tokenizer_hash_of_smollm2(smollm2_path):
 
 
 def test_bpe_building_blocks():
-    from workbench.gguf.bpe_pre import bpe, pre_tokenize, translate_pattern
+    from workbench.hf.bpe_pre import bpe, pre_tokenize, translate_pattern
 
     pat = translate_pattern(r"[^\s\p{L}]+|\p{L}+")
     assert pat.findall("héllo, 世界!") == ["héllo", ",", "世界", "!"]
@@ -232,7 +232,7 @@ def test_bpe_building_blocks():
 
 
 def test_unknown_bpe_pre_tokenizer_is_an_error(tmp_path):
-    from workbench.gguf.vocab import VocabError, detect_pre
+    from workbench.hf.vocab import VocabError, detect_pre
 
     tj = {"normalizer": {"type": "NFKC"}, "pre_tokenizer": {"type": "Whitespace"},
           "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
@@ -260,7 +260,7 @@ def _llama2_tokenizer_json(eos_last=False):
         ("tokenizer.ggml.add_eos_token", True)]),
 ])
 def test_special_tokens_from_tokenizer_json(tmp_path, eos_token, eos_last, want):
-    from workbench.gguf.special_vocab import special_metadata
+    from workbench.hf.special_vocab import special_metadata
 
     (tmp_path / "tokenizer.json").write_text(json.dumps(_llama2_tokenizer_json(eos_last)))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
@@ -293,7 +293,7 @@ def test_auto_outtype_follows_checkpoint_dtype(toy_dir, tmp_path):
 
 def test_q8_0_falls_back_to_f16_for_odd_rows():
     from workbench.gguf.constants import GGMLType
-    from workbench.gguf.convert import tensor_type
+    from workbench.hf.convert import tensor_type
 
     assert tensor_type("blk.0.attn_q.weight", (64, 64), GGMLType.Q8_0) == GGMLType.Q8_0
     assert tensor_type("blk.0.ffn_down.weight", (64, 40), GGMLType.Q8_0) == GGMLType.F16
@@ -305,7 +305,7 @@ def test_q8_0_falls_back_to_f16_for_odd_rows():
 def test_cli_names_the_output_like_llama_cpp(toy_dir, tmp_path, capsys):
     import argparse
 
-    from workbench.gguf import convert_cli
+    from workbench.cli import convert as convert_cli
 
     parser = argparse.ArgumentParser()
     convert_cli.configure(parser)
@@ -331,7 +331,7 @@ MODEL_IDS = [("Mistral/Mixtral-8x7B-Instruct-v0.1", 0), ("Mixtral-8x7B-v0.1", 0)
 @pytest.mark.parametrize("model_id,total", MODEL_IDS)
 def test_model_id_heuristics_match_gguf_py(model_id, total):
     gguf = pytest.importorskip("gguf")
-    from workbench.gguf.model_card import id_to_title, model_id_components
+    from workbench.hf.model_card import id_to_title, model_id_components
 
     assert model_id_components(model_id, total) == gguf.Metadata.get_model_id_components(model_id, total)
     assert id_to_title(model_id) == gguf.Metadata.id_to_title(model_id)
@@ -340,7 +340,7 @@ def test_model_id_heuristics_match_gguf_py(model_id, total):
 def test_model_card_metadata_matches_gguf_py(tmp_path):
     """README front matter + config _name_or_path + generation config -> the same general.* as gguf-py."""
     gguf = pytest.importorskip("gguf")
-    from workbench.gguf.model_card import general_metadata
+    from workbench.hf.model_card import general_metadata
 
     d = tmp_path / "my-Model-7B-chat"
     d.mkdir()
@@ -360,7 +360,7 @@ def test_model_card_metadata_matches_gguf_py(tmp_path):
 
 
 def test_normalizer_flags_follow_the_chat_template(tmp_path):
-    from workbench.gguf.special_vocab import special_metadata
+    from workbench.hf.special_vocab import special_metadata
 
     tj = {"normalizer": {"type": "Sequence", "normalizers": [
         {"type": "BertNormalizer", "lowercase": False, "strip_accents": None}, {"type": "Lowercase"}]}}
@@ -374,7 +374,7 @@ def test_normalizer_flags_follow_the_chat_template(tmp_path):
 
 def test_tensor_names_match_gguf_py(toy_dir):
     gguf = pytest.importorskip("gguf")
-    from workbench.gguf.names import expert_gguf_name, gguf_name
+    from workbench.hf.names import expert_gguf_name, gguf_name
 
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
     names = [n for m in ("tiny-llama", "tiny-mixtral") for n in open_checkpoint(toy_dir / m)

@@ -109,7 +109,7 @@ def test_vector_kernels_on_a_cpu_without_avx2_or_f16c():
     import sys
     code = (
         "import numpy as np\n"
-        "from workbench.quant.lanes import has_avx2, has_f16c\n"
+        "from workbench.cpu.ir import has_avx2, has_f16c\n"
         "from workbench.quant.formats import format_module\n"
         "from workbench.gguf import GGMLType\n"
         "assert not has_avx2() and not has_f16c()\n"

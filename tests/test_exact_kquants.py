@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe import exact_kquants as ek
-from workbench.moe.activations import prepare_activations
-from workbench.moe.exact_dots import _contracted, hardware_fma
+from workbench.cpu import tiled as ek
+from workbench.cpu.act_quant import prepare_activations
+from workbench.cpu.vec_dot import _contracted, hardware_fma
 from workbench.quant import dequantize
 
 TYPES = [GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K]

@@ -1,4 +1,4 @@
-"""workbench.moe.exact_legacy: Q5_0 / Q5_1 weights in the float order of ggml_vec_dot_q5_0_q8_0 /
+"""workbench.cpu.vec_dot_q5: Q5_0 / Q5_1 weights in the float order of ggml_vec_dot_q5_0_q8_0 /
 ggml_vec_dot_q5_1_q8_1 (AVX2) and tinyBLAS_Q0_AVX<block_q5_0>. Checked here against a numpy spec of that
 order (bit for bit), against the float product (closeness), batch against one token, and the fallbacks.
 (Bit-equality with llama.cpp itself is checked by /work/diag/mmcheck.py, which needs llama-cpp-python.)"""
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe import exact_legacy
-from workbench.moe.activations import prepare_activations, vec_dot_type
-from workbench.moe.exact_dots import hardware_fma
+from workbench.cpu import vec_dot_q5 as exact_legacy
+from workbench.cpu.act_quant import prepare_activations, vec_dot_type
+from workbench.cpu.vec_dot import hardware_fma
 
 TYPES = [GGMLType.Q5_0, GGMLType.Q5_1]
 
@@ -156,7 +156,7 @@ def test_without_hardware_fma(monkeypatch, wtype):
 
 
 def test_dispatch_from_matmul_raw():
-    from workbench.moe.matmul import matmul_raw
+    from workbench.llama.matmul import matmul_raw
 
     rows = _random_rows(GGMLType.Q5_1, 5, 64, 3)
     x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)

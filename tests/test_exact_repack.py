@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe import exact_repack
-from workbench.moe.activations import prepare_activations
-from workbench.moe.exact_dots import hardware_fma
+from workbench.cpu import repack as exact_repack
+from workbench.cpu.act_quant import prepare_activations
+from workbench.cpu.vec_dot import hardware_fma
 from workbench.quant import dequantize, quantize
 
 TYPES = [GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K]

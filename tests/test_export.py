@@ -9,9 +9,9 @@ import pytest
 
 from conftest import load_json
 from workbench.gguf import read_gguf, write_gguf
-from workbench.gguf.convert import convert_hf
-from workbench.gguf.export import ExportError, dequantize_tensor, export_hf
-from workbench.gguf.names import gguf_name, hf_name, permute_qk, unpermute_qk
+from workbench.hf.convert import convert_hf
+from workbench.hf.export import ExportError, dequantize_tensor, export_hf
+from workbench.hf.names import gguf_name, hf_name, permute_qk, unpermute_qk
 
 VOCAB_KEYS = ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
               "tokenizer.ggml.scores", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",

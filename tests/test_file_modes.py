@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType, TensorInfo, new_metadata, write_gguf
-from workbench.gguf.safetensors import write_safetensors
+from workbench.hf.safetensors import write_safetensors
 
 
 @contextmanager

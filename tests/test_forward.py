@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from workbench.gguf import read_gguf, write_gguf
-from workbench.moe.config import ConfigError
-from workbench.moe.exact_dots import hardware_fma
-from workbench.moe.kv_cache import ContextError
-from workbench.moe.model import load
-from workbench.moe.weights import WeightError
+from workbench.llama.config import ConfigError
+from workbench.cpu.vec_dot import hardware_fma
+from workbench.llama.kv_cache import ContextError
+from workbench.llama.model import load
+from workbench.llama.weights import WeightError
 
 PROMPTS = [0, 1, 2]
 
@@ -41,9 +41,9 @@ def first_bad(diff, tol):
 @pytest.fixture(scope="module")
 def converted(toy_dir, tmp_path_factory):
     """f32 GGUFs of the HF toy folders, made by our converter (skip when it does not exist yet)."""
-    convert = pytest.importorskip("workbench.gguf.convert")
+    convert = pytest.importorskip("workbench.hf.convert")
     if not hasattr(convert, "convert_hf"):
-        pytest.skip("workbench.gguf.convert.convert_hf not available")
+        pytest.skip("workbench.hf.convert.convert_hf not available")
     out = tmp_path_factory.mktemp("toy_f32")
     return lambda name: convert.convert_hf(toy_dir / name, out / f"{name}-f32.gguf", "f32", progress=False)
 
@@ -164,7 +164,7 @@ def smollm2_golden(golden_dir):
 
 
 # Measured: bit-equal to llama.cpp (argmax 108/108, max |dlogit| 0) wherever numba emits hardware fma.
-# This needs llama.cpp's float sums bit for bit (workbench/moe/simd.py): with float sums in any other order,
+# This needs llama.cpp's float sums bit for bit (workbench/cpu/simd.py): with float sums in any other order,
 # Q8 activation roundings flip and the flips spread through the 30 layers (mean KL ~6e-3, argmax ~97%).
 SMOL_MIN_ARGMAX = 0.99
 SMOL_MAX_MEAN_KL = 1e-3

@@ -14,7 +14,7 @@ from workbench.cli import main
 from workbench.gguf import read_gguf
 from workbench.quant.imatrix import ImatrixError, compute_imatrix, load_imatrix, save_imatrix
 from workbench.quant.quantize_model import quantize_model
-from workbench.textfile import read_prompt_file
+from workbench.text.files import read_prompt_file
 
 # llama-imatrix -m smollm2-f16.gguf -f botchan.txt -c 512 -b 512 --chunks 16 -t 2
 DENSE = "imatrix_smollm2_f16_botchan.gguf"
@@ -208,7 +208,7 @@ def test_cli_reads_the_text_as_llama_cpp_and_records_the_path_as_given(toy_dir, 
     for name in ("blk.0.attn_q.weight", "blk.1.ffn_down_exps.weight"):
         np.testing.assert_array_equal(same.in_sum2[name], crlf.in_sum2[name])
 
-    from workbench.moe import load
+    from workbench.llama import load
     tokenize = load(model, n_ctx=64).tokenize
     assert [len(tokenize(read_prompt_file(f))) for f in ("crlf.txt", "lf.txt")] == [578, 547]
 

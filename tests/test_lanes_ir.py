@@ -1,4 +1,4 @@
-"""workbench.moe.lanes_ir / lanes_avx2 / lanes_f16: the Q4_1, Q8_0 and F16 kernels written as LLVM vector code
+"""workbench.cpu.vec_dot_ir / lanes_avx2 / lanes_f16: the Q4_1, Q8_0 and F16 kernels written as LLVM vector code
 must give, bit for bit, the sums of the scalar statements of ggml's order (exact_dots), on random block bytes
 (every nibble and int8 pattern), odd row and token counts and the row lengths SmolLM2 and 7B models use."""
 from __future__ import annotations
@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe.activations import prepare_activations, vec_dot_type
-from workbench.moe.exact_dots import q4_1_q8_1, q8_0_q8_0
-from workbench.moe.lanes_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
-from workbench.moe.lanes_f16 import f16_matmul, f16_matvec
-from workbench.moe.lanes_ir import lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
-from workbench.quant.lanes import has_avx2
-from workbench.moe.matmul import matmul_raw
+from workbench.cpu.act_quant import prepare_activations, vec_dot_type
+from workbench.cpu.vec_dot import q4_1_q8_1, q8_0_q8_0
+from workbench.cpu.vec_dot_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
+from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
+from workbench.cpu.vec_dot_ir import lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
+from workbench.cpu.ir import has_avx2
+from workbench.llama.matmul import matmul_raw
 
 
 def _random_rows(wtype, N, K, seed):
@@ -118,7 +118,7 @@ def test_q8_lanes_is_quantize_row_q8(wtype, seed):
 
 def test_half_to_float_is_exact():
     """lanes_ir.half_to_float (read by the attention kernels on the fp16 cache), through _keys_by_row."""
-    from workbench.moe.attention_f16 import _keys_by_row
+    from workbench.cpu.attention_f16 import _keys_by_row
     v = np.concatenate([np.random.default_rng(1).standard_normal(1000) * 300,
                         [0.0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf, np.nan]]).astype(np.float16)
     bits = v.view(np.uint16).reshape(-1, 8)
@@ -132,7 +132,7 @@ def test_f16_matvec_is_vec_dot_f16(N, K):
     """f16_matvec == float_rows_exact's ggml_vec_dot_f16 order bit for bit (tails K % 32 included)."""
     if not has_avx2():
         pytest.skip("no AVX2 on this host")
-    from workbench.moe.exact_dots import float_rows_exact
+    from workbench.cpu.vec_dot import float_rows_exact
     rng = np.random.default_rng(N + K)
     W = (rng.standard_normal((N, K)) * 0.05).astype(np.float16)
     x = rng.standard_normal((1, K)).astype(np.float32) * 3
@@ -174,7 +174,7 @@ def test_f16_matmul_is_tinyblas_order(T, N, K):
     """f16_matmul (tiles of 2 rows x 4 tokens plus odd rows / tokens) == float_rows_batch bit for bit."""
     if not has_avx2():
         pytest.skip("no AVX2 on this host")
-    from workbench.moe.exact_dots import float_rows_batch
+    from workbench.cpu.vec_dot import float_rows_batch
     rng = np.random.default_rng(T * 100 + N)
     W = (rng.standard_normal((N, K)) * 0.05).astype(np.float16)
     x = rng.standard_normal((T, K)).astype(np.float32) * 3

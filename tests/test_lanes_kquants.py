@@ -1,4 +1,4 @@
-"""workbench.moe.lanes_kquants: the one-token k-quant kernels written as LLVM vector code must give, bit for
+"""workbench.cpu.vec_dot_kquants: the one-token k-quant kernels written as LLVM vector code must give, bit for
 bit, the sums of the scalar statements of ggml's AVX2 order (exact_kquants.kquant_q8_K with tiled=False,
 exact_repack.q4_K_q8_K with n_gemm=0 and b32_q8_0, exact_legacy.q5_0_q8_0 / q5_1_q8_1), with ggml's x86 instructions and with the portable integer code, on
 random block bytes (every bit pattern of quants and scales), extreme fp16 scales, odd row counts and strided
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe import exact_kquants as ek
-from workbench.moe import exact_legacy as el
-from workbench.moe import exact_repack as er
-from workbench.moe import lanes_kquants as lk
-from workbench.moe.activations import prepare_activations, vec_dot_type
-from workbench.quant.lanes import has_avx2
+from workbench.cpu import tiled as ek
+from workbench.cpu import vec_dot_q5 as el
+from workbench.cpu import repack as er
+from workbench.cpu import vec_dot_kquants as lk
+from workbench.cpu.act_quant import prepare_activations, vec_dot_type
+from workbench.cpu.ir import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
 _F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),

@@ -1,4 +1,4 @@
-"""workbench.moe.matmul: row decoders bit-exact against gguf-py, products against a numpy spec of ggml's
+"""workbench.llama.matmul: row decoders bit-exact against gguf-py, products against a numpy spec of ggml's
 vec_dot (activation quantization included), generic fallback, errors."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.moe.blocks import NATIVE_TYPES
-from workbench.moe.matmul import MatmulError, get_rows, matmul_raw, vec_dot_type
+from workbench.cpu.to_float import NATIVE_TYPES
+from workbench.llama.matmul import MatmulError, get_rows, matmul_raw, vec_dot_type
 
 gq = pytest.importorskip("gguf.quants")
 from gguf import GGMLQuantizationType as QT  # noqa: E402
@@ -171,8 +171,8 @@ def test_batch_equals_single_token_sums(golden_blocks, wtype):
 @pytest.mark.parametrize("wtype", [GGMLType.F16, GGMLType.BF16, GGMLType.F32], ids=lambda t: t.name)
 def test_float_batch_kernel_is_the_spec(wtype):
     """The token-vectorized tinyBLAS kernel (hardware fma) gives float_rows_exact's sums bit for bit."""
-    from workbench.moe.activations import round_bf16
-    from workbench.moe.exact_dots import float_rows_batch, float_rows_exact, hardware_fma
+    from workbench.cpu.act_quant import round_bf16
+    from workbench.cpu.vec_dot import float_rows_batch, float_rows_exact, hardware_fma
 
     if not hardware_fma():
         pytest.skip("no hardware fma: the batch kernel is not used")

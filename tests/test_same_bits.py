@@ -68,8 +68,9 @@ def test_same_bits_under_every_dispatch_level(smollm2_path, golden_dir, shared_d
 
 # modules whose results must be llama.cpp's bits: the forward and its kernels, quantization, perplexity / KLD,
 # importance matrices, sampling, conversion
-EXACT_PATHS = ["workbench/moe", "workbench/quant", "workbench/gguf", "workbench/eval/perplexity.py",
-               "workbench/eval/kl.py", "workbench/eval/logprobs.py", "workbench/eval/tasks.py"]
+EXACT_PATHS = ["workbench/cpu", "workbench/llama", "workbench/text", "workbench/quant", "workbench/gguf",
+               "workbench/hf", "workbench/eval/perplexity.py", "workbench/eval/kl.py", "workbench/eval/logprobs.py",
+               "workbench/eval/tasks.py"]
 # numpy functions whose float results depend on the SIMD level or the BLAS build (exact ones stay allowed:
 # + - * / sqrt rint max min abs, integer ops, casts, sums in a fixed order)
 HOST_DEPENDENT = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "power", "float_power", "sin", "cos",
@@ -109,7 +110,7 @@ def host_dependent_calls(path: Path) -> list[str]:
 
 def test_no_host_dependent_numpy_on_exact_paths():
     bad = [hit for f in exact_path_files() for hit in host_dependent_calls(f)]
-    assert not bad, ("numpy calls whose bits depend on the host's SIMD level, on exact paths (use workbench.moe.libm "
+    assert not bad, ("numpy calls whose bits depend on the host's SIMD level, on exact paths (use workbench.cpu.libm "
                      "or a numba loop; mark integer-only uses '# exact: ...'):\n" + "\n".join(bad))
 
 
@@ -130,11 +131,11 @@ def host_dependent_calls_at(path: Path) -> list[str]:
 
 
 def test_libm_functions_are_the_c_library_s():
-    """workbench.moe.libm calls the C library's expf / logf / powf (what llama.cpp calls), not numpy's."""
+    """workbench.cpu.libm calls the C library's expf / logf / powf (what llama.cpp calls), not numpy's."""
     import ctypes
     import ctypes.util
 
-    from workbench.moe.libm import expf_array, logf_array, powf
+    from workbench.cpu.libm import expf_array, logf_array, powf
 
     libm = ctypes.CDLL(ctypes.util.find_library("m"))
     for name in ("expf", "logf", "powf"):

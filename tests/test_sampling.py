@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from workbench.moe.sampling import (Candidates, LlamaRNG, Sampler, SamplingError, SamplingParams,
+from workbench.llama.sampling import (Candidates, LlamaRNG, Sampler, SamplingError, SamplingParams,
                                     apply_min_p, apply_penalties, apply_temperature, apply_top_k,
                                     apply_top_p, apply_typical, sample_dist)
 

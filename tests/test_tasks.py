@@ -43,7 +43,7 @@ def test_selection_orders():
 # --- files ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sents():
-    from workbench.textfile import read_prompt_file
+    from workbench.text.files import read_prompt_file
 
     return {"en": F.sentences(read_prompt_file("/work/shared/data/botchan.txt"), "en"),
             "zh": F.sentences(read_prompt_file("/work/shared/data/zh_news.txt"), "zh")}
@@ -53,7 +53,7 @@ def sents():
 def test_hellaswag_file_round_trip(sents, lang):
     tasks = F.hellaswag_tasks(sents[lang], 30)
     text = T.hellaswag_text(tasks)
-    from workbench.textfile import decode_prompt_bytes
+    from workbench.text.files import decode_prompt_bytes
 
     assert T.parse_hellaswag(decode_prompt_bytes(text.encode())) == tasks
     assert T.parse_hellaswag(text.replace("\n2\n", "\n 2\r\n", 1))[0].gold in (0, 1, 2, 3)   # stoi
@@ -65,7 +65,7 @@ def test_hellaswag_file_round_trip(sents, lang):
 def test_winogrande_file_round_trip(sents, lang):
     tasks = F.winogrande_tasks(sents[lang], 30, lang)
     assert len(tasks) == 30
-    from workbench.textfile import decode_prompt_bytes
+    from workbench.text.files import decode_prompt_bytes
 
     assert T.parse_winogrande(decode_prompt_bytes(T.winogrande_csv(tasks).encode())) == tasks
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from workbench.cli import main
-from workbench.textfile import decode_prompt_bytes, read_prompt_file
+from workbench.text.files import decode_prompt_bytes, read_prompt_file
 
 
 def test_bytes_are_kept_as_they_are(tmp_path):
@@ -38,7 +38,7 @@ def test_golden_text_keeps_its_bom_and_crlf(shared_data_dir):
 @pytest.fixture(scope="module")
 def smol_tokenizer(smollm2_path):
     from workbench.gguf import read_gguf
-    from workbench.moe.tokenizer import Tokenizer
+    from workbench.text.tokenizer import Tokenizer
 
     return Tokenizer.from_metadata(read_gguf(smollm2_path).metadata)
 

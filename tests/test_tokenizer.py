@@ -8,10 +8,10 @@ import time
 import pytest
 
 from workbench.gguf import read_gguf
-from workbench.moe.pretokenize import (GPT2, LLAMA3, QWEN2, _collapse_regex, _collapsed_text,
+from workbench.text.pretokenize import (GPT2, LLAMA3, QWEN2, _collapse_regex, _collapsed_text,
                                        _split_gpt2, _split_llama3, _split_regex, cpt_flags,
                                        regex_split)
-from workbench.moe.tokenizer import StreamDecoder, Tokenizer, TokenizerError
+from workbench.text.tokenizer import StreamDecoder, Tokenizer, TokenizerError
 
 VOCABS = {"smollm2": None, "toy_spm": "tiny-mixtral-f16.gguf"}  # None: the SmolLM2 model
 VARIANTS = {"ids": dict(add_special=False),
@@ -113,7 +113,7 @@ def test_stream_decoder_never_splits_characters(tokenizers, golden, vocab):
 
 def _spm_whole(tok, text):
     """SPM over the whole escaped text at once, as llama.cpp does (no word cuts, no cache)."""
-    from workbench.moe.spm import spm_tokenize
+    from workbench.text.spm import spm_tokenize
     if not text:
         return []  # empty text: no fragment at all, not even the prefix space
     raw = (" " + text).replace(" ", "\u2581").encode("utf-8", "surrogateescape")

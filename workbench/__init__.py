@@ -10,7 +10,7 @@ os.environ.setdefault("NUMBA_DISABLE_INTEL_SVML", "1")
 
 
 def load(path, n_ctx=None, n_threads=None, **kwargs):
-    """Load a GGUF model for inference (see workbench.moe.load)."""
-    from .moe import load as _load
+    """Load a GGUF model for inference (see workbench.llama.load)."""
+    from workbench.llama import load as _load
 
     return _load(path, n_ctx=n_ctx, n_threads=n_threads, **kwargs)

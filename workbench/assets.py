@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gguf.writer import open_temp_beside
+from workbench.gguf.writer import open_temp_beside
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from .assets import data_dir, ensure_texts
-from .textfile import read_prompt_file
+from workbench.assets import data_dir, ensure_texts
+from workbench.text.files import read_prompt_file
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def toy_dir() -> Path:
     toy = shared / "golden" / "toy"
     if toy.is_dir():
         return toy
-    from .toy_models import ensure_toy_models
+    from workbench.toy_models import ensure_toy_models
 
     return ensure_toy_models(data_dir() / "models" / "toy")
 
@@ -84,7 +84,7 @@ def _rope_pairs(x: np.ndarray, pos: int, adjacent: bool, base: float = 10000.0) 
 def qk_permutation_example(n_head: int = 2, head_dim: int = 4, pos: int = 3, seed: int = 0):
     """Why convert_hf_to_gguf permutes attn_q/attn_k rows: HF's rotate_half pairs row i with row i+d/2,
     ggml's RoPE pairs rows 2i and 2i+1. Returns (row table, max |RoPE_ggml(W_gguf x) - permute(RoPE_hf(W_hf x))|)."""
-    from .gguf.names import permute_qk
+    from workbench.hf.names import permute_qk
 
     n = n_head * head_dim
     labels = np.array([f"h{h}.{'re' if j < head_dim // 2 else 'im'}{j % (head_dim // 2)}"
@@ -120,8 +120,8 @@ def file_diff(a, b, chunk: int = 1 << 24) -> dict:
 def tensor_diff(a, b) -> pd.DataFrame:
     """Per tensor of GGUF `a` (matched by name in `b`): types, bytes identical?, max |a - b| after
     dequantizing both to float32."""
-    from .gguf import read_gguf
-    from .gguf.export import dequantize_tensor
+    from workbench.gguf import read_gguf
+    from workbench.hf.export import dequantize_tensor
 
     ga, gb = read_gguf(a), read_gguf(b)
     by_name = {t.name: t for t in gb.tensors}
@@ -144,7 +144,7 @@ def tensor_diff(a, b) -> pd.DataFrame:
 def f16_base(model_path) -> Path:
     """An F16 copy of `model_path` (cached beside it): the base every quantization below starts from.
     For the Q4_1 default this is a dequantization, so everything made from it is a requantization."""
-    from .quant.quantize_model import quantize_model
+    from workbench.quant.quantize_model import quantize_model
 
     src = Path(model_path)
     dst = work_dir("quant") / f"{src.stem}.F16.gguf"
@@ -156,7 +156,7 @@ def f16_base(model_path) -> Path:
 def quantize_all(base, ftypes, out_dir=None) -> tuple[dict, pd.DataFrame]:
     """Quantize `base` to each ftype (cached: <out_dir>/<base stem>.<ftype>.gguf, the names quant_table
     reuses, plus a .tensors.csv per-tensor report). Returns ({ftype: path}, long per-tensor report)."""
-    from .quant.quantize_model import quantize_model
+    from workbench.quant.quantize_model import quantize_model
 
     base = Path(base)
     out_dir = Path(out_dir) if out_dir else work_dir("quant")
@@ -182,9 +182,9 @@ def requant_errors(model_path, targets=("Q4_1", "Q4_0", "Q5_1", "Q5_0", "Q8_0"),
     """Relative RMSE of quantizing the (dequantized, F16-rounded) tensors of `model_path` again to each target type.
     Re-quantizing Q4_1 data to Q4_1 reproduces its 16 levels almost exactly; 5-bit types put 32 levels on a
     different grid, so they add error although they have more bits."""
-    from .gguf import read_gguf
-    from .gguf.export import dequantize_tensor
-    from .quant import dequantize, quantize
+    from workbench.gguf import read_gguf
+    from workbench.hf.export import dequantize_tensor
+    from workbench.quant import dequantize, quantize
 
     gf = read_gguf(model_path)
     picked = [t for t in gf.tensors if len(t.shape) == 2 and (tensors is None or t.name in tensors)]
@@ -203,10 +203,10 @@ def requant_errors(model_path, targets=("Q4_1", "Q4_0", "Q5_1", "Q5_0", "Q8_0"),
 
 def layer0_activations(model_path, text: str, n_tokens: int = 256) -> np.ndarray:
     """The exact input of blk.0.attn_q/k/v for `text`: RMS-normed token embeddings times attn_norm."""
-    from .gguf import read_gguf
-    from .gguf.export import dequantize_tensor
-    from .moe.config import LlamaConfig
-    from .moe.tokenizer import Tokenizer
+    from workbench.gguf import read_gguf
+    from workbench.hf.export import dequantize_tensor
+    from workbench.llama.config import LlamaConfig
+    from workbench.text.tokenizer import Tokenizer
 
     gf = read_gguf(model_path)
     cfg = LlamaConfig.from_metadata(gf.metadata)
@@ -223,9 +223,9 @@ def imatrix_comparison(model_path, text: str, tensor: str = "blk.0.attn_q.weight
     what llama-imatrix accumulates) and measure both the plain weight error and the error of the layer's
     output on the real activations (what the importance weighting optimizes). SmolLM2 rows have 576 columns,
     so 256-column types (IQ4_XS, k-quants) do not apply to it: the default is IQ4_NL (blocks of 32)."""
-    from .gguf import read_gguf
-    from .gguf.export import dequantize_tensor
-    from .quant import dequantize, quantize
+    from workbench.gguf import read_gguf
+    from workbench.hf.export import dequantize_tensor
+    from workbench.quant import dequantize, quantize
 
     h = layer0_activations(model_path, text, n_tokens)
     w = dequantize_tensor(next(t for t in read_gguf(model_path).tensors if t.name == tensor))
@@ -241,8 +241,8 @@ def imatrix_comparison(model_path, text: str, tensor: str = "blk.0.attn_q.weight
 # --- context ----------------------------------------------------------------------------------------
 def load_rope_scaled(model_path, n_ctx: int, freq_scale: float):
     """Load a model with linear RoPE scaling (positions multiplied by freq_scale, like --rope-freq-scale)."""
-    from . import load
-    from .moe.llama import RopeTables
+    from workbench import load
+    from workbench.llama.forward import RopeTables
 
     m = load(model_path, n_ctx=n_ctx)
     m.config = dataclasses.replace(m.config, rope_freq_scale=float(freq_scale))
@@ -253,7 +253,7 @@ def load_rope_scaled(model_path, n_ctx: int, freq_scale: float):
 def rope_scaling_table(model_path, text: str, contexts, scales=(1.0, 0.5), n_chunks: int = 2) -> pd.DataFrame:
     """PPL for each (context, freq_scale): linear scaling 0.5 stretches the trained positions over 2x the
     context; it costs a little below the training length and is what keeps PPL sane beyond it."""
-    from .eval.perplexity import perplexity
+    from workbench.eval.perplexity import perplexity
 
     rows = []
     for n_ctx in contexts:

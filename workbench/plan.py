@@ -19,12 +19,12 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .gguf.constants import GGMLType as T, GGUFValueType as VT, Keys, LlamaFileType as F, TensorNames, key, \
+from workbench.gguf.constants import GGMLType as T, GGUFValueType as VT, Keys, LlamaFileType as F, TensorNames, key, \
     tensor_name
-from .gguf.reader import Metadata, TensorInfo, read_gguf
-from .gguf.writer import encode_kv
-from .quant.mixes import DEFAULT_TYPE, ModelShape, plan_types
-from .quant.quantize_model import quantized_metadata
+from workbench.gguf.reader import Metadata, TensorInfo, read_gguf
+from workbench.gguf.writer import encode_kv
+from workbench.quant.mixes import DEFAULT_TYPE, ModelShape, plan_types
+from workbench.quant.quantize_model import quantized_metadata
 
 MiB, GB = 1 << 20, 10 ** 9
 # the ftypes a plan covers by default: the 17 of the SmolLM2 goldens plus the low-bit IQ family
@@ -115,7 +115,7 @@ def shape_from_dict(d: dict) -> Shape:
 
 def shape_from_config(hp: dict, where: str = "config.json") -> Shape:
     """From a HF config.json (Llama / Mistral / Mixtral), with transformers' defaults for missing keys."""
-    from .gguf.hf_config import CONFIG_DEFAULTS, SUPPORTED_ARCHITECTURES, rope_parameters
+    from workbench.hf.config import CONFIG_DEFAULTS, SUPPORTED_ARCHITECTURES, rope_parameters
 
     arch = (hp.get("architectures") or [None])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -226,12 +226,12 @@ def _load_source(model) -> Source:
 def _config_source(s: Shape, folder: Path | None, name: str) -> Source:
     """Metadata as convert_hf_to_gguf would write it: exact for the hyper-parameters (and for the tokenizer
     and general.* keys when the folder has the files); estimated for a tokenizer we cannot see."""
-    from .gguf.convert import build_metadata
-    from .gguf.hf_config import hparam_metadata
+    from workbench.hf.convert import build_metadata
+    from workbench.hf.config import hparam_metadata
 
     tensors = model_tensors(s)
     if folder is not None and ((folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()):
-        from .gguf.hf_config import load_hparams
+        from workbench.hf.config import load_hparams
 
         hp = load_hparams(folder)
         return Source(s, tensors, build_metadata(folder, hp, F.F16, tensors), 0, 32, True, name)

@@ -29,7 +29,7 @@ def train_tokenizer(text_path, out: Path, vocab_size: int = 2000) -> None:
 
 
 def make_hf_mixtral(out: Path, name: str, text_path, seed: int = 0, n_layer: int = 2) -> Path:
-    from .gguf.safetensors import write_safetensors
+    from workbench.hf.safetensors import write_safetensors
 
     hidden, ffn, n_head, n_kv, n_exp = SHAPES[name]
     out.mkdir(parents=True, exist_ok=True)
@@ -74,8 +74,8 @@ def make_hf_mixtral(out: Path, name: str, text_path, seed: int = 0, n_layer: int
 
 def ensure_toy_models(folder: Path) -> Path:
     """tiny-mixtral/ (HF), tiny-mixtral-f16.gguf and tiny-mixtral8-f16.gguf under `folder`, made once."""
-    from .assets import ensure_texts
-    from .gguf.convert import convert_hf
+    from workbench.assets import ensure_texts
+    from workbench.hf.convert import convert_hf
 
     folder = Path(folder)
     text = ensure_texts()["en"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..assets import data_dir
+from workbench.assets import data_dir
 
 
 def memory_bandwidth_gbs(size_mb: int = 256, repeat: int = 5) -> float:
@@ -32,7 +32,7 @@ def memory_bandwidth_gbs(size_mb: int = 256, repeat: int = 5) -> float:
 def weight_bytes_per_token(gguf_path) -> int:
     """Bytes of weights a single-token forward pass reads (all tensors except the token embedding table,
     of which one row is read; a tied output matrix is read in full)."""
-    from ..gguf import read_gguf
+    from workbench.gguf import read_gguf
 
     with read_gguf(gguf_path) as gf:
         names = {t.name for t in gf.tensors}
@@ -81,7 +81,7 @@ class WorkbenchRunner(Runner):
     name = "workbench"
 
     def __init__(self, path, n_threads: int, n_ctx: int = 1024):
-        from .. import load
+        from workbench import load
 
         self.model = load(path, n_ctx=n_ctx, n_threads=n_threads)
         self.n_vocab = self.model.config.n_vocab
@@ -146,7 +146,7 @@ def bench_plot(csv_path=None, out=None):
     """Bar chart of workbench/llama.cpp ratios per model and test, from bench.csv."""
     import pandas as pd
 
-    from .plots import _plt, _save
+    from workbench.eval.plots import _plt, _save
 
     csv_path = Path(csv_path) if csv_path else data_dir() / "reports" / "bench.csv"
     df = pd.read_csv(csv_path)

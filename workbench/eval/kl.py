@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .logprobs import encode_log_probs, kld_rows, record_width, token_nll  # noqa: F401 (kl's API)
-from .perplexity import PerplexityError, check_inputs, chunk_batches, output_logits
+from workbench.eval.logprobs import encode_log_probs, kld_rows, record_width, token_nll  # noqa: F401 (kl's API)
+from workbench.eval.perplexity import PerplexityError, check_inputs, chunk_batches, output_logits
 
 MAGIC = b"_logits_"
 

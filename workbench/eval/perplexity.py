@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .logprobs import token_nll  # noqa: F401  (part of this module's API)
+from workbench.eval.logprobs import token_nll  # noqa: F401  (part of this module's API)
 
 
 class PerplexityError(ValueError):

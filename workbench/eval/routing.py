@@ -51,8 +51,8 @@ def routing_table(stats: dict) -> pd.DataFrame:
 
 def ppl_by_experts_used(model_path, text: str, n_ctx: int = 128, n_chunks: int = 4, tokens=None) -> pd.DataFrame:
     """PPL for every number of experts used 1..n_expert (like --override-kv {arch}.expert_used_count=int:N)."""
-    from .. import load
-    from .perplexity import perplexity
+    from workbench import load
+    from workbench.eval.perplexity import perplexity
 
     base = load(model_path, n_ctx=n_ctx)
     n_expert = base.config.n_expert

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..assets import data_dir
-from ..gguf import read_gguf
+from workbench.assets import data_dir
+from workbench.gguf import read_gguf
 
 
 def model_bpw(path) -> tuple[int, float]:
@@ -45,9 +45,9 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
 
     Columns: ftype, file_bytes, bpw, ppl, ppl_err, delta_ppl, ppl_ratio, kld_mean, kld_err, kld_p99,
     same_top_p, dp_rms, prompt_tps, gen_tps. Also written as CSV and markdown under data/reports/."""
-    from .. import load
-    from ..quant.quantize_model import quantize_model
-    from .kl import kl_divergence, save_base
+    from workbench import load
+    from workbench.quant.quantize_model import quantize_model
+    from workbench.eval.kl import kl_divergence, save_base
 
     out_dir = Path(out_dir) if out_dir else data_dir() / "models" / "quant_table"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
     tokens = base.tokenize(text, add_special=True)
     kld_file = out_dir / f"{base_gguf.stem}.n{n_ctx}.kld"
     base_nll = save_base(base, text, kld_file, n_ctx=n_ctx, n_chunks=n_chunks, tokens=tokens, progress=progress)
-    from .perplexity import ppl_and_error
+    from workbench.eval.perplexity import ppl_and_error
 
     base_ppl, base_err = ppl_and_error(base_nll)
     size, bpw = model_bpw(base_gguf)

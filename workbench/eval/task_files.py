@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from .tasks import HellaswagTask, MultipleChoiceTask, TaskFileError, WinograndeTask
+from workbench.eval.tasks import HellaswagTask, MultipleChoiceTask, TaskFileError, WinograndeTask
 
 _SPLIT = {"en": re.compile(r"(?<=[.!?])\s+"), "zh": re.compile(r"(?<=[。！？])")}
 _LIMITS = {"en": (40, 160), "zh": (12, 60)}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from .logprobs import max_and_sum_exp
+from workbench.eval.logprobs import max_and_sum_exp
 
 
 class TaskFileError(ValueError):
@@ -39,7 +39,7 @@ class TaskFileError(ValueError):
 # --- the tool's random task selection -----------------------------------------------------------------
 class MT19937:
     """std::mt19937 (init_genrand seeding); calling it gives the next uint32. numpy's MT19937 with its legacy
-    seeding is the same generator (as workbench.moe.sampling.LlamaRNG uses it)."""
+    seeding is the same generator (as workbench.llama.sampling.LlamaRNG uses it)."""
 
     def __init__(self, seed: int = 5489):
         self._mt = np.random.MT19937()
@@ -444,7 +444,7 @@ def winogrande_score(model, tasks: list[WinograndeTask], rows=None, progress=Fal
 
 
 def _text(b: bytes) -> str:
-    from ..textfile import decode_utf8
+    from workbench.text.files import decode_utf8
 
     return decode_utf8(b)
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from .constants import BULK_ARRAY_KEYS, GGUFValueType
-from .reader import GGUFFile
+from workbench.gguf.constants import BULK_ARRAY_KEYS, GGUFValueType
+from workbench.gguf.reader import GGUFFile
 
 
 def type_name(spec) -> str:

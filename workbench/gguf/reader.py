@@ -16,7 +16,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from .constants import (
+from workbench.gguf.constants import (
     GGML_BLOCK_SIZES, GGML_MAX_DIMS, GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_READ_VERSIONS,
     PLAIN_DTYPES, VALUE_DTYPES, GGMLType, GGUFValueType, Keys,
 )
@@ -45,7 +45,7 @@ class Metadata(dict):
 
     def set(self, key: str, value: Any, vtype: ValueTypeSpec | None = None) -> None:
         """Set a key with an explicit (or inferred) value type; keeps the key's position if it exists."""
-        from .writer import infer_value_type  # local: the writer owns type inference
+        from workbench.gguf.writer import infer_value_type  # local: the writer owns type inference
 
         self[key] = value
         self.types[key] = vtype if vtype is not None else infer_value_type(value)

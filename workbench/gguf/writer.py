@@ -14,11 +14,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .constants import (
+from workbench.gguf.constants import (
     GGML_MAX_DIMS, GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, VALUE_DTYPES,
     GGMLType, GGUFValueType, Keys,
 )
-from .reader import GGUFError, GGUFFile, Metadata, TensorInfo, ValueTypeSpec
+from workbench.gguf.reader import GGUFError, GGUFFile, Metadata, TensorInfo, ValueTypeSpec
 
 _NUMPY_TO_VALUE = {np.dtype(v).str: k for k, v in VALUE_DTYPES.items() if k != GGUFValueType.BOOL}
 

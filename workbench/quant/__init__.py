@@ -8,7 +8,7 @@ Public API::
 
 ``type`` is a :class:`GGMLType` or its name ("q4_k"). A 1-D ``x`` is treated as one row.
 
-One module per format, found BY NAME: ``workbench/quant/<type.name.lower()>.py``. Each exposes
+One module per format, found BY NAME: ``workbench/quant/types/<type.name.lower()>.py``. Each exposes
 
 * ``quantize(x, imatrix)``: x float32 (rows, n_per_row) C-contiguous, imatrix float32 (n_per_row,) or None
   -> uint8 (rows, row_bytes). The numba kernel; rows in parallel (prange), no Python loop over blocks.
@@ -20,44 +20,13 @@ Inputs are validated here, once, so the format modules can assume well-formed ar
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 
-from ..gguf.constants import GGMLType
-from .formats import UnknownTypeError, format_module, format_table, needs_imatrix, parse_type
+from workbench.gguf.constants import GGMLType
+from workbench.quant.formats import UnknownTypeError, format_module, format_table, needs_imatrix, parse_type
 
 __all__ = ["quantize", "dequantize", "format_table", "needs_imatrix", "QuantInputError", "UnknownTypeError",
            "GGMLType"]
-
-
-def _drop_stale_numba_cache() -> None:
-    """numba's on-disk cache checks only the file of each cached function, so a kernel in q4_k.py that
-    inlines a helper from common.py would keep running the old helper after common.py changes. When any
-    source of this package changed since the cache was written, drop the package's cached kernels."""
-    pkg = Path(__file__).parent
-    cache = pkg / "__pycache__"
-    digest = hashlib.sha1(b"".join(p.name.encode() + p.read_bytes() for p in sorted(pkg.glob("*.py")))).hexdigest()
-    stamp = cache / "numba_sources.sha1"
-    try:
-        if stamp.read_text() == digest:
-            return
-    except OSError:
-        pass
-    for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
-        try:
-            f.unlink()
-        except OSError:
-            pass
-    try:
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:
-        pass
-
-
-_drop_stale_numba_cache()
 
 
 class QuantInputError(ValueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import F32, GROUP_MAX_EPS, level
+from workbench.quant.common import F32, GROUP_MAX_EPS, level
 
 
 @njit(cache=True, error_model="numpy")

@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .lanes import half_to_f32
+from workbench.cpu.ir import half_to_f32
 
 QK_K = 256                        # super-block size of the k-quants
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this a group counts as all zero

@@ -1,6 +1,6 @@
 """The format table: one row per ggml type, and the lookup of the module that implements it.
 
-A format lives in ``workbench/quant/<type name lowercased>.py`` (``q4_k.py`` for Q4_K) and is found by
+A format lives in ``workbench/quant/types/<type name lowercased>.py`` (``q4_k.py`` for Q4_K) and is found by
 name, so adding a format means adding one module; nothing here lists them.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from ..gguf.constants import GGMLType
+from workbench.gguf.constants import GGMLType
 
 # ggml_quantize_requires_imatrix (ggml.c): ggml refuses to quantize these without an importance matrix
 REQUIRES_IMATRIX = frozenset({GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ1_S})
@@ -27,7 +27,7 @@ def parse_type(type_) -> GGMLType:
 
 
 def module_name(type_: GGMLType) -> str:
-    return f"{__package__}.{type_.name.lower()}"
+    return f"{__package__}.types.{type_.name.lower()}"
 
 
 def has_module(type_: GGMLType) -> bool:

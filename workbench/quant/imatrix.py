@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
-from ..gguf import GGUFError, GGUFValueType as VT, Keys, read_gguf
+from workbench.gguf import GGUFError, GGUFValueType as VT, Keys, read_gguf
 
 MIN_DENSE_ROWS = 16     # collect_imatrix skips a MUL_MAT of fewer tokens ("why are small batches ignored?")
 KV_OVERRIDE_CHARS = 127  # llama-quantize copies the imatrix path and dataset into a char[128] (strncpy)
@@ -145,7 +145,7 @@ def save_imatrix(imat: Imatrix, path) -> None:
     """IMatrixCollector::save_imatrix: tensors sorted by name, <name>.in_sum2 ne = [n_per_row, n_mat] and
     <name>.counts ne = [1, n_mat], F32; numpy shapes (n,) and (1,) for a dense weight (gguf drops trailing 1-dims),
     (n_mat, n) and (n_mat, 1) for a stack of experts."""
-    from ..gguf import GGMLType, TensorInfo, new_metadata, write_gguf
+    from workbench.gguf import GGMLType, TensorInfo, new_metadata, write_gguf
 
     if not imat.in_sum2:
         raise ImatrixError(f"{imat.file or 'this imatrix'} holds no raw sums (a legacy .dat keeps only averages): "
@@ -214,7 +214,7 @@ class _Collector:
 
 
 class _Recorder:
-    """Stands in for a workbench.moe Weight: records what enters the product, then multiplies."""
+    """Stands in for a workbench.llama Weight: records what enters the product, then multiplies."""
 
     def __init__(self, weight, collector: _Collector, router: bool = False):
         self._weight, self._collector, self._router = weight, collector, router
@@ -226,7 +226,7 @@ class _Recorder:
         self._collector.dense(self._weight.name, x)
         out = self._weight.mul(x, quantize_act)
         if self._router:  # the experts of this layer follow; note whom the router picks (as moe_ffn will)
-            from ..moe.experts import route
+            from workbench.llama.experts import route
 
             self._collector.selected = route(out, self._collector.n_expert_used)[0]
         return out
@@ -263,14 +263,14 @@ def compute_imatrix(model_path, text: str, n_ctx: int = 512, n_chunks: int | Non
     matmul of the transformer blocks, per column, per expert for MoE stacks, over non-overlapping n_ctx chunks
     of `text` (BOS in front of each chunk when the model adds one), n_batch tokens per decode.
 
-    `text` must be the file as llama.cpp reads `-f` (workbench.textfile.read_prompt_file); `dataset` is what
+    `text` must be the file as llama.cpp reads `-f` (workbench.text.files.read_prompt_file); `dataset` is what
     imatrix.datasets records (llama-imatrix: the -f path as given). n_batch defaults to n_ctx; llama-imatrix's
     default (2048) packs n_batch / n_ctx chunks into one batch as parallel sequences, which reorders its sums:
     that mode is not reproduced (pass -b equal to -c to llama-imatrix to compare)."""
     from tqdm.auto import tqdm
 
-    from ..eval.perplexity import chunk_batches
-    from ..moe import load
+    from workbench.eval.perplexity import chunk_batches
+    from workbench.llama import load
 
     n_batch = n_ctx if n_batch is None else int(n_batch)
     if n_ctx <= 0 or n_batch <= 0:

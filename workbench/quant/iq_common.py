@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-from . import QuantInputError  # the package's ValueError subclass for bad arguments  # noqa: F401
+from workbench.quant import QuantInputError  # the package's ValueError subclass for bad arguments  # noqa: F401
 
 QK_K = 256
 f32 = np.float32

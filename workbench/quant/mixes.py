@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..gguf.constants import GGMLType as T, LlamaFileType as F
+from workbench.gguf.constants import GGMLType as T, LlamaFileType as F
 
 # llama_ftype_get_default_type
 DEFAULT_TYPE: dict[F, T] = {

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gguf import GGUFValueType as VT, Keys, TensorInfo, read_gguf
-from ..gguf.constants import QUANTIZATION_VERSION, GGMLType, LlamaFileType, key
-from ..gguf.writer import GGUFWriter
-from .imatrix import Imatrix, load_imatrix
-from .mixes import ModelShape, TensorPlan, plan_types
+from workbench.gguf import GGUFValueType as VT, Keys, TensorInfo, read_gguf
+from workbench.gguf.constants import QUANTIZATION_VERSION, GGMLType, LlamaFileType, key
+from workbench.gguf.writer import GGUFWriter
+from workbench.quant.imatrix import Imatrix, load_imatrix
+from workbench.quant.mixes import ModelShape, TensorPlan, plan_types
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
 
@@ -59,7 +59,7 @@ def quantized_metadata(metadata, ftype: LlamaFileType, imat=None):
 
 def to_f32(t: TensorInfo) -> np.ndarray:
     """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row)."""
-    from . import dequantize
+    from workbench.quant import dequantize
 
     if t.type == GGMLType.F32:
         return t.numpy().reshape(-1, t.n_per_row)
@@ -82,7 +82,7 @@ def imatrix_values(imat, t: TensorInfo) -> np.ndarray | None:
 
 
 def _quantize_tensor(t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
-    from . import dequantize, quantize
+    from workbench.quant import dequantize, quantize
 
     x = to_f32(t)
     n_per_row = t.n_per_row

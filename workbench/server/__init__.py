@@ -1,4 +1,4 @@
 """llama-server-compatible and OpenAI-compatible HTTP API (see app.py)."""
-from .app import Engine, build_app
+from workbench.server.app import Engine, build_app
 
 __all__ = ["Engine", "build_app"]

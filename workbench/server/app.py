@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from ..gguf import Keys
-from ..moe.chat import ChatTemplateError, render_chat, stop_strings
-from ..moe.generate import ContextOverflowError, Event, generate
-from ..moe.sampling import SamplingError, SamplingParams
+from workbench.gguf import Keys
+from workbench.text.chat import ChatTemplateError, render_chat, stop_strings
+from workbench.llama.generate import ContextOverflowError, Event, generate
+from workbench.llama.sampling import SamplingError, SamplingParams
 
 
 class APIError(Exception):

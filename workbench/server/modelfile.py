@@ -132,8 +132,8 @@ def render_go_template(template: str, system: str = "", prompt: str = "", respon
 
 def modelfile_for(gguf_path, template_name: str | None = None) -> str:
     """A Modelfile for a GGUF: FROM, the Go template of its chat format, stop parameters."""
-    from ..gguf import Keys, read_gguf
-    from ..moe.chat import detect_template
+    from workbench.gguf import Keys, read_gguf
+    from workbench.text.chat import detect_template
 
     path = Path(gguf_path)
     with read_gguf(path) as gf:

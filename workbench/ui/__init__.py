@@ -1,4 +1,4 @@
 """Notebook widgets."""
-from .chat_widget import ChatWidget
+from workbench.ui.chat_widget import ChatWidget
 
 __all__ = ["ChatWidget"]

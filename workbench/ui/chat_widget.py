@@ -103,7 +103,7 @@ class ChatWidget(W.VBox):
         return sys_msg + self.history[:-1]
 
     def _generate(self) -> None:
-        from ..moe.generate import chat
+        from workbench.llama.generate import chat
 
         try:
             for ev in chat(self.model, self.messages(), template=self.template.value, stream=True,

@@ -1,0 +1,27 @@
+"""python -m workbench convert MODEL_DIR [--outfile X.gguf] [--outtype auto|f32|f16|bf16|q8_0]
+
+Named and flagged like llama.cpp's convert_hf_to_gguf.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.hf.convert import OUTTYPES
+
+
+def configure(p) -> None:
+    p.add_argument("model", help="Hugging Face model folder (config.json, *.safetensors, tokenizer files)")
+    p.add_argument("--outfile", help="output GGUF path, may contain '{ftype}'; a folder gets llama.cpp's "
+                                     "default name (default: inside MODEL_DIR, e.g. Tiny-Llama-4.2M-F16.gguf)")
+    p.add_argument("--outtype", default="auto", choices=["auto", *OUTTYPES],
+                   help="tensor type of the output (auto: the checkpoint's f16/bf16, default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from workbench.hf.convert import convert_hf
+
+    model = Path(args.model)
+    path = convert_hf(model, Path(args.outfile) if args.outfile else model, outtype=args.outtype,
+                      progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0

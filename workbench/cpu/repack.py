@@ -1,0 +1,260 @@
+"""Exact ggml sums for the weight types that ggml-cpu REPACKS on AVX2: Q4_0, IQ4_NL, Q4_K.
+
+When a weight of these types has a row count divisible by 8, llama.cpp's CPU backend stores it in the
+CPU_REPACK buffer (ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type: q4_0_8x8_q8_0,
+iq4_nl_8x8_q8_0, q4_K_8x8_q8_K) and multiplies it with the interleaved kernels of
+ggml-cpu/arch/x86/repack.cpp instead of ggml_vec_dot_* / tinyBLAS. tensor_traits::forward_mul_mat hands
+the first T - T % 4 tokens to ggml_gemm_* (groups of 4 tokens, activations quantized by
+ggml_quantize_mat_q8_0_4x8 / _q8_K_4x8) and the last T % 4 tokens to ggml_gemv_* (activations
+quantized by quantize_row_q8_0 / _q8_K). The quantized values are the same either way:
+
+* ggml_quantize_mat_q8_0_4x8 (AVX2) computes d = amax / 127, id = 127 / amax, rint(x * id) exactly like
+  quantize_row_q8_0 (AVX2).
+* ggml_quantize_mat_q8_K_4x8 (AVX2) picks the sign of the scale differently from quantize_row_q8_K_ref
+  when a block holds both +amax and -amax; that flips the signs of d, q and bsums together (rint is
+  symmetric) and leaves every product d_w * d_x * sum(q_w q_x) unchanged.
+
+so activations.prepare_activations gives them. The float order, per output (row r, token t):
+
+Q4_0 / IQ4_NL (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, identical order):
+    acc = 0;  for each block b of 32:  acc = fma(float(isum_b), d_w[b] * d_x[b], acc)
+    (isum_b the exact integer dot of the signed weight values -8..7 or kvalues_iq4nl with the int8 x)
+Q4_K (ggml_gemv_q4_K_8x8_q8_K / ggml_gemm_q4_K_8x8_q8_K), per super-block of 256 with d_x float32:
+    gemv (one token): acc  = fma(float(sum_j sc_j isum_j), d_w * d_x, acc)          j over 8 sub-blocks
+                      accm = fma(float(sum_j m_j bsum_j), dmin_w * d_x, accm)
+    gemm (4 tokens):  the same two fmas once per PAIR of sub-blocks (j = 2p, 2p+1), 4 per super-block
+    result acc - accm.
+Integer parts are exact (no int16 saturation is reachable with |q_x| <= 127); only the int -> float
+conversion of a Q4_K super-block sum can round (above 2^24), as _mm256_cvtepi32_ps does.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from workbench.gguf import GGMLType
+
+from workbench.cpu import vec_dot_kquants as lanes_kquants
+from workbench.cpu.act_quant import prepare_activations
+from workbench.cpu.vec_dot import _h, hardware_fma
+from workbench.cpu.simd import fma32
+
+SUPPORTED = (GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K)
+
+# signed values of a 4-bit index, as the signextendlut of ggml_gemv_q4_0_8x8_q8_0 (the repack xors the
+# nibbles with 8, the LUT maps them back to -8..7) and ggml_gemv_iq4_nl_8x8_q8_0 (kvalues_iq4nl)
+LUT_Q4_0 = np.arange(-8, 8, dtype=np.float32)
+LUT_IQ4_NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+_B32 = {GGMLType.Q4_0: LUT_Q4_0, GGMLType.IQ4_NL: LUT_IQ4_NL}   # 18-byte blocks: fp16 d + 16 bytes
+
+
+# --- Q4_0 / IQ4_NL: one fma per block of 32 ---------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def b32_q8_0(W, K, lut, xq, dx, out):
+    """gemv_q4_b32_8x8_q8_0_lut_avx / gemm_q4_b32_8x8_q8_0_lut_avx, one token at a time (the spec):
+    acc = fma(float(isum), d_w * d_x, acc) per block; element j < 16 is the low nibble of byte j,
+    element j + 16 its high nibble."""
+    N = W.shape[0]
+    T = xq.shape[0]
+    for r in prange(N):
+        row = W[r]
+        for t in range(T):
+            acc = np.float32(0.0)
+            for b in range(K // 32):
+                o = b * 18
+                isum = np.int32(0)
+                for j in range(16):
+                    byte = row[o + 2 + j]
+                    isum += np.int32(lut[byte & np.uint8(15)]) * np.int32(xq[t, 32 * b + j])
+                    isum += np.int32(lut[byte >> np.uint8(4)]) * np.int32(xq[t, 32 * b + j + 16])
+                acc = fma32(np.float32(isum), _h(row, o) * dx[t, b], acc)
+            out[t, r] = acc
+
+
+def _b32_q8_0_batch_impl(W, K, lut, xqT, dxT, out):
+    """b32_q8_0 for T tokens at once, vectorized over tokens: xqT (K, T) integer activations as float32
+    (a block's integer dot stays below 32 * 127 * 127 < 2^24: exact), dxT (K/32, T). Compiled with
+    fastmath 'contract' so that `isum * dd + acc` is one hardware fma, like _mm256_fmadd_ps."""
+    N = W.shape[0]
+    T = xqT.shape[1]
+    for r in prange(N):
+        row = W[r]
+        acc = np.zeros(T, np.float32)
+        isum = np.empty(T, np.float32)
+        dd = np.empty(T, np.float32)
+        for b in range(K // 32):
+            o = b * 18
+            d = _h(row, o)
+            isum[:] = 0.0
+            for j in range(16):
+                byte = row[o + 2 + j]
+                wl = lut[byte & np.uint8(15)]
+                wh = lut[byte >> np.uint8(4)]
+                xl = xqT[32 * b + j]
+                xh = xqT[32 * b + j + 16]
+                for t in range(T):
+                    isum[t] += wl * xl[t] + wh * xh[t]
+            for t in range(T):
+                dd[t] = d * dxT[b, t]
+            for t in range(T):
+                acc[t] = isum[t] * dd[t] + acc[t]
+        for t in range(T):
+            out[t, r] = acc[t]
+
+
+b32_q8_0_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_b32_q8_0_batch_impl)
+
+
+# --- Q4_K: per super-block (gemv) or per pair of sub-blocks (gemm) ----------------------------------
+
+@njit(cache=True, inline="always")
+def _scale_min_k4(row, o, j):
+    """get_scale_min_k4 (ggml-quants.c): 6-bit scale and min of sub-block j from the 12 scale bytes."""
+    q = o + 4
+    if j < 4:
+        return np.int32(row[q + j] & np.uint8(63)), np.int32(row[q + j + 4] & np.uint8(63))
+    sc = np.int32(row[q + j + 4] & np.uint8(15)) | (np.int32(row[q + j - 4] >> np.uint8(6)) << 4)
+    m = np.int32(row[q + j + 4] >> np.uint8(4)) | (np.int32(row[q + j] >> np.uint8(6)) << 4)
+    return sc, m
+
+
+@njit(cache=True, parallel=True)
+def q4_K_q8_K(W, K, xq, dx, n_gemm, out):
+    """ggml_gemm_q4_K_8x8_q8_K for tokens t < n_gemm (one fma pair per 64 values), ggml_gemv_q4_K_8x8_q8_K
+    for the others (one fma pair per super-block of 256); result acc - accm. Sub-block j of 32: values
+    64 (j//2) + l are the low (j even) or high (j odd) nibbles of qs[32 (j//2) + l]."""
+    N = W.shape[0]
+    T = xq.shape[0]
+    for r in prange(N):
+        row = W[r]
+        for t in range(T):
+            step = 2 if t < n_gemm else 8        # sub-blocks per float fma
+            acc = np.float32(0.0)
+            accm = np.float32(0.0)
+            for b in range(K // 256):
+                o = b * 144
+                dd = _h(row, o) * dx[t, b]
+                ddm = _h(row, o + 2) * dx[t, b]
+                isum = np.int64(0)
+                imin = np.int64(0)
+                for j in range(8):
+                    sc, m = _scale_min_k4(row, o, j)
+                    dot = np.int64(0)
+                    bsum = np.int64(0)
+                    for l in range(32):
+                        byte = row[o + 16 + 32 * (j // 2) + l]
+                        q = (byte >> np.uint8(4)) if j % 2 else (byte & np.uint8(15))
+                        xv = np.int64(xq[t, 256 * b + 32 * j + l])
+                        dot += np.int64(q) * xv
+                        bsum += xv
+                    isum += sc * dot
+                    imin += m * bsum
+                    if (j + 1) % step == 0:
+                        acc = fma32(np.float32(isum), dd, acc)
+                        accm = fma32(np.float32(imin), ddm, accm)
+                        isum = np.int64(0)
+                        imin = np.int64(0)
+            out[t, r] = acc - accm
+
+
+def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, bsT, n_gemm, out):
+    """q4_K_q8_K vectorized over tokens (xqT (K, T) as float32, dxT (K/256, T), bsT (K/32, T) the sums of
+    q_x per sub-block, as ggml reads them from block_q8_K.bsums), 'contract' fastmath for the fmas.
+    A sub-block's dot (< 32 * 15 * 127) and bsum are exact in float32; the scaled sums are gathered in
+    float64 (exact) and rounded to float32 once, as _mm256_cvtepi32_ps rounds the int32."""
+    N = W.shape[0]
+    T = xqT.shape[1]
+    for r in prange(N):
+        row = W[r]
+        acc = np.zeros(T, np.float32)
+        accm = np.zeros(T, np.float32)
+        dot = np.empty(T, np.float32)
+        isum = np.zeros(T, np.float64)
+        imin = np.zeros(T, np.float64)
+        dd = np.empty(T, np.float32)
+        ddm = np.empty(T, np.float32)
+        for b in range(K // 256):
+            o = b * 144
+            d, dmin = _h(row, o), _h(row, o + 2)
+            for t in range(T):
+                dd[t] = d * dxT[b, t]
+                ddm[t] = dmin * dxT[b, t]
+            for j in range(8):
+                sc, m = _scale_min_k4(row, o, j)
+                dot[:] = 0.0
+                bsum = bsT[8 * b + j]
+                for l in range(32):
+                    byte = row[o + 16 + 32 * (j // 2) + l]
+                    q = np.float32((byte >> np.uint8(4)) if j % 2 else (byte & np.uint8(15)))
+                    xl = xqT[256 * b + 32 * j + l]
+                    for t in range(T):
+                        dot[t] += q * xl[t]
+                for t in range(T):
+                    isum[t] += np.float64(sc) * np.float64(dot[t])
+                    imin[t] += np.float64(m) * np.float64(bsum[t])
+                if j % 2 == 1:                       # gemm tokens: fma after every pair of sub-blocks
+                    for t in range(n_gemm):
+                        acc[t] = np.float32(isum[t]) * dd[t] + acc[t]
+                        accm[t] = np.float32(imin[t]) * ddm[t] + accm[t]
+                        isum[t] = 0.0
+                        imin[t] = 0.0
+            for t in range(n_gemm, T):               # gemv tokens: fma once per super-block
+                acc[t] = np.float32(isum[t]) * dd[t] + acc[t]
+                accm[t] = np.float32(imin[t]) * ddm[t] + accm[t]
+                isum[t] = 0.0
+                imin[t] = 0.0
+        for t in range(T):
+            out[t, r] = acc[t] - accm[t]
+
+
+q4_K_q8_K_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q4_K_q8_K_batch_impl)
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+_HW_FMA = None
+
+
+def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
+    """(T, N) float32 bit-equal to ggml-cpu's repacked mul_mat on AVX2, or None when llama.cpp would not
+    repack the weight (row count not a multiple of 8; block-size misfit). mul_mat_id (one expert's rows):
+    repack's forward_mul_mat_id sends every token through the gemv kernel, so no groups of 4.
+    vectorized: force (True) or avoid (False) the token-vectorized kernels; default: for 4 or more tokens
+    when the hardware fma is available (one token: the scalar kernels are faster)."""
+    global _HW_FMA
+    wtype = GGMLType(wtype)
+    if wtype not in SUPPORTED:
+        return None
+    N = rows.shape[0]
+    if N % 8 or K % wtype.block_size:
+        return None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    T = x.shape[0]
+    out = np.empty((T, N), np.float32)
+    if T == 0 or N == 0:
+        return out
+    if vectorized is None and T < 4 and lanes_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
+        return out          # below 4 tokens every token goes through the gemv: lanes_kquants' vector kernels
+    if vectorized is None:
+        if _HW_FMA is None:
+            _HW_FMA = hardware_fma()
+        vectorized = _HW_FMA and T >= 4
+    rows = np.ascontiguousarray(rows)
+    if wtype == GGMLType.Q4_K:
+        _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)
+        n_gemm = 0 if mul_mat_id else T - T % 4    # forward_mul_mat_one_chunk: gemm for whole groups of 4
+        if vectorized:
+            xqT = np.ascontiguousarray(xq.T, dtype=np.float32)
+            bsT = np.ascontiguousarray(xqT.reshape(K // 32, 32, T).sum(axis=1, dtype=np.float32))   # exact
+            q4_K_q8_K_batch(rows, K, xqT, np.ascontiguousarray(dx.T), bsT, n_gemm, out)
+        else:
+            q4_K_q8_K(rows, K, xq, dx, n_gemm, out)
+        return out
+    _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
+    lut = _B32[wtype]
+    if vectorized:
+        b32_q8_0_batch(rows, K, lut, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
+    else:
+        b32_q8_0(rows, K, lut, xq, dx, out)
+    return out
