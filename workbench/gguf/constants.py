@@ -18,6 +18,8 @@ GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 64                # tensor names must be shorter than this (gguf.cpp)
 QK_K = 256                        # super-block size of the k-quants and i-quants
 QUANTIZATION_VERSION = 2          # general.quantization_version written by llama-quantize
+# kvalues_iq4nl (ggml-common.h): the 16 levels of IQ4_NL and IQ4_XS
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 
 
 class GGUFValueType(IntEnum):

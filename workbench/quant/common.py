@@ -14,88 +14,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from workbench.cpu.ir import half_to_f32
+from workbench.cpu.fp16 import (  # noqa: F401 (used by the format modules through this one, for now)
+    FP16_TO_FP32, f32_bits, f32_from_bits, fp32_to_fp16, fp16_to_fp32, fp16_to_fp32_vec, round_fp16, fp32_to_bf16, put_fp16, get_fp16, fp32_to_fp16_np, round_fp16_np)
 
 QK_K = 256                        # super-block size of the k-quants
 GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this a group counts as all zero
 
-# fp16 -> fp32 for all 65536 bit patterns (exact: every half is a float)
-FP16_TO_FP32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------- numba scalars
-@njit(cache=True, error_model="numpy", inline="always")
-def f32_bits(f):
-    """The uint32 bit pattern of a float32 (as an int64, to keep integer arithmetic from wrapping)."""
-    return np.int64(np.float32(f).view(np.uint32))
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def f32_from_bits(b):
-    return np.uint32(b).view(np.float32)
-
-
-@njit(cache=True, error_model="numpy")
-def fp32_to_fp16(f):
-    """ggml_compute_fp32_to_fp16 (ggml-impl.h): round to nearest even, NaN -> 0x7E00, overflow -> inf."""
-    base = (abs(np.float32(f)) * np.float32(2.0 ** 112)) * np.float32(2.0 ** -110)
-    w = f32_bits(f)
-    shl1_w = (w + w) & 0xFFFFFFFF
-    sign = w & 0x80000000
-    bias = shl1_w & 0xFF000000
-    if bias < 0x71000000:
-        bias = 0x71000000
-    base = f32_from_bits((bias >> 1) + 0x07800000) + base
-    bits = f32_bits(base)
-    nonsign = ((bits >> 13) & 0x7C00) + (bits & 0x0FFF)
-    if shl1_w > 0xFF000000:
-        nonsign = 0x7E00
-    return np.uint16((sign >> 16) | nonsign)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def fp16_to_fp32(h):
-    return FP16_TO_FP32[h]
-
-
-@intrinsic
-def fp16_to_fp32_vec(typingctx, bits):
-    """FP16_TO_FP32[bits] (numpy's exact cast) for uint16 bits, as LLVM code that vectorizes.
-
-    For per-element fp16 data (the F16 format): `fpext half` is one vcvtph2ps lane where the loop
-    vectorizes. The hardware sets the quiet bit of a signaling NaN; numpy's cast (and the table) keeps
-    the payload bits as they are, so exponent-31 patterns (inf/NaN) are rebuilt from the bits
-    (sign << 16 | 0x7F800000 | mantissa << 13) and picked by a select: no branch, 32-bit lanes."""
-    sig = types.float32(bits)
-
-    def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        f = half_to_f32(builder, args[0])
-        u = builder.zext(args[0], i32)
-        special = builder.icmp_unsigned("==", builder.and_(u, i32(0x7C00)), i32(0x7C00))
-        sign = builder.shl(builder.and_(u, i32(0x8000)), i32(16))
-        mant = builder.shl(builder.and_(u, i32(0x3FF)), i32(13))
-        rebuilt = builder.bitcast(builder.or_(builder.or_(sign, mant), i32(0x7F800000)), ir.FloatType())
-        return builder.select(special, rebuilt, f)
-
-    return sig, codegen
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def round_fp16(f):
-    """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(f)): the value a stored fp16 scale reads back as."""
-    return FP16_TO_FP32[fp32_to_fp16(f)]
-
-
-@njit(cache=True, error_model="numpy")
-def fp32_to_bf16(f):
-    """ggml_compute_fp32_to_bf16 (ggml-impl.h): NaN forced quiet, otherwise round to nearest even."""
-    u = f32_bits(f)
-    if (u & 0x7FFFFFFF) > 0x7F800000:
-        return np.uint16(((u >> 16) | 64) & 0xFFFF)
-    return np.uint16(((u + (0x7FFF + ((u >> 16) & 1))) >> 16) & 0xFFFF)
-
-
 @njit(cache=True, error_model="numpy", inline="always")
 def nearest_int(fval):
     """ggml's nearest_int: add 1.5*2^23 in float32 and read the mantissa (round half to even).
@@ -130,32 +55,7 @@ def roundf(v):
     return t
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def put_fp16(out, pos, f):
-    """Store float32 `f` as little-endian fp16 bytes at out[pos:pos+2]; return the value read back."""
-    h = fp32_to_fp16(f)
-    out[pos] = h & 0xFF
-    out[pos + 1] = h >> 8
-    return FP16_TO_FP32[h]
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def get_fp16(blk, pos):
-    return FP16_TO_FP32[np.int64(blk[pos]) | (np.int64(blk[pos + 1]) << 8)]
-
-
 # ------------------------------------------------------------------------------------------- numpy arrays
-def fp32_to_fp16_np(a) -> np.ndarray:
-    """GGML_FP32_TO_FP16 on an array (numpy's float16 cast also rounds to nearest even) -> uint16 bits."""
-    with np.errstate(over="ignore"):
-        return np.asarray(a, dtype=np.float32).astype(np.float16).view(np.uint16)
-
-
-def round_fp16_np(a) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
-
-
 def nearest_int_np(fval) -> np.ndarray:
     """Array version of ggml's nearest_int (same float32 bit trick) -> int32."""
     val = np.asarray(fval, dtype=np.float32) + np.float32(12582912.0)
