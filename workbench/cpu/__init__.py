@@ -3,32 +3,34 @@ reproduces bit for bit (see the README's layout table). Imports only workbench.g
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
 def _drop_stale_numba_cache() -> None:
     """numba's on-disk cache checks only the file of each cached function, so a kernel in quant/types/q4_k.py
     that inlines a helper from quant/common.py (or cpu/simd.py) would keep running the old helper after that file
-    changes. When any source of the package changed since the cache was written, drop every cached kernel."""
+    changes. When any kernel source of the package (a module that compiles with numba) changed since the cache
+    was written, drop every cached kernel (under NUMBA_CACHE_DIR where that is set)."""
     pkg = Path(__file__).parent.parent
-    sources = sorted(pkg.rglob("*.py"))
+    sources = [p for p in sorted(pkg.rglob("*.py")) if "numba" in p.read_text(encoding="utf-8")]
     digest = hashlib.sha1(b"".join(str(p.relative_to(pkg)).encode() + p.read_bytes() for p in sources)).hexdigest()
-    stamp = pkg / "__pycache__" / "numba_sources.sha1"
+    root = Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else pkg
+    stamp = (root if root != pkg else pkg / "__pycache__") / "numba_sources.sha1"
     try:
         if stamp.read_text() == digest:
             return
     except OSError:
         pass
-    for f in list(pkg.rglob("__pycache__/*.nbi")) + list(pkg.rglob("__pycache__/*.nbc")):
+    for f in list(root.rglob("*.nbi")) + list(root.rglob("*.nbc")):
         try:
             f.unlink()
         except OSError:
             pass
     try:
-        stamp.parent.mkdir(exist_ok=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
     except OSError:
         pass
-
 
 _drop_stale_numba_cache()
