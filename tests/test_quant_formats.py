@@ -14,7 +14,8 @@ import pytest
 
 from workbench.gguf import GGMLType
 from workbench.quant import QuantInputError, UnknownTypeError, dequantize, format_table, quantize
-from workbench.quant import common
+from workbench.cpu import fp16
+from workbench.quant import rounding
 from workbench.quant.formats import format_module, module_name
 
 FOUND = [t for t in GGMLType if importlib.util.find_spec(module_name(t)) is not None]
@@ -161,11 +162,11 @@ def special_floats() -> np.ndarray:
 def test_fp16_conversion_matches_numpy_rounding():
     f = special_floats()
     f = f[~np.isnan(f)]
-    got = np.array([common.fp32_to_fp16(v) for v in f[:5000]], dtype=np.uint16)
-    assert np.array_equal(got, common.fp32_to_fp16_np(f[:5000]))
+    got = np.array([fp16.fp32_to_fp16(v) for v in f[:5000]], dtype=np.uint16)
+    assert np.array_equal(got, fp16.fp32_to_fp16_np(f[:5000]))
     # the whole array through the F16 kernel
     q = format_module("F16").quantize(f[None, :], None).view(np.uint16)[0]
-    assert np.array_equal(q, common.fp32_to_fp16_np(f))
+    assert np.array_equal(q, fp16.fp32_to_fp16_np(f))
 
 
 def test_bf16_kernel_matches_reference_with_nan():
@@ -179,11 +180,11 @@ def test_bf16_kernel_matches_reference_with_nan():
 def test_nearest_int_rounds_half_to_even():
     v = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.49999, 1e6 + 0.5, -4194303], np.float32)
     expected = np.rint(v).astype(np.int32)
-    assert np.array_equal(common.nearest_int_np(v), expected)
-    assert [common.nearest_int(np.float32(a)) for a in v] == list(expected)
+    assert np.array_equal(rounding.nearest_int_np(v), expected)
+    assert [rounding.nearest_int(np.float32(a)) for a in v] == list(expected)
     r = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999997], np.float32)
-    assert list(common.roundf_np(r)) == [1, 2, 3, -1, -3, 0]                    # C roundf
-    assert [common.roundf(np.float32(a)) for a in r] == [1, 2, 3, -1, -3, 0]
+    assert list(rounding.roundf_np(r)) == [1, 2, 3, -1, -3, 0]                    # C roundf
+    assert [rounding.roundf(np.float32(a)) for a in r] == [1, 2, 3, -1, -3, 0]
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -1,6 +1,6 @@
 """IQ4 / ternary / grid quantization formats against ggml's bytes (golden/quant_blocks.npz).
 
-Calls the format modules directly (workbench.quant.<type>), so it does not depend on the dispatcher.
+Calls the format modules directly (workbench.quant.types.<type>), so it does not depend on the dispatcher.
 Checks: numba quantize == ggml_quantize_chunk bytes; the reference == the same bytes on a few
 super-blocks; dequantize == gguf.quants.dequantize; formats that ggml refuses without an imatrix refuse;
 the neighbour maps built from the gguf grids follow ggml's iq2xs_init_impl / iq3xs_init_impl rule.
@@ -9,6 +9,8 @@ import importlib
 
 import numpy as np
 import pytest
+
+from workbench.quant.iq_grids import GRID_SPECS, grid
 
 TYPES = ["IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"]
 GRID_TYPES = TYPES[4:]
@@ -24,7 +26,7 @@ def golden(golden_dir):
 
 
 def module(type_name):
-    return importlib.import_module(f"workbench.quant.{type_name.lower()}")
+    return importlib.import_module(f"workbench.quant.types.{type_name.lower()}")
 
 
 def describe_mismatch(got, expected, type_size):
@@ -131,10 +133,8 @@ def test_zero_and_tiny_blocks(type_name):
 @pytest.mark.parametrize("type_name", GRID_TYPES)
 def test_grid_neighbour_lists(type_name):
     """Spot-check kmap/neighbours against a direct transcription of ggml's init loop on sampled points."""
-    from workbench.quant.iq_grids import _SPECS, grid
-
     g = grid(type_name)
-    _, bits, kmap_size, nwant = _SPECS["IQ1_S" if type_name == "IQ1_M" else type_name]
+    _, bits, kmap_size, nwant = GRID_SPECS["IQ1_S" if type_name == "IQ1_M" else type_name]
     G, n = g.pos.shape
     assert g.kmap.shape == (kmap_size,)
     on = np.flatnonzero(g.kmap >= 0)

@@ -23,7 +23,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-QK_K = 256
 NGRID_IQ1S = 2048
 IQ1S_DELTA = np.float32(0.125)  # ggml-common.h IQ1S_DELTA
 IQ1M_DELTA = np.float32(0.125)  # ggml-common.h IQ1M_DELTA
@@ -126,7 +125,7 @@ def _neighbour_maps(pos, bits, kmap_size, nwant):
 
 
 # (gguf class, bits per level in the map index, ggml's kmap_size, nwant)
-_SPECS = {
+GRID_SPECS = {
     "IQ2_XXS": ("IQ2_XXS", 2, 43692, 2),
     "IQ2_XS": ("IQ2_XS", 2, 43692, 2),
     "IQ2_S": ("IQ2_S", 2, 43692, 1),
@@ -139,7 +138,7 @@ _SPECS = {
 @functools.cache
 def grid(type_name):
     """The Grid of a format (IQ1_M shares IQ1_S's)."""
-    name, bits, kmap_size, nwant = _SPECS["IQ1_S" if type_name == "IQ1_M" else type_name]
+    name, bits, kmap_size, nwant = GRID_SPECS["IQ1_S" if type_name == "IQ1_M" else type_name]
     levels, grid_map = grid_levels(name)
     pos = (2 * levels.astype(np.int8) + 1).astype(np.int8)
     values = grid_map[levels].astype(np.float32)

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.cpu import ir as lanes
-from workbench.quant.common import fp32_to_bf16
+from workbench.cpu.fp16 import fp32_to_bf16
 
 NEEDS_IMATRIX = False
 

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.cpu import ir as lanes
-from workbench.quant.common import fp16_to_fp32_vec, fp32_to_fp16, fp32_to_fp16_np
+from workbench.cpu.fp16 import fp16_to_fp32_vec, fp32_to_fp16, fp32_to_fp16_np
 
 NEEDS_IMATRIX = False
 

@@ -15,10 +15,14 @@ sub-blocks, which decode as grid point 0) and stored times 1.1125.
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
 from workbench.quant.types.iq1_s import snap_ternary
-from workbench.quant.iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_M, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
-                        fp32_to_fp16, nearest_int, run_dequantize, seq_sum, ternary_snap_np)
+from workbench.cpu.fp16 import fp32_to_fp16, fp32_to_fp16_np
+from workbench.quant.blocks import check_blocks, check_quantize_args, run_dequantize
+from workbench.quant.grid_search import ternary_snap_np
+from workbench.quant.rounding import F32, nearest_int, seq_sum
+from workbench.quant.scale_search import FLT_MAX, GROUP_MAX_EPS_IQ1_M
 from workbench.quant.iq_grids import IQ1M_DELTA, grid
 
 BLOCK = QK_K
@@ -63,17 +67,17 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     q2_p = np.zeros(2, np.float32)
     q2_m = np.zeros(2, np.float32)
     o[:] = 0
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = f32(2) * sumx2 / f32(QK_K)
+    sigma2 = F32(2) * sumx2 / F32(QK_K)
     p2 = X_P[2]
     m2 = X_M[2]
     cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1]
     cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2]
     cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1]
     cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2]
-    max_scale = f32(0)
+    max_scale = F32(0)
     for ib in range(16):
         xb = xbl[16 * ib:16 * ib + 16]
         _weights(xb, qw[16 * ib:16 * ib + 16], use_qw, sigma2, weight)
@@ -140,8 +144,8 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
                 g = -g - 1
             index[k] = g
         if not all_on_grid:
-            sqx = f32(0)
-            sq2 = f32(0)
+            sqx = F32(0)
+            sq2 = F32(0)
             for k in range(2):
                 xx = _levels(best_k, k)
                 for j in range(8):
@@ -160,12 +164,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     if max_scale == 0:
         return
     sc = np.zeros(4, np.int64)
-    d = max_scale / f32(15)
-    id = f32(1) / d
-    sqx = f32(0)
-    sq2 = f32(0)
+    d = max_scale / F32(15)
+    id = F32(1) / d
+    sqx = F32(0)
+    sq2 = F32(0)
     for ib in range(16):
-        l = max(0, min(7, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+        l = max(0, min(7, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
         sc[ib // 4] |= l << (3 * (ib % 4))
         o[32 + ib] |= MASKS[shifts[ib]]
         xb = xbl[16 * ib:16 * ib + 16]
@@ -175,12 +179,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
             g = int(o[2 * ib + k]) + ((int(o[32 + ib]) << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[8 * k + j]
-                q = xx[(pos[g, j] - 1) // 2] * f32(2 * l + 1)
+                q = xx[(pos[g, j] - 1) // 2] * F32(2 * l + 1)
                 sqx += w * q * xb[8 * k + j]
                 sq2 += w * q * q
     if sq2 > 0:
         d = sqx / sq2
-    s = fp32_to_fp16(d * f32(1.1125))
+    s = fp32_to_fp16(d * F32(1.1125))
     sc[0] |= (s & 0x000F) << 12
     sc[1] |= (s & 0x00F0) << 8
     sc[2] |= (s & 0x0F00) << 4
@@ -304,7 +308,7 @@ def quantize_ref(x, imatrix=None):
     sq2 = seq_sum((ww * q * q).reshape(nsb, 256))
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.where(sq2 > 0, sqx / sq2, d)
-    s = fp16_bits(d * np.float32(1.1125)).astype(np.int64)
+    s = fp32_to_fp16_np(d * np.float32(1.1125)).astype(np.int64)
     top = np.stack([(s & 0x000F) << 12, (s & 0x00F0) << 8, (s & 0x0F00) << 4, s & 0xF000], axis=1)
     sc = np.where(alive[:, None], sc | top, 0).astype("<u2")
     blocks = np.concatenate([qs, qh.astype(np.uint8), sc.view(np.uint8)], axis=1)

@@ -16,9 +16,13 @@ d = max_scale/15; the stored super-block scale is d*1.125.
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (FLT_MAX, GROUP_MAX_EPS_IQ1_S, QK_K, check_blocks, check_quantize_args, f32, fp16_bits,
-                        fp16_from_bytes, nearest_int, run_dequantize, seq_sum, store_fp16, ternary_snap_np)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import ternary_snap_np
+from workbench.quant.rounding import F32, nearest_int, seq_sum
+from workbench.quant.scale_search import FLT_MAX, GROUP_MAX_EPS_IQ1_S
 from workbench.quant.iq_grids import IQ1S_DELTA, grid
 
 BLOCK = QK_K
@@ -36,7 +40,7 @@ def find_best_neighbour2(neighbours, start, pos, xval, weight, scale, xx, L):
     grid_index = -1
     for j in range(1, int(neighbours[start]) + 1):
         g = int(neighbours[start + j])
-        d2 = f32(0)
+        d2 = F32(0)
         for i in range(8):
             q = xx[(pos[g, i] - 1) // 2]
             diff = scale * q - xval[i]
@@ -75,11 +79,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     shifts = np.zeros(8, np.int64)
     qh = np.zeros(8, np.int64)
     o[:] = 0
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = f32(2) * sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = F32(2) * sumx2 / F32(QK_K)
+    max_scale = F32(0)
     for ib in range(8):
         xb = xbl[32 * ib:32 * ib + 32]
         for i in range(32):
@@ -135,8 +139,8 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
                 g = -g - 1
             index[k] = g
         if not all_on_grid:
-            sumqx = f32(0)
-            sumq2 = f32(0)
+            sumqx = F32(0)
+            sumq2 = F32(0)
             for k in range(4):
                 for j in range(8):
                     w = weight[8 * k + j]
@@ -154,11 +158,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
         shifts[ib] = best_shift
         max_scale = max(max_scale, scale)
     if max_scale > 0:
-        d = max_scale / f32(15)
-        store_fp16(o, 0, d * f32(1.125))
-        id = f32(1) / d
+        d = max_scale / F32(15)
+        put_fp16(o, 0, d * F32(1.125))
+        id = F32(1) / d
         for ib in range(8):
-            l = max(0, min(7, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+            l = max(0, min(7, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
             if shifts[ib] == -1:
                 l |= 8
             qh[ib] |= l << 12
@@ -250,14 +254,14 @@ def quantize_ref(x, imatrix=None):
     alive = (max_scale > 0)[:, None]
     qh = np.where(alive, qh | (l << 12), qh).astype("<u2")
     dh = np.where(max_scale > 0, d * np.float32(1.125), np.float32(0))
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2),
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2),
                              (gidx & 255).astype(np.uint8).reshape(-1, 32), qh.view(np.uint8)], axis=1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ1_S").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     qh = blocks[:, 34:50].copy().view("<u2").astype(np.int32)  # (nb, ib32)
     dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
     delta = np.where(qh & 0x8000, -IQ1S_DELTA, IQ1S_DELTA).astype(np.float32)

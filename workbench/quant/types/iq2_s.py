@@ -14,9 +14,13 @@ super-block scale d*0.9875, 4-bit sub-block scales against d = max_scale/31.
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (GROUP_MAX_EPS_IQ2_S, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, nearest_int, run_dequantize, snap_group, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import fit_odd, grid_subblocks_ref, snap_group
+from workbench.quant.rounding import F32, nearest_int
+from workbench.quant.scale_search import GROUP_MAX_EPS_IQ2_S
 from workbench.quant.iq_grids import grid
 
 BLOCK = QK_K
@@ -37,18 +41,18 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     on_grid_aux = np.ones(2, np.bool_)
     scales = np.zeros(16, np.float32)
     o[:] = 0
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = f32(2) * sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = F32(2) * sumx2 / F32(QK_K)
+    max_scale = F32(0)
     for ib in range(16):
         xb = xbl[16 * ib:16 * ib + 16]
         for i in range(16):
             if use_qw:
                 weight[i] = qw[16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
             else:
-                weight[i] = f32(0.25) * sigma2 + xb[i] * xb[i]
+                weight[i] = F32(0.25) * sigma2 + xb[i] * xb[i]
         for i in range(16):
             waux[i] = np.sqrt(weight[i])
         signs = np.zeros(2, np.int64)
@@ -65,12 +69,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         if mx < GROUP_MAX_EPS_IQ2_S:
             scales[ib] = 0
             continue
-        best = f32(0)
-        scale = mx / f32(2 * KMAXQ - 1)
+        best = F32(0)
+        scale = mx / F32(2 * KMAXQ - 1)
         on_grid[:] = True
         for is_ in range(-9, 10):
-            id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.1)) / mx
-            this_scale = f32(1) / id
+            id = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.1)) / mx
+            this_scale = F32(1) / id
             for k in range(2):
                 on_grid_aux[k] = snap_group(xval, waux, 8 * k, id, this_scale, KMAXQ, pos, kmap, neighbours,
                                             Laux) >= 0
@@ -81,7 +85,7 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
                 L[:] = Laux
                 on_grid[:] = on_grid_aux
         if (not (on_grid[0] and on_grid[1])) and scale > 0:
-            id = f32(1) / scale
+            id = F32(1) / scale
             for k in range(2):
                 if not on_grid[k]:
                     snap_group(xval, waux, 8 * k, id, scale, KMAXQ, pos, kmap, neighbours, L)
@@ -105,11 +109,11 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         max_scale = max(max_scale, scale)
     if max_scale == 0:
         return
-    d = max_scale / f32(31)
-    store_fp16(o, 0, d * f32(0.9875))
-    id = f32(1) / d
+    d = max_scale / F32(31)
+    put_fp16(o, 0, d * F32(0.9875))
+    id = F32(1) / d
     for ib in range(16):
-        l = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+        l = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
         o[74 + ib // 2] |= l << (4 * (ib % 2))
 
 
@@ -132,7 +136,7 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (grid_search.grid_subblocks_ref),
     then the super-block scale and packing."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ2_S")
     scale, gidx, signs, live = grid_subblocks_ref(
@@ -152,14 +156,14 @@ def quantize_ref(x, imatrix=None):
     dead = max_scale == 0
     sc[dead] = 0
     dh = np.where(dead, np.float32(0), d * np.float32(0.9875))
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), (gidx & 255).astype(np.uint8),
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2), (gidx & 255).astype(np.uint8),
                              signs.astype(np.uint8), qh, sc], axis=1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_S").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     qh = blocks[:, 66:74].astype(np.uint16)  # (nb, ib32)
     hi = (qh[:, :, None] >> (2 * np.arange(4, dtype=np.uint16))) & 3  # (nb, ib32, group)
     idx = blocks[:, 2:34].reshape(-1, 8, 4).astype(np.uint16) | (hi << 8)

@@ -14,10 +14,13 @@ ended off the grid are re-snapped at the final scale, which is then refitted.  S
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, nearest_int, run_dequantize, signs_and_magnitudes,
-                        snap_group, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import fit_odd, grid_subblocks_ref, signs_and_magnitudes, snap_group
+from workbench.quant.rounding import F32, nearest_int
+from workbench.quant.scale_search import GROUP_MAX_EPS
 from workbench.quant.iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -39,11 +42,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     block_signs = np.zeros(2, np.int64)
     scales = np.zeros(16, np.float32)
     q2 = np.zeros(32, np.int64)
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = sumx2 / F32(QK_K)
+    max_scale = F32(0)
     for ib in range(16):
         xb = xbl[16 * ib:16 * ib + 16]
         for i in range(16):
@@ -58,12 +61,12 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
         if mx < GROUP_MAX_EPS:
             scales[ib] = 0
             continue
-        best = f32(0)
-        scale = mx / f32(2 * KMAXQ - 1)
+        best = F32(0)
+        scale = mx / F32(2 * KMAXQ - 1)
         on_grid[:] = True
         for is_ in range(-9, 10):
-            id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.1)) / mx
-            this_scale = f32(1) / id
+            id = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.1)) / mx
+            this_scale = F32(1) / id
             for k in range(2):
                 on_grid_aux[k] = snap_group(xval, waux, 8 * k, id, this_scale, KMAXQ, pos, kmap, neighbours,
                                             Laux) >= 0
@@ -74,7 +77,7 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
                 L[:] = Laux
                 on_grid[:] = on_grid_aux
         if (not (on_grid[0] and on_grid[1])) and scale > 0:
-            id = f32(1) / scale
+            id = F32(1) / scale
             for k in range(2):
                 if not on_grid[k]:
                     snap_group(xval, waux, 8 * k, id, scale, KMAXQ, pos, kmap, neighbours, L)
@@ -95,11 +98,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     o[:] = 0
     if max_scale == 0:
         return
-    d = max_scale / f32(31)
-    store_fp16(o, 0, d)
-    id = f32(1) / d
+    d = max_scale / F32(31)
+    put_fp16(o, 0, d)
+    id = F32(1) / d
     for ib in range(16):
-        l = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+        l = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
         o[66 + ib // 2] |= l << (4 * (ib % 2))
     for w in range(32):
         o[2 + 2 * w] = q2[w] & 0xFF
@@ -124,7 +127,7 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (grid_search.grid_subblocks_ref),
     then the super-block scale and packing."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ2_XS", NEEDS_IMATRIX)
     scale, gidx, signs, live = grid_subblocks_ref(
@@ -142,13 +145,13 @@ def quantize_ref(x, imatrix=None):
     q2[dead] = 0
     sc[dead] = 0
     dh = np.where(dead, np.float32(0), d)
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), q2.view(np.uint8), sc], axis=1)
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2), q2.view(np.uint8), sc], axis=1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XS").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     qs = blocks[:, 2:66].copy().view("<u2").reshape(-1, 8, 4)  # (nb, ib32, group)
     sc = blocks[:, 66:74]
     db = d[:, None, None] * (np.float32(0.5) + np.stack([sc & 0xF, sc >> 4], axis=2).astype(np.float32)) \

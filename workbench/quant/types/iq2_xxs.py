@@ -17,10 +17,13 @@ Quantization: ggml-quants.c ``quantize_row_iq2_xxs_impl`` (imatrix required).  P
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (GROUP_MAX_EPS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, make_qp_quants, nearest_int, run_dequantize,
-                        signs_and_magnitudes, snap_group, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import fit_odd, grid_subblocks_ref, signs_and_magnitudes, snap_group
+from workbench.quant.rounding import F32, nearest_int
+from workbench.quant.scale_search import GROUP_MAX_EPS, make_qp_quants
 from workbench.quant.iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -50,11 +53,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     block_signs = np.zeros(4, np.int64)
     scales = np.zeros(8, np.float32)
     q2 = np.zeros(16, np.uint32)
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = sumx2 / F32(QK_K)
+    max_scale = F32(0)
     for ib in range(8):
         xb = xbl[32 * ib:32 * ib + 32]
         for i in range(32):
@@ -69,21 +72,21 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
             scales[ib] = 0
             continue
         scale = make_qp_quants(32, KMAXQ + 1, xval, Lqp, weight)
-        eff_max = scale * f32(KMAXQ)
+        eff_max = scale * F32(KMAXQ)
         if eff_max <= 0:
             scales[ib] = 0
             continue
-        best = f32(0)
+        best = F32(0)
         for is_ in range(-6, 7):
-            id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.1)) / eff_max
-            this_scale = f32(1) / id
+            id = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.1)) / eff_max
+            this_scale = F32(1) / id
             snap_groups(xval, waux, id, this_scale, KMAXQ, pos, kmap, neighbours, Laux, gidx)
             sumqx, sumq2 = fit_odd(weight, xval, Laux, 32)
             if sumq2 > 0 and sumqx * sumqx > best * sumq2:
                 scale = sumqx / sumq2
                 best = scale * sumqx
         if scale > 0:
-            snap_groups(xval, waux, f32(1) / scale, scale, KMAXQ, pos, kmap, neighbours, L, gidx)
+            snap_groups(xval, waux, F32(1) / scale, scale, KMAXQ, pos, kmap, neighbours, L, gidx)
             sumqx, sumq2 = fit_odd(weight, xval, L, 32)
             if sumq2 > 0:
                 scale = sumqx / sumq2
@@ -99,11 +102,11 @@ def quantize_superblock(xbl, qw, pos, kmap, neighbours, o):
     o[:] = 0
     if max_scale == 0:
         return
-    d = max_scale / f32(31)
-    store_fp16(o, 0, d)
-    id = f32(1) / d
+    d = max_scale / F32(31)
+    put_fp16(o, 0, d)
+    id = F32(1) / d
     for ib in range(8):
-        l = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+        l = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
         q2[2 * ib + 1] |= np.uint32(l << 28)
     for w in range(16):
         for b in range(4):
@@ -128,7 +131,7 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (grid_search.grid_subblocks_ref),
     then the super-block scale and packing."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ2_XXS", NEEDS_IMATRIX)
     scale, gidx, signs, live = grid_subblocks_ref(
@@ -145,13 +148,13 @@ def quantize_ref(x, imatrix=None):
     words = np.stack([w0.reshape(-1, 8), w1.reshape(-1, 8) | (l << 28)], axis=2).astype("<u4")  # (nsb, 8, 2)
     words[max_scale == 0] = 0
     dh = np.where(max_scale == 0, np.float32(0), d)
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), words.view(np.uint8).reshape(-1, 64)], 1)
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2), words.view(np.uint8).reshape(-1, 64)], 1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ2_XXS").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     aux = blocks[:, 2:].copy().view("<u4").reshape(-1, 8, 2)  # (nb, ib32, word)
     idx = blocks[:, 2:].reshape(-1, 8, 8)[:, :, :4]  # grid index bytes of word 0
     db = d[:, None] * (np.float32(0.5) + (aux[:, :, 1] >> 28).astype(np.float32)) * np.float32(0.25)

@@ -16,9 +16,12 @@ in place); the last slots stay zero.  Stored super-block scale d*1.033, sub-bloc
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits, fp16_from_bytes,
-                        grid_subblocks_ref, nearest_int, run_dequantize, snap_group, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import fit_odd, grid_subblocks_ref, snap_group
+from workbench.quant.rounding import F32, nearest_int
 from workbench.quant.iq_grids import grid
 
 BLOCK = QK_K
@@ -39,11 +42,11 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     on_grid_aux = np.zeros(8, np.bool_)
     scales = np.zeros(8, np.float32)
     o[:] = 0
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = f32(2) * sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = F32(2) * sumx2 / F32(QK_K)
+    max_scale = F32(0)
     nq = 0  # ggml advances its qs/signs pointers only past sub-blocks that were not all zero
     for ib in range(8):
         xb = xbl[32 * ib:32 * ib + 32]
@@ -68,12 +71,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         if mx == 0:
             scales[ib] = 0
             continue
-        best = f32(0)
-        scale = mx / f32(2 * KMAXQ - 1)
+        best = F32(0)
+        scale = mx / F32(2 * KMAXQ - 1)
         on_grid[:] = False
         for is_ in range(-9, 10):
-            id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.2)) / mx
-            this_scale = f32(1) / id
+            id = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.2)) / mx
+            this_scale = F32(1) / id
             for k in range(8):
                 on_grid_aux[k] = snap_group(xval, waux, 4 * k, id, this_scale, KMAXQ, pos, kmap, neighbours,
                                             Laux) >= 0
@@ -84,7 +87,7 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
                 L[:] = Laux
                 on_grid[:] = on_grid_aux
         if (not np.all(on_grid)) and scale > 0:
-            id = f32(1) / scale
+            id = F32(1) / scale
             for k in range(8):  # every group, on the grid or not (ggml comments the skip out)
                 snap_group(xval, waux, 4 * k, id, scale, KMAXQ, pos, kmap, neighbours, L)
             sumqx, sumq2 = fit_odd(weight, xval, L, 32)
@@ -108,12 +111,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         max_scale = max(max_scale, scale)
     if max_scale == 0:
         return
-    d = max_scale / f32(31)
-    store_fp16(o, 0, d * f32(1.033))
-    id = f32(1) / d
+    d = max_scale / F32(31)
+    put_fp16(o, 0, d * F32(1.033))
+    id = F32(1) / d
     for ib in range(0, 8, 2):
-        l1 = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
-        l2 = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib + 1] - f32(1)))))
+        l1 = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
+        l2 = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib + 1] - F32(1)))))
         o[106 + ib // 2] = l1 | (l2 << 4)
 
 
@@ -136,7 +139,7 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (grid_search.grid_subblocks_ref),
     then the super-block scale and packing (with ggml's slot shift after all-zero sub-blocks)."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_S")
     scale, gidx, signs, live = grid_subblocks_ref(
@@ -163,14 +166,14 @@ def quantize_ref(x, imatrix=None):
     dead = max_scale == 0
     sc[dead] = 0
     dh = np.where(dead, np.float32(0), d * np.float32(1.033))
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), qs.reshape(nsb, 64), qh,
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2), qs.reshape(nsb, 64), qh,
                              sg.reshape(nsb, 32), sc], axis=1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ3_S").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     qh = blocks[:, 66:74].astype(np.uint16)  # (nb, ib32)
     hi = (qh[:, :, None] >> np.arange(8, dtype=np.uint16)) & 1  # (nb, ib32, group of 4)
     idx = blocks[:, 2:66].reshape(-1, 8, 8).astype(np.uint16) | (hi << 8)

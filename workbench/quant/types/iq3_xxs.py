@@ -14,10 +14,13 @@ off-grid groups re-snapped at the final scale.  The stored super-block scale is 
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (GROUP_MAX_EPS_IQ3_XXS, QK_K, check_blocks, check_quantize_args, f32, fit_odd, fp16_bits,
-                        fp16_from_bytes, grid_subblocks_ref, nearest_int, run_dequantize, signs_and_magnitudes,
-                        snap_group, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import fit_odd, grid_subblocks_ref, signs_and_magnitudes, snap_group
+from workbench.quant.rounding import F32, nearest_int
+from workbench.quant.scale_search import GROUP_MAX_EPS_IQ3_XXS
 from workbench.quant.iq_grids import KSIGNS_IQ2XS, grid
 
 BLOCK = QK_K
@@ -40,11 +43,11 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     scales = np.zeros(8, np.float32)
     signs_words = np.zeros(8, np.int64)
     o[:] = 0
-    sumx2 = f32(0)
+    sumx2 = F32(0)
     for i in range(QK_K):
         sumx2 += xbl[i] * xbl[i]
-    sigma2 = f32(2) * sumx2 / f32(QK_K)
-    max_scale = f32(0)
+    sigma2 = F32(2) * sumx2 / F32(QK_K)
+    max_scale = F32(0)
     for ib in range(8):
         xb = xbl[32 * ib:32 * ib + 32]
         for i in range(32):
@@ -62,12 +65,12 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
         if mx < GROUP_MAX_EPS_IQ3_XXS:
             scales[ib] = 0
             continue
-        best = f32(0)
-        scale = mx / f32(2 * KMAXQ - 1)
+        best = F32(0)
+        scale = mx / F32(2 * KMAXQ - 1)
         on_grid[:] = True
         for is_ in range(-15, 16):
-            id = (f32(2 * KMAXQ - 1) + f32(is_) * f32(0.2)) / mx
-            this_scale = f32(1) / id
+            id = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.2)) / mx
+            this_scale = F32(1) / id
             for k in range(8):
                 on_grid_aux[k] = snap_group(xval, waux, 4 * k, id, this_scale, KMAXQ, pos, kmap, neighbours,
                                             Laux) >= 0
@@ -78,7 +81,7 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
                 L[:] = Laux
                 on_grid[:] = on_grid_aux
         if (not np.all(on_grid)) and scale > 0:
-            id = f32(1) / scale
+            id = F32(1) / scale
             for k in range(8):
                 if not on_grid[k]:
                     snap_group(xval, waux, 4 * k, id, scale, KMAXQ, pos, kmap, neighbours, L)
@@ -100,11 +103,11 @@ def quantize_superblock(xbl, qw, use_qw, pos, kmap, neighbours, o):
     if max_scale == 0:
         o[:] = 0
         return
-    d = max_scale / f32(31)
-    store_fp16(o, 0, d * f32(1.0125))
-    id = f32(1) / d
+    d = max_scale / F32(31)
+    put_fp16(o, 0, d * F32(1.0125))
+    id = F32(1) / d
     for ib in range(8):
-        l = max(0, min(15, nearest_int(f32(0.5) * (id * scales[ib] - f32(1)))))
+        l = max(0, min(15, nearest_int(F32(0.5) * (id * scales[ib] - F32(1)))))
         w = signs_words[ib] | (l << 28)
         for b in range(4):
             o[66 + 4 * ib + b] = (w >> (8 * b)) & 0xFF
@@ -129,7 +132,7 @@ def quantize(x, imatrix=None):
 
 
 def quantize_ref(x, imatrix=None):
-    """Numpy reference: the sub-block search vectorised over all sub-blocks (iq_common.grid_subblocks_ref),
+    """Numpy reference: the sub-block search vectorised over all sub-blocks (grid_search.grid_subblocks_ref),
     then the super-block scale and packing."""
     x, imatrix = check_quantize_args(x, imatrix, BLOCK, "IQ3_XXS")
     scale, gidx, signs, live = grid_subblocks_ref(
@@ -148,13 +151,13 @@ def quantize_ref(x, imatrix=None):
     qs[dead] = 0
     words[dead] = 0
     dh = np.where(dead, np.float32(0), d * np.float32(1.0125))
-    blocks = np.concatenate([fp16_bits(dh).view(np.uint8).reshape(-1, 2), qs, words.view(np.uint8)], axis=1)
+    blocks = np.concatenate([fp32_to_fp16_np(dh).view(np.uint8).reshape(-1, 2), qs, words.view(np.uint8)], axis=1)
     return blocks.reshape(x.shape[0], x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ3_XXS").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     idx = blocks[:, 2:66].reshape(-1, 8, 4, 2)  # (nb, ib32, group of 8, half)
     aux = blocks[:, 66:98].copy().view("<u4")  # (nb, ib32)
     db = d[:, None] * (np.float32(0.5) + (aux >> 28).astype(np.float32)) * np.float32(0.5)

@@ -18,9 +18,13 @@ The same super-block routine serves IQ4_XS (256 weights, 8 sub-blocks with 6-bit
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import KVALUES_IQ4NL
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (GROUP_MAX_EPS, KVALUES_IQ4NL, best_index_int8, best_index_int8_np, check_blocks,
-                        check_quantize_args, f32, fp16_bits, fp16_from_bytes, nearest_int, run_dequantize, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import best_index_int8, best_index_int8_np
+from workbench.quant.rounding import F32, nearest_int
+from workbench.quant.scale_search import GROUP_MAX_EPS
 
 BLOCK = 32
 TYPE_SIZE = 18
@@ -38,15 +42,15 @@ def iq4_superblock(x, qw, use_qw, ntry, values, L, ls):
     """
     sbs = x.shape[0]
     nb = sbs // 32
-    sigma2 = f32(0)
+    sigma2 = F32(0)
     for j in range(sbs):
         sigma2 += x[j] * x[j]
-    sigma2 *= f32(2) / f32(sbs)
+    sigma2 *= F32(2) / F32(sbs)
     weight = np.empty(32, np.float32)
     scales = np.zeros(nb, np.float32)
-    max_scale = f32(0)
-    amax_scale = f32(0)
-    v0 = f32(values[0])
+    max_scale = F32(0)
+    amax_scale = F32(0)
+    v0 = F32(values[0])
     for ib in range(nb):
         xb = x[ib * 32:(ib + 1) * 32]
         for j in range(32):
@@ -54,8 +58,8 @@ def iq4_superblock(x, qw, use_qw, ntry, values, L, ls):
                 weight[j] = qw[ib * 32 + j] * np.sqrt(sigma2 + xb[j] * xb[j])
             else:
                 weight[j] = xb[j] * xb[j]
-        amax = f32(0)
-        mx = f32(0)
+        amax = F32(0)
+        mx = F32(0)
         for j in range(32):
             ax = abs(xb[j])
             if ax > amax:
@@ -65,24 +69,24 @@ def iq4_superblock(x, qw, use_qw, ntry, values, L, ls):
             scales[ib] = 0
             continue
         d = -mx / v0 if ntry > 0 else mx / v0
-        id = f32(1) / d
-        sumqx = f32(0)
-        sumq2 = f32(0)
+        id = F32(1) / d
+        sumqx = F32(0)
+        sumq2 = F32(0)
         for j in range(32):
             l = best_index_int8(16, values, id * xb[j])
             L[ib * 32 + j] = l
-            q = f32(values[l])
+            q = F32(values[l])
             w = weight[j]
             sumqx += w * q * xb[j]
             sumq2 += w * q * q
-        d = sumqx / sumq2 if sumq2 > 0 else f32(0)
+        d = sumqx / sumq2 if sumq2 > 0 else F32(0)
         best = d * sumqx
         for itry in range(-ntry, ntry + 1):
-            id = (f32(itry) + v0) / mx
-            sumqx = f32(0)
-            sumq2 = f32(0)
+            id = (F32(itry) + v0) / mx
+            sumqx = F32(0)
+            sumq2 = F32(0)
             for j in range(32):
-                q = f32(values[best_index_int8(16, values, id * xb[j])])
+                q = F32(values[best_index_int8(16, values, id * xb[j])])
                 w = weight[j]
                 sumqx += w * q * xb[j]
                 sumq2 += w * q * q
@@ -94,18 +98,18 @@ def iq4_superblock(x, qw, use_qw, ntry, values, L, ls):
             amax_scale = abs(d)
             max_scale = d
     if nb > 1:  # IQ4_XS: 6-bit signed sub-block scales relative to d = -max_scale/32
-        d = -max_scale / f32(32)
-        id = f32(1) / d if d != 0 else f32(0)
+        d = -max_scale / F32(32)
+        id = F32(1) / d if d != 0 else F32(0)
         for ib in range(nb):
             l = min(31, max(-32, nearest_int(id * scales[ib])))
-            dl = d * f32(l)
-            idl = f32(1) / dl if dl != 0 else f32(0)
+            dl = d * F32(l)
+            idl = F32(1) / dl if dl != 0 else F32(0)
             for j in range(32):
                 L[ib * 32 + j] = best_index_int8(16, values, idl * x[ib * 32 + j])
             ls[ib] = l + 32
         return d
     if ntry > 0:
-        id = f32(1) / scales[0] if scales[0] != 0 else f32(0)
+        id = F32(1) / scales[0] if scales[0] != 0 else F32(0)
         for j in range(sbs):
             L[j] = best_index_int8(16, values, id * x[j])
     return scales[0]
@@ -128,7 +132,7 @@ def _quantize_kernel(x, qw, use_qw, out):
         for ib in range(n // 32):
             d = iq4_superblock(x[r, ib * 32:(ib + 1) * 32], qw[ib * 32:(ib + 1) * 32], use_qw, NTRY,
                                KVALUES_IQ4NL, L, ls)
-            store_fp16(out[r], ib * TYPE_SIZE, d)
+            put_fp16(out[r], ib * TYPE_SIZE, d)
             pack_nibbles(L, out[r], ib * TYPE_SIZE + 2)
 
 
@@ -198,13 +202,13 @@ def quantize_ref(x, imatrix=None):
         id = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     L = best_index_int8_np(KVALUES_IQ4NL, id[:, None] * xs)
     qs = L[:, :16] | (L[:, 16:] << 4)
-    blocks = np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2), qs], axis=1)
+    blocks = np.concatenate([fp32_to_fp16_np(d).view(np.uint8).reshape(-1, 2), qs], axis=1)
     return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_NL").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     qs = blocks[:, 2:]
     L = np.concatenate([qs & 0xF, qs >> 4], axis=1)
     y = d[:, None] * KVALUES_IQ4NL[L].astype(np.float32)

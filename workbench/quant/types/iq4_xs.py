@@ -12,10 +12,12 @@ the indices are re-derived from d*l.  ``quantize_row_iq4_xs_ref`` is the same fu
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import KVALUES_IQ4NL, QK_K
 from workbench.cpu import ir as lanes
 from workbench.quant.types.iq4_nl import NTRY, block_scales_ref, iq4_superblock, pack_nibbles
-from workbench.quant.iq_common import (KVALUES_IQ4NL, QK_K, best_index_int8_np, check_blocks, check_quantize_args, fp16_bits,
-                        fp16_from_bytes, run_dequantize, store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.grid_search import best_index_int8_np
 
 BLOCK = QK_K
 TYPE_SIZE = 136
@@ -33,7 +35,7 @@ def _quantize_kernel(x, qw, use_qw, out):
             d = iq4_superblock(x[r, sl], qw[sl], use_qw, NTRY, KVALUES_IQ4NL, L, ls)
             o = out[r]
             p = ibl * TYPE_SIZE
-            store_fp16(o, p, d)
+            put_fp16(o, p, d)
             sh = 0
             for ib in range(8):
                 sh |= (ls[ib] >> 4) << (2 * ib)
@@ -73,14 +75,14 @@ def quantize_ref(x, imatrix=None):
     lo = (ls & 0xF).astype(np.uint8)
     scales_l = lo[:, 0::2] | (lo[:, 1::2] << 4)
     qs = (L[:, :, :16] | (L[:, :, 16:] << 4)).reshape(-1, 128)
-    blocks = np.concatenate([fp16_bits(d).view(np.uint8).reshape(-1, 2),
+    blocks = np.concatenate([fp32_to_fp16_np(d).view(np.uint8).reshape(-1, 2),
                              scales_h.view(np.uint8).reshape(-1, 2), scales_l, qs], axis=1)
     return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "IQ4_XS").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, :2])
+    d = get_fp16_np(blocks[:, :2])
     scales_h = blocks[:, 2:4].copy().view(np.uint16)[:, 0].astype(np.int32)
     scales_l = blocks[:, 4:8].astype(np.int32)
     ib = np.arange(8)

@@ -9,11 +9,12 @@ Both end by re-deriving every level from the stored (rounded) scales.
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.batched import make_qkx_quants_batch
-from workbench.quant.common import (F32, QK_K, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
-                     make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
-                     seqsum_np)
+from workbench.cpu.fp16 import put_fp16, round_fp16_np
+from workbench.quant.rounding import F32, max0_np, nearest_int, nearest_int_np, seqsum_np
+from workbench.quant.scale_search import make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants, make_qp_quants_np
+from workbench.quant.scale_search_batch import make_qkx_quants_batch
 
 NEEDS_IMATRIX = False
 BLOCK = np.dtype([("scales", "u1", (16,)), ("qs", "u1", (64,)), ("d", "<f2"), ("dmin", "<f2")])  # block_q2_K

@@ -8,10 +8,12 @@ imatrix*sqrt(sigma2 + x^2), sigma2 = 2*mean(x^2); the scales by make_qx_quants(1
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.common import (F32, QK_K, make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np,
-                     nearest_int, nearest_int_np, put_fp16, round_fp16_np, seqsum_np, signed_absmax_np)
-from workbench.quant.batched import make_qx_quants_batch
+from workbench.cpu.fp16 import put_fp16, round_fp16_np
+from workbench.quant.rounding import F32, nearest_int, nearest_int_np, seqsum_np, signed_absmax_np
+from workbench.quant.scale_search import make_q3_quants, make_q3_quants_np, make_qx_quants, make_qx_quants_np
+from workbench.quant.scale_search_batch import make_qx_quants_batch
 from workbench.quant.types.q2_k import pack_2bit, pack_2bit_np, requantize_np, unpack_2bit_np
 
 NEEDS_IMATRIX = False

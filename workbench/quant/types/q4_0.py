@@ -8,9 +8,11 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.cpu import ir as lanes
-from workbench.quant.batched import make_qx_quants_batch
-from workbench.quant.common import (F32, make_qx_quants_np, pack_nibbles_np, put_fp16,
-                     safe_inverse_np, seqsum_np)
+from workbench.cpu.fp16 import put_fp16
+from workbench.quant.blocks import pack_nibbles_np
+from workbench.quant.rounding import F32, safe_inverse_np, seqsum_np
+from workbench.quant.scale_search import make_qx_quants_np
+from workbench.quant.scale_search_batch import make_qx_quants_batch
 
 NEEDS_IMATRIX = False
 QK = 32

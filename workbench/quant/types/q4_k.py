@@ -9,11 +9,12 @@ then make_qp_quants(8, 63) for scales/mins). The group search is shared with Q5_
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.common import (F32, QK_K, make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants,
-                     make_qp_quants_np, max0_np, nearest_int, nearest_int_np, put_fp16, round_fp16_np,
-                     seqsum_np)
-from workbench.quant.batched import make_qkx_quants_batch
+from workbench.cpu.fp16 import put_fp16, round_fp16_np
+from workbench.quant.rounding import F32, max0_np, nearest_int, nearest_int_np, seqsum_np
+from workbench.quant.scale_search import make_qkx2_quants_np, make_qkx3_quants_np, make_qp_quants, make_qp_quants_np
+from workbench.quant.scale_search_batch import make_qkx_quants_batch
 from workbench.quant.types.q2_k import requantize_np
 
 NEEDS_IMATRIX = False

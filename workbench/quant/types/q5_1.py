@@ -7,7 +7,9 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.cpu import ir as lanes
-from workbench.quant.common import F32, pack_nibbles_np, put_fp16
+from workbench.cpu.fp16 import put_fp16
+from workbench.quant.blocks import pack_nibbles_np
+from workbench.quant.rounding import F32
 from workbench.quant.types.q4_1 import affine_imatrix_np, affine_ref_np, affine_row
 from workbench.quant.types.q5_0 import pack_high_bits_np, put_5bit, unpack_levels_np
 

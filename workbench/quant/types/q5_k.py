@@ -7,8 +7,10 @@ nmax 31. The group search and the scale packing are Q4_K's (q4_k.scales_and_leve
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.common import F32, QK_K, put_fp16
+from workbench.cpu.fp16 import put_fp16
+from workbench.quant.rounding import F32
 from workbench.quant.types.q4_k import (emit_k_block, requantize, row_scratch, scales_and_levels, scales_and_levels_np,
                    search_row, unpack_scale_min_np)
 

@@ -8,10 +8,12 @@ raw imatrix values as weights (no sigma2 term). Group scales are quantized again
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.common import (F32, GROUP_MAX_EPS, QK_K, make_qx_quants_np, nearest_int,
-                     nearest_int_np, put_fp16, round_fp16_np, signed_absmax_np)
-from workbench.quant.batched import make_qx_quants_batch
+from workbench.cpu.fp16 import put_fp16, round_fp16_np
+from workbench.quant.rounding import F32, nearest_int, nearest_int_np, signed_absmax_np
+from workbench.quant.scale_search import GROUP_MAX_EPS, make_qx_quants_np
+from workbench.quant.scale_search_batch import make_qx_quants_batch
 from workbench.quant.types.q2_k import requantize_np
 
 NEEDS_IMATRIX = False

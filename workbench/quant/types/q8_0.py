@@ -6,7 +6,8 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.cpu import ir as lanes
-from workbench.quant.common import fp32_to_fp16_np, put_fp16, roundf, roundf_np, safe_inverse_np
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.rounding import roundf, roundf_np, safe_inverse_np
 
 NEEDS_IMATRIX = False
 QK = 32

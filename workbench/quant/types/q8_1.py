@@ -6,7 +6,8 @@ this follows quantize_row_q8_1_ref and ignores the imatrix.
 import numpy as np
 from numba import njit, prange
 
-from workbench.quant.common import F32, get_fp16, put_fp16, roundf, roundf_np, safe_inverse_np
+from workbench.cpu.fp16 import get_fp16, put_fp16
+from workbench.quant.rounding import F32, roundf, roundf_np, safe_inverse_np
 
 NEEDS_IMATRIX = False
 QK = 32

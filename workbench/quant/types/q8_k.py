@@ -5,7 +5,9 @@ ggml_quantize_chunk, so the imatrix is ignored.
 import numpy as np
 from numba import njit, prange
 
-from workbench.quant.common import F32, QK_K, f32_bits, f32_from_bits, nearest_int, nearest_int_np
+from workbench.gguf.constants import QK_K
+from workbench.cpu.fp16 import f32_bits, f32_from_bits
+from workbench.quant.rounding import F32, nearest_int, nearest_int_np
 
 NEEDS_IMATRIX = False
 BLOCK = np.dtype([("d", "<f4"), ("qs", "i1", (QK_K,)), ("bsums", "<i2", (QK_K // 16,))])   # block_q8_K

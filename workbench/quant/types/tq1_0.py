@@ -12,9 +12,11 @@ The importance matrix is ignored (quantize_tq1_0).
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, run_dequantize,
-                        store_fp16)
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.rounding import F32, lroundf, lroundf_np
 
 BLOCK = QK_K
 TYPE_SIZE = 54
@@ -24,13 +26,7 @@ POW3 = np.array([1, 3, 9, 27, 81, 243], dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- numpy reference
-def lroundf_np(v):
-    """C lroundf: round half away from zero (done in float64, where |v| + 0.5 is exact)."""
-    v = np.asarray(v, dtype=np.float64)
-    return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int32)
-
-
-def _ternary(x):
+def ternary_levels(x):
     """(nb, 256) float32 -> d (nb,) float32 and trits (nb, 256) in {0, 1, 2}."""
     d = np.max(np.abs(x), axis=1)
     with np.errstate(divide="ignore"):
@@ -50,18 +46,18 @@ def _pack_trits(t, pow_first):
 def quantize_ref(x, imatrix=None):
     x, _ = check_quantize_args(x, imatrix, BLOCK, "TQ1_0")
     rows = x.shape[0]
-    d, t = _ternary(x.reshape(-1, QK_K))
+    d, t = ternary_levels(x.reshape(-1, QK_K))
     qs0 = _pack_trits(t[:, :160].reshape(-1, 5, 32).transpose(0, 2, 1), 1)
     qs1 = _pack_trits(t[:, 160:240].reshape(-1, 5, 16).transpose(0, 2, 1), 1)
     qh = _pack_trits(t[:, 240:].reshape(-1, 4, 4).transpose(0, 2, 1), 3)
-    blocks = np.concatenate([qs0, qs1, qh, fp16_bits(d).view(np.uint8).reshape(-1, 2)], axis=1)
+    blocks = np.concatenate([qs0, qs1, qh, fp32_to_fp16_np(d).view(np.uint8).reshape(-1, 2)], axis=1)
     return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     """dequantize_row_tq1_0: trit n of byte q is ((uint8)(q * 3^n) * 3) >> 8."""
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ1_0").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, 52:54])
+    d = get_fp16_np(blocks[:, 52:54])
 
     def trits(q, n):  # (nb, k) bytes -> (nb, n*k) values in {-1, 0, 1}, digit-major
         p = (q[:, None, :].astype(np.uint16) * POW3[:n, None]) & 0xFF
@@ -111,12 +107,6 @@ def dequantize(blocks, n_per_row):
 
 
 # ----------------------------------------------------------------------------- numba kernel
-@njit(cache=True)
-def _lroundf(v):
-    a = np.floor(abs(float(v)) + 0.5)
-    return int(a) if v >= 0 else -int(a)
-
-
 @njit(cache=True, parallel=True)
 def _quantize_kernel(x, out):
     rows, n = x.shape
@@ -124,17 +114,17 @@ def _quantize_kernel(x, out):
         for ib in range(n // QK_K):
             xb = x[r, ib * QK_K:(ib + 1) * QK_K]
             o = out[r, ib * TYPE_SIZE:(ib + 1) * TYPE_SIZE]
-            amax = f32(0)
+            amax = F32(0)
             for j in range(QK_K):
                 amax = max(amax, abs(xb[j]))
-            id = f32(1) / amax if amax != 0 else f32(0)
-            store_fp16(o, 52, amax)
+            id = F32(1) / amax if amax != 0 else F32(0)
+            put_fp16(o, 52, amax)
             # (first weight, byte count, stride between a byte's trits, trits per byte, output offset)
             for start, nbytes, stride, ntrit, opos in ((0, 32, 32, 5, 0), (160, 16, 16, 5, 32), (240, 4, 4, 4, 48)):
                 for m in range(nbytes):
                     q = 0
                     for k in range(ntrit):
-                        q = q * 3 + _lroundf(xb[start + m + k * stride] * id) + 1
+                        q = q * 3 + lroundf(xb[start + m + k * stride] * id) + 1
                     if ntrit == 4:
                         q *= 3
                     o[opos + m] = (q * 256 + 242) // 243

@@ -8,10 +8,12 @@ matrix is ignored (quantize_tq2_0).
 import numpy as np
 from numba import njit, prange
 
+from workbench.gguf.constants import QK_K
 from workbench.cpu import ir as lanes
-from workbench.quant.iq_common import (QK_K, check_blocks, check_quantize_args, f32, fp16_bits, fp16_from_bytes, run_dequantize,
-                        store_fp16)
-from workbench.quant.types.tq1_0 import _lroundf, _ternary
+from workbench.cpu.fp16 import fp32_to_fp16_np, put_fp16
+from workbench.quant.blocks import check_blocks, check_quantize_args, get_fp16_np, run_dequantize
+from workbench.quant.rounding import F32, lroundf
+from workbench.quant.types.tq1_0 import ternary_levels
 
 BLOCK = QK_K
 TYPE_SIZE = 66
@@ -21,16 +23,16 @@ NEEDS_IMATRIX = False
 def quantize_ref(x, imatrix=None):
     x, _ = check_quantize_args(x, imatrix, BLOCK, "TQ2_0")
     rows = x.shape[0]
-    d, t = _ternary(x.reshape(-1, QK_K))
+    d, t = ternary_levels(x.reshape(-1, QK_K))
     t = t.reshape(-1, 2, 4, 32).astype(np.uint8)  # (nb, group of 128, n, m)
     qs = t[:, :, 0] | (t[:, :, 1] << 2) | (t[:, :, 2] << 4) | (t[:, :, 3] << 6)
-    blocks = np.concatenate([qs.reshape(-1, 64), fp16_bits(d).view(np.uint8).reshape(-1, 2)], axis=1)
+    blocks = np.concatenate([qs.reshape(-1, 64), fp32_to_fp16_np(d).view(np.uint8).reshape(-1, 2)], axis=1)
     return blocks.reshape(rows, x.shape[1] // BLOCK * TYPE_SIZE)
 
 
 def dequantize_ref(blocks, n_per_row):
     blocks = check_blocks(blocks, n_per_row, BLOCK, TYPE_SIZE, "TQ2_0").reshape(-1, TYPE_SIZE)
-    d = fp16_from_bytes(blocks[:, 64:66])
+    d = get_fp16_np(blocks[:, 64:66])
     qs = blocks[:, :64].reshape(-1, 2, 1, 32)
     t = ((qs >> (2 * np.arange(4, dtype=np.uint8))[:, None]) & 3).astype(np.int8) - 1  # (nb, 2, 4, 32)
     return (t.reshape(-1, QK_K).astype(np.float32) * d[:, None]).reshape(-1, n_per_row)
@@ -66,16 +68,16 @@ def _quantize_kernel(x, out):
         for ib in range(n // QK_K):
             xb = x[r, ib * QK_K:(ib + 1) * QK_K]
             o = out[r, ib * TYPE_SIZE:(ib + 1) * TYPE_SIZE]
-            amax = f32(0)
+            amax = F32(0)
             for j in range(QK_K):
                 amax = max(amax, abs(xb[j]))
-            id = f32(1) / amax if amax != 0 else f32(0)
-            store_fp16(o, 64, amax)
+            id = F32(1) / amax if amax != 0 else F32(0)
+            put_fp16(o, 64, amax)
             for g in range(2):
                 for m in range(32):
                     q = 0
                     for k in range(4):
-                        q |= (_lroundf(xb[128 * g + m + 32 * k] * id) + 1) << (2 * k)
+                        q |= (lroundf(xb[128 * g + m + 32 * k] * id) + 1) << (2 * k)
                     o[32 * g + m] = q
 
 

@@ -1,135 +1,31 @@
-"""Shared scalar helpers of the block formats: fp16/bf16 bits, ggml's rounding, block (un)packing.
+"""The scale searches of ggml-quants.c: make_qx_quants, make_q3_quants, make_qkx2/qkx3_quants, make_qp_quants.
 
-Everything here follows ggml bit for bit, so the arithmetic is float32 throughout: in numba kernels every
-constant is wrapped in ``np.float32`` (a bare Python float would promote the expression to float64) and
-fastmath is never enabled (it would reassociate the sums that ggml accumulates left to right).
-
-Two flavours of each helper: a numba ``@njit`` scalar one (used inside the per-block kernels) and a numpy
-array one (``*_np``, used by the readable references that work on all blocks at once).
+Numba versions work on one group (1-D views, L written in place; the hot make_qx/make_qkx searches also exist
+batched, SIMD across groups, in scale_search_batch.py); numpy versions (``*_np``) on a batch of groups at once:
+x, w of shape (B, n) -> (scale (B,), L (B, n)). Sums run left to right over the group, as in C; weights are
+always explicit (ggml's NULL-weight paths use w = x*x, which callers pass in). float(int) casts are exact for
+these small integers. The GROUP_MAX_EPS thresholds of ggml-quants.c live here too.
 """
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
-from workbench.cpu.fp16 import (  # noqa: F401 (used by the format modules through this one, for now)
-    FP16_TO_FP32, f32_bits, f32_from_bits, fp32_to_fp16, fp16_to_fp32, fp16_to_fp32_vec, round_fp16, fp32_to_bf16, put_fp16, get_fp16, fp32_to_fp16_np, round_fp16_np)
+from workbench.quant.rounding import F32, level, nearest_int, nearest_int_np, signed_absmax_np
 
-QK_K = 256                        # super-block size of the k-quants
-GROUP_MAX_EPS = np.float32(1e-15)  # ggml-quants.c: below this a group counts as all zero
+# ggml-quants.c: GROUP_MAX_EPS* (a group whose |x| max is below this gets all-zero quants)
+GROUP_MAX_EPS = F32(1e-15)
+GROUP_MAX_EPS_IQ3_XXS = F32(1e-8)
+GROUP_MAX_EPS_IQ2_S = F32(1e-8)
+GROUP_MAX_EPS_IQ1_M = F32(1e-7)
+GROUP_MAX_EPS_IQ1_S = F32(1e-12)
+FLT_MAX = F32(np.finfo(np.float32).max)
 
-# ----------------------------------------------------------------------------------------- numba scalars
-@njit(cache=True, error_model="numpy", inline="always")
-def nearest_int(fval):
-    """ggml's nearest_int: add 1.5*2^23 in float32 and read the mantissa (round half to even).
-
-    Done with the same bit trick (not np.rint) so that out-of-range values give the same garbage as ggml.
-    """
-    val = np.float32(fval) + np.float32(12582912.0)
-    return (f32_bits(val) & 0x007FFFFF) - 0x00400000
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def level(v, lo, hi):
-    """MAX(lo, MIN(hi, nearest_int(v))) as a float32, for the hot search loops.
-
-    For |v| <= 4194303 nearest_int is exactly round-half-to-even (np.rint, fast); beyond that and for
-    inf/NaN (a scale that overflowed on subnormal inputs) ggml's bit trick gives a defined garbage value,
-    reproduced with nearest_int. `+ 0` turns rint's -0.0 into the +0.0 of (float)0.
-    """
-    if abs(v) <= np.float32(4194303.0):
-        r = np.rint(v)
-    else:
-        r = np.float32(nearest_int(v))
-    return min(max(r, lo), hi) + np.float32(0.0)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def roundf(v):
-    """C roundf: round half away from zero (used by Q8_0/Q8_1)."""
-    t = np.float32(np.trunc(v))
-    if abs(v - t) >= np.float32(0.5):
-        t += np.float32(1.0) if v > 0 else np.float32(-1.0)
-    return t
-
-
-# ------------------------------------------------------------------------------------------- numpy arrays
-def nearest_int_np(fval) -> np.ndarray:
-    """Array version of ggml's nearest_int (same float32 bit trick) -> int32."""
-    val = np.asarray(fval, dtype=np.float32) + np.float32(12582912.0)
-    return (val.view(np.int32) & 0x007FFFFF) - 0x00400000
-
-
-def roundf_np(v) -> np.ndarray:
-    """C roundf on an array: half away from zero."""
-    v = np.asarray(v, dtype=np.float32)
-    t = np.trunc(v)
-    return t + np.where(np.abs(v - t) >= np.float32(0.5), np.sign(v), np.float32(0)).astype(np.float32)
-
-
-def safe_inverse_np(d) -> np.ndarray:
-    """`d ? 1.0f/d : 0.0f` elementwise, in float32."""
-    d = np.asarray(d, dtype=np.float32)
-    with np.errstate(divide="ignore"):
-        return np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-
-
-def signed_absmax_np(v) -> np.ndarray:
-    """Per row, the first value of largest |v| as ggml's `if (fabsf(v) > amax)` loop from amax = 0 finds it:
-    NaN never wins and an all-zero row gives 0."""
-    a = np.abs(v)
-    a = np.where(np.isnan(a), np.float32(0), a)
-    idx = a.argmax(axis=-1)
-    best = np.take_along_axis(v, idx[..., None], -1)[..., 0]
-    return np.where(np.take_along_axis(a, idx[..., None], -1)[..., 0] > 0, best, np.float32(0)).astype(np.float32)
-
-
-def max0_np(v) -> np.ndarray:
-    """Per row, ggml's `if (v > m) m = v` from m = 0: the largest value, NaN ignored, at least 0."""
-    return np.maximum(np.where(np.isnan(v), np.float32(0), v).max(axis=-1), np.float32(0)).astype(np.float32)
-
-
-def seqsum_np(terms, axis=-1) -> np.ndarray:
-    """Left-to-right float32 sum, as ggml's `acc += term` loops (np.sum is pairwise: different bits)."""
-    return np.cumsum(np.asarray(terms, dtype=np.float32), axis=axis, dtype=np.float32).take(-1, axis=axis)
-
-
-def pack_nibbles_np(lo, hi) -> np.ndarray:
-    """Two arrays of 4-bit values -> bytes lo | hi << 4."""
-    return (np.asarray(lo, np.uint8) & 0x0F) | ((np.asarray(hi, np.uint8) & 0x0F) << 4)
-
-
-def blocks_view(blocks: np.ndarray, dtype: np.dtype, n_per_row: int, block_size: int) -> np.ndarray:
-    """(rows, row_bytes) uint8 -> structured array (rows, n_blocks) of the block layout `dtype`."""
-    rows = blocks.shape[0]
-    return np.ascontiguousarray(blocks).view(dtype).reshape(rows, n_per_row // block_size)
-
-
-def new_blocks(rows: int, n_blocks: int, dtype: np.dtype) -> np.ndarray:
-    return np.zeros((rows, n_blocks), dtype=dtype)
-
-
-def to_bytes(struct_blocks: np.ndarray) -> np.ndarray:
-    """Structured (rows, n_blocks) -> uint8 (rows, row_bytes)."""
-    rows = struct_blocks.shape[0]
-    return np.ascontiguousarray(struct_blocks).view(np.uint8).reshape(rows, -1)
-
-
-# =====================================================================================================
-# The scale searches of ggml-quants.c. Numba versions work on one group (1-D views, L written in place;
-# the hot make_qx/make_qkx searches also exist batched, SIMD across groups, in batched.py); numpy versions
-# (`*_np`) on a batch of groups at once: x, w of shape (B, n) -> (scale (B,), L (B, n)).
-# Sums run left to right over the group, as in C; weights are always explicit (ggml's NULL-weight paths
-# use w = x*x, which callers pass in). float(int) casts are exact for these small integers.
-# =====================================================================================================
-F32 = np.float32
-
-
-@njit(cache=True, error_model="numpy")
-def make_qx_quants(n, nmax, x, L, w):
-    """make_qx_quants with rmse_type 1: symmetric scale, L in [0, 2*nmax); search 19 scales near -nmax/max."""
+def signed_absmax(n, x):
+    """ggml's `if (ax > amax) { amax = ax; max = x[i]; }` loop from 0: (largest |x|, that x with its sign)."""
     amax = F32(0.0)
     mx = F32(0.0)
     for i in range(n):
@@ -137,6 +33,13 @@ def make_qx_quants(n, nmax, x, L, w):
         if ax > amax:
             amax = ax
             mx = x[i]
+    return amax, mx
+
+
+@njit(cache=True, error_model="numpy")
+def make_qx_quants(n, nmax, x, L, w):
+    """make_qx_quants with rmse_type 1: symmetric scale, L in [0, 2*nmax); search 19 scales near -nmax/max."""
+    amax, mx = signed_absmax(n, x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -208,13 +111,7 @@ def make_qx_quants_np(x, nmax, w):
 @njit(cache=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L):
     """make_q3_quants with do_rmse (weights x*x): then up to 5 coordinate-descent passes on single levels."""
-    amax = F32(0.0)
-    mx = F32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
+    amax, mx = signed_absmax(n, x)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -350,9 +247,14 @@ make_qkx3_quants_np = make_qkx2_quants_np
 
 @njit(cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, w):
-    """make_qp_quants: scale for non-negative values (the sub-block scales/mins), L in [0, nmax].
+    """make_qp_quants: weighted fit of x >= 0 by scale*L, L in [0, nmax] (the sub-block scales/mins of the
+    k-quants, IQ2_XXS's starting scale); fills L, returns scale.
 
-    ggml stores L as uint8, so the (never expected) negative levels wrap: emulated with & 0xFF."""
+    Search the 9 inverse scales (nmax + 0.1*is)/max, then up to 5 rounds of coordinate descent on L.
+    ggml's L is uint8_t: IQ2_XXS feeds it one negative x (its parity-flipped element), whose negative level
+    wraps to 256 - |l| when stored and is then read back wrapped. ``L`` must be a uint8 array and every store
+    is masked with 0xFF to reproduce that; the sums after the scale search use the int l, as ggml's do.
+    """
     mx = F32(0.0)
     for i in range(n):
         mx = max(mx, x[i])
@@ -384,17 +286,19 @@ def make_qp_quants(n, nmax, x, L, w):
     sumlx = F32(0.0)
     suml2 = F32(0.0)
     for i in range(n):
-        L[i] = min(nmax, nearest_int(iscale * x[i])) & 0xFF
-        sumlx += w[i] * x[i] * F32(L[i])
-        suml2 += w[i] * F32(L[i]) * F32(L[i])
+        l = min(nmax, nearest_int(iscale * x[i]))
+        L[i] = l & 0xFF                          # stored wrapped, but the sums below use the int l
+        sumlx += w[i] * x[i] * F32(l)
+        suml2 += w[i] * F32(l) * F32(l)
     for itry in range(5):
         n_changed = 0
         for i in range(n):
-            slx = sumlx - w[i] * x[i] * F32(L[i])
-            sl2 = suml2 - w[i] * F32(L[i]) * F32(L[i])
+            li = F32(np.int64(L[i]))
+            slx = sumlx - w[i] * x[i] * li
+            sl2 = suml2 - w[i] * li * li
             if slx > 0 and sl2 > 0:
                 new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != L[i]:
+                if new_l != np.int64(L[i]):
                     slx += w[i] * x[i] * F32(new_l)
                     sl2 += w[i] * F32(new_l) * F32(new_l)
                     if slx * slx * suml2 > sumlx * sumlx * sl2:
@@ -408,8 +312,11 @@ def make_qp_quants(n, nmax, x, L, w):
 
 
 def make_qp_quants_np(x, nmax, w):
-    """Batch make_qp_quants -> (scale (B,), L (B, n) in 0..255)."""
+    """Batch make_qp_quants -> (scale (B,), L (B, n) in 0..255), including the uint8 store of the levels.
+
+    Every group runs all 5 descent passes: a pass that changes nothing changes nothing again."""
     B, n = x.shape
+    x = x.astype(F32)
     mx = np.maximum(x.max(axis=1), F32(0.0))
     zero = mx < GROUP_MAX_EPS
     mx = np.where(zero, F32(1.0), mx)
@@ -420,22 +327,24 @@ def make_qp_quants_np(x, nmax, w):
             acc += terms(i)
         return acc
 
-    iscale = F32(nmax) / mx
-    L = (nearest_int_np(iscale[:, None] * x) & 0xFF).astype(F32)
-    scale = F32(1.0) / iscale
-    best_mse = wsum(lambda i: w[:, i] * (x[:, i] - scale * L[:, i]) * (x[:, i] - scale * L[:, i]))
-    for itry in (-4, -3, -2, -1, 1, 2, 3, 4):
-        iscale_is = (F32(0.1) * F32(itry) + F32(nmax)) / mx
-        scale_is = F32(1.0) / iscale_is
-        lf = np.minimum(nmax, nearest_int_np(iscale_is[:, None] * x)).astype(F32)
-        mse = wsum(lambda i: w[:, i] * (x[:, i] - scale_is * lf[:, i]) * (x[:, i] - scale_is * lf[:, i]))
-        better = mse < best_mse
-        best_mse = np.where(better, mse, best_mse)
-        iscale = np.where(better, iscale_is, iscale)
-    L = np.minimum(nmax, nearest_int_np(iscale[:, None] * x)) & 0xFF
-    sumlx = wsum(lambda i: w[:, i] * x[:, i] * L[:, i].astype(F32))
-    suml2 = wsum(lambda i: w[:, i] * L[:, i].astype(F32) * L[:, i].astype(F32))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iscale = F32(nmax) / mx
+        L = (nearest_int_np(iscale[:, None] * x) & 0xFF).astype(F32)
+        scale = F32(1.0) / iscale
+        best_mse = wsum(lambda i: w[:, i] * (x[:, i] - scale * L[:, i]) * (x[:, i] - scale * L[:, i]))
+        for itry in (-4, -3, -2, -1, 1, 2, 3, 4):
+            iscale_is = (F32(0.1) * F32(itry) + F32(nmax)) / mx
+            scale_is = F32(1.0) / iscale_is
+            lf = np.minimum(nmax, nearest_int_np(iscale_is[:, None] * x)).astype(F32)
+            mse = wsum(lambda i: w[:, i] * (x[:, i] - scale_is * lf[:, i]) * (x[:, i] - scale_is * lf[:, i]))
+            better = mse < best_mse
+            best_mse = np.where(better, mse, best_mse)
+            iscale = np.where(better, iscale_is, iscale)
+        lv = np.minimum(nmax, nearest_int_np(iscale[:, None] * x))
+        L = lv & 0xFF
+        lf = lv.astype(F32)                   # the sums use the int l, not the wrapped byte
+        sumlx = wsum(lambda i: w[:, i] * x[:, i] * lf[:, i])
+        suml2 = wsum(lambda i: w[:, i] * lf[:, i] * lf[:, i])
         for _ in range(5):
             for i in range(n):
                 wi, xi, li = w[:, i], x[:, i], L[:, i].astype(F32)

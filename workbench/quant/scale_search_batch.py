@@ -1,19 +1,20 @@
 """Batched numba versions of the two hot scale searches: make_qx_quants and make_qkx2/qkx3_quants.
 
-Same arithmetic as the one-group versions in common.py, but G groups are searched side by side with the
-data transposed to (n, G): the loop over groups is innermost, so LLVM turns it into SIMD while every group
+Same arithmetic as the one-group versions in scale_search.py, but G groups are searched side by side with
+the data transposed to (n, G): the loop over groups is innermost, so LLVM turns it into SIMD while every group
 still accumulates its sums left to right over its own elements (bit-exact with ggml). This is what lets the
 k-quant kernels keep up with ggml's constant-propagated, partly vectorized C.
 
 Conventions: xt, wt float32 (n, G); levels come back in Lt uint8 (n, G); per-group results are (G,) arrays.
-Only |v| <= nmax + 1 reaches `level` here (see common.level).
+Only |v| <= nmax + 1 reaches `level` here (see rounding.level).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from workbench.quant.common import F32, GROUP_MAX_EPS, level
+from workbench.quant.rounding import F32, level
+from workbench.quant.scale_search import GROUP_MAX_EPS
 
 
 @njit(cache=True, error_model="numpy")
