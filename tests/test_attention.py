@@ -6,7 +6,8 @@ import pytest
 
 from workbench.cpu import ops
 from workbench.cpu.attention_f16 import attention_f16, round_f16_inplace
-from workbench.cpu.vec_dot import hardware_fma
+from workbench.cpu.features import hardware_fma
+from workbench.cpu.fp16 import FP16_TO_FP32
 
 
 @pytest.mark.parametrize("T, n_past, D", [(1, 0, 64), (1, 45, 64), (1, 40, 40), (2, 0, 64), (17, 3, 64),
@@ -21,7 +22,7 @@ def test_attention_f16_is_the_spec(T, n_past, D):
     v = rng.standard_normal((n_past + T, Hkv * D)).astype(np.float16)
     spec, fast = np.empty((T, H * D), np.float32), np.empty((T, H * D), np.float32)
     ops._attention_serial(q, k.view(np.uint16), v.view(np.uint16), n_past, Hkv, np.float32(D ** -0.5), True,
-                          ops.F16_TABLE, spec)
+                          FP16_TO_FP32, spec)
     attention_f16(q, k.view(np.uint16), v.view(np.uint16), n_past, Hkv, np.float32(D ** -0.5), fast)
     bad = np.argwhere(spec != fast)
     assert not len(bad), f"first difference at (token, column) {bad[0]}: {spec[tuple(bad[0])]} vs {fast[tuple(bad[0])]}"

@@ -172,7 +172,8 @@ def test_batch_equals_single_token_sums(golden_blocks, wtype):
 def test_float_batch_kernel_is_the_spec(wtype):
     """The token-vectorized tinyBLAS kernel (hardware fma) gives float_rows_exact's sums bit for bit."""
     from workbench.cpu.act_quant import round_bf16
-    from workbench.cpu.vec_dot import float_rows_batch, float_rows_exact, hardware_fma
+    from workbench.cpu.features import hardware_fma
+    from workbench.cpu.vec_dot import float_rows_batch, float_rows_exact
 
     if not hardware_fma():
         pytest.skip("no hardware fma: the batch kernel is not used")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.vec_dot_ir import half_to_float
-from workbench.cpu.ops import round_f16
+from workbench.cpu.fp16 import round_fp16
+from workbench.cpu.ir import half_to_float
 from workbench.cpu.simd import hsum8, v_expf
 
 _FAST = {"contract"}
@@ -113,7 +113,7 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
         n_kv = n_past + t + 1
         qv = np.empty(D, np.float32)
         for d in range(D):
-            qv[d] = round_f16(q[t, h, d])
+            qv[d] = round_fp16(q[t, h, d])
         p = np.empty(n_kv, np.float32)
         lanes = np.empty(32, np.float32)
         if batch:           # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ... per key,

@@ -11,9 +11,11 @@ A format module writes one block as an `emit(builder, block, y)` function (block
 y: float* to its first output) and turns it into a row kernel with ``row_kernel``; its numba driver is a
 prange over rows calling that kernel.
 
-Target features are looked up at compile time: pshufb (has_avx2) and vcvtph2ps (has_f16c) where the CPU has
-them, portable LLVM code elsewhere (a chain of selects, an integer fp16 conversion). workbench.llama's
-dot-product kernels (lanes_ir, lanes_avx2, lanes_f16) build on the same helpers.
+Target features are looked up at compile time (workbench.cpu.features): pshufb (has_avx2) and vcvtph2ps
+(has_f16c) where the CPU has them, portable LLVM code elsewhere (a chain of selects, an integer fp16
+conversion). The dot-product kernels (vec_dot_ir, vec_dot_avx2, sgemm_f16, vec_dot_kquants, repack_gemv,
+vec_dot_q5) build on the same helpers; the ones only they need (fma, hsum_float_8, AVX2's integer
+products) are at the end of this module.
 """
 from __future__ import annotations
 
@@ -22,29 +24,22 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from workbench.gguf.constants import KVALUES_IQ4NL
+from workbench.cpu.features import has_avx2, has_f16c
+
 F32 = ir.FloatType()
 I8 = ir.IntType(8)
 I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
-
-
-def has_f16c() -> bool:
-    """Does numba compile for a CPU that converts fp16 in hardware (x86 F16C: vcvtph2ps)?"""
-    return _host_feature("f16c")
-
-
-def _host_feature(name) -> bool:
-    from numba.core import config
-    if config.CPU_NAME not in (None, "host"):
-        return False
-    import llvmlite.binding as ll
-    return bool(ll.get_host_cpu_features().get(name, False))
-
-
-def has_avx2() -> bool:
-    """Does numba compile for a CPU with AVX2 (the host, unless NUMBA_CPU_NAME names another target)?"""
-    return _host_feature("avx2")
+V8F = ir.VectorType(F32, 8)      # one __m256 of floats
+V8I = ir.VectorType(I32, 8)      # __m256i as 8 int32
+V4I = ir.VectorType(I32, 4)
+V16I = ir.VectorType(I32, 16)
+V32B = ir.VectorType(I8, 32)     # __m256i as 32 bytes
+V16B = ir.VectorType(I8, 16)
+V16S = ir.VectorType(I16, 16)    # __m256i as 16 int16
+V32S = ir.VectorType(I16, 32)
 
 
 def x86(builder, name, ret, args):
@@ -304,3 +299,133 @@ def emit_grid_group(builder, values, gi, n, a, y, at, signs=None, sign_first=0, 
     if signs is not None:
         out = flip_signs(builder, out, signs, sign_first)
     store(builder, y, at, out)
+
+
+# --- helpers of the dot-product kernels (vec_dot_ir, vec_dot_avx2, sgemm_f16, vec_dot_kquants, ...) ---------
+
+def c64(v):
+    """An i64 constant (byte offsets, loop counts)."""
+    return ir.Constant(I64, v)
+
+
+def byte_vec(v, n=32):
+    """<n x i8> with every lane the byte v."""
+    return ir.Constant(ir.VectorType(I8, n), [v & 0xFF] * n)
+
+
+def lanes_mask(idx):
+    """<len(idx) x i32> constant: a shufflevector mask."""
+    return ir.Constant(ir.VectorType(I32, len(idx)), list(idx))
+
+
+def fma(builder, a, b, c):
+    """llvm.fma: one rounding, like _mm256_fmadd_ps (a software fma where the CPU has none)."""
+    ty = a.type
+    name = "llvm.fma.v8f32" if isinstance(ty, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
+    return builder.call(fn, [a, b, c])
+
+
+def hsum_float_8(builder, acc):
+    """hsum_float_8: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))."""
+    a = [builder.extract_element(acc, ir.Constant(I32, i)) for i in range(8)]
+    return builder.fadd(builder.fadd(builder.fadd(a[0], a[4]), builder.fadd(a[2], a[6])),
+                        builder.fadd(builder.fadd(a[1], a[5]), builder.fadd(a[3], a[7])))
+
+
+def hsum_i32(builder, v):
+    """Sum of the 8 int32 lanes (exact in any order)."""
+    m = lanes_mask
+    h = builder.add(builder.shuffle_vector(v, v, m(range(4))), builder.shuffle_vector(v, v, m(range(4, 8))))
+    h = builder.add(builder.shuffle_vector(h, h, m(range(2))), builder.shuffle_vector(h, h, m(range(2, 4))))
+    return builder.add(builder.extract_element(h, ir.Constant(I32, 0)), builder.extract_element(h, ir.Constant(I32, 1)))
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """The fp16 number with these bits (uint16) as float32: exact, one vcvtph2ps lane where LLVM vectorizes."""
+    sig = types.float32(bits)
+
+    def codegen(context, builder, sig, args):
+        return half_to_f32(builder, args[0])
+
+    return sig, codegen
+
+
+def row_pointers(context, builder, sig, args):
+    """(W, r, nb, arrays...) of a row intrinsic: byte pointer to row r of W, nb, byte pointers to the
+    arrays' data."""
+    W, r = args[0], args[1]
+    wa = context.make_array(sig.args[0])(context, builder, W)
+    stride0 = cgutils.unpack_tuple(builder, wa.strides)[0]
+    row = builder.gep(builder.bitcast(wa.data, I8.as_pointer()), [builder.mul(r, stride0)])
+    ptrs = [builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, I8.as_pointer())
+            for i in range(3, len(args))]
+    return row, args[2], ptrs
+
+
+# AVX2's integer products. mul_sum_us8_pairs_float / mul_sum_i8_pairs_float: vpmaddubsw (u8 x i8 -> pairs
+# of i16) then vpmaddwd with ones (-> the 8 lane sums of 4 products as i32), no saturation at these magnitudes.
+
+def lane_sums_u8_i8(builder, u8, i8):
+    """_mm256_madd_epi16(_mm256_maddubs_epi16(u8, i8), ones) as float: the 8 lane sums of 4 products."""
+    pairs = x86(builder, "llvm.x86.avx2.pmadd.ub.sw", V16S, [u8, i8])
+    quads = x86(builder, "llvm.x86.avx2.pmadd.wd", V8I, [pairs, ir.Constant(V16S, [1] * 16)])
+    return builder.sitofp(quads, V8F)
+
+
+def maddubs(builder, u8, i8, avx2):
+    """_mm256_maddubs_epi16: u8[2i] * i8[2i] + u8[2i+1] * i8[2i+1] as 16 int16 (the saturation of the
+    AVX2 instruction is never reached by the values multiplied here); portable where not avx2."""
+    if avx2:
+        return x86(builder, "llvm.x86.avx2.pmadd.ub.sw", V16S, [u8, i8])
+    p = builder.mul(builder.zext(u8, V32S), builder.sext(i8, V32S))
+    return builder.add(builder.shuffle_vector(p, p, lanes_mask(range(0, 32, 2))),
+                       builder.shuffle_vector(p, p, lanes_mask(range(1, 32, 2))))
+
+
+def madd(builder, a16, b16, avx2):
+    """_mm256_madd_epi16: a[2i] * b[2i] + a[2i+1] * b[2i+1] as 8 int32; portable where not avx2."""
+    if avx2:
+        return x86(builder, "llvm.x86.avx2.pmadd.wd", V8I, [a16, b16])
+    p = builder.mul(builder.sext(a16, V16I), builder.sext(b16, V16I))
+    return builder.add(builder.shuffle_vector(p, p, lanes_mask(range(0, 16, 2))),
+                       builder.shuffle_vector(p, p, lanes_mask(range(1, 16, 2))))
+
+
+def signed_products(builder, q, y, avx2):
+    """Pairs of products of two signed byte vectors (mul_add_epi8: maddubs(|q|, sign(y, q))), as 16 int16."""
+    if avx2:
+        ax = x86(builder, "llvm.x86.avx2.psign.b", V32B, [q, q])
+        sy = x86(builder, "llvm.x86.avx2.psign.b", V32B, [y, q])
+        return maddubs(builder, ax, sy, True)
+    p = builder.mul(builder.sext(q, V32S), builder.sext(y, V32S))
+    return builder.add(builder.shuffle_vector(p, p, lanes_mask(range(0, 32, 2))),
+                       builder.shuffle_vector(p, p, lanes_mask(range(1, 32, 2))))
+
+
+def iq4nl_lookup(builder, idx, avx2):
+    """kvalues_iq4nl[idx] for 32 byte indices 0..15 (vpshufb on the table in both 128-bit halves)."""
+    kv = [int(v) for v in KVALUES_IQ4NL]
+    if avx2:
+        table = ir.Constant(V32B, [v & 0xFF for v in kv] * 2)
+        return x86(builder, "llvm.x86.avx2.pshuf.b", V32B, [table, idx])
+    out = byte_vec(kv[0])
+    for i in range(1, 16):
+        out = builder.select(builder.icmp_unsigned("==", idx, byte_vec(i)), byte_vec(kv[i]), out)
+    return out
+
+
+def scales_mins_k4(builder, row, o):
+    """The 12 scale bytes of a block_q4_K (or block_q5_K) unpacked with ggml's kmask1/2/3 word trick: <16 x i8> with the
+    8 six-bit scales, then the 8 mins (get_scale_min_k4 for j = 0..7)."""
+    u = [load(builder, row, builder.add(o, c64(4 + 4 * i)), I32) for i in range(3)]
+    k1, k2, k3 = (ir.Constant(I32, v) for v in (0x3F3F3F3F, 0x0F0F0F0F, 0x03030303))
+    c4, c6 = ir.Constant(I32, 4), ir.Constant(I32, 6)
+    u3 = builder.or_(builder.and_(builder.lshr(u[2], c4), k2), builder.shl(builder.and_(builder.lshr(u[1], c6), k3), c4))
+    u1 = builder.or_(builder.and_(u[2], k2), builder.shl(builder.and_(builder.lshr(u[0], c6), k3), c4))
+    words = [builder.and_(u[0], k1), u1, builder.and_(u[1], k1), u3]
+    v = ir.Constant(V4I, ir.Undefined)
+    for i, w in enumerate(words):
+        v = builder.insert_element(v, w, ir.Constant(I32, i))
+    return builder.bitcast(v, V16B)

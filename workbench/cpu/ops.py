@@ -16,10 +16,10 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from workbench.cpu import features
+from workbench.cpu.attention_f16 import attention_f16
+from workbench.cpu.fp16 import round_fp16
 from workbench.cpu.simd import expf, fma32, hsum8, silu, v_expf
-
-# fp16 bits -> float32 for every bit pattern (the F16 KV cache is read through this table)
-F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 @njit(cache=True)
@@ -157,8 +157,7 @@ _swiglu_vec_1 = njit(cache=True)(_swiglu_vec_impl)       # one token: no thread 
 
 def swiglu(g, u):
     """silu(g) * u as ggml_vec_swiglu_f32 (see _swiglu_spec), vectorized where the host has fma."""
-    from workbench.cpu.vec_dot import hardware_fma
-    if not hardware_fma():
+    if not features.hardware_fma():
         return _swiglu_spec(g, u)
     return (_swiglu_vec if g.shape[0] > 1 else _swiglu_vec_1)(g, u)
 
@@ -172,17 +171,6 @@ def _load_impl(a, i, j, table):
     if a.dtype == types.uint16:
         return lambda a, i, j, table: table[a[i, j]]
     return lambda a, i, j, table: a[i, j]
-
-
-@njit(cache=True, inline="always")
-def round_f16(v):
-    """float32 -> the nearest fp16 value (ties to even) as float32 (ggml_cpu_fp32_to_fp16)."""
-    if v == 0 or not np.isfinite(v):
-        return v
-    e = math.frexp(v)[1]
-    q = math.ldexp(1.0, max(e - 11, -24))
-    r = np.rint(np.float64(v) / q) * q
-    return np.float32(r) if abs(r) <= 65504.0 else np.float32(math.inf if r > 0 else -math.inf)
 
 
 @njit(cache=True)
@@ -204,7 +192,7 @@ def _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
     n_kv = n_past + t + 1
     qv = np.empty(D, np.float32)
     for d in range(D):
-        qv[d] = round_f16(q[t, h, d]) if f16 else q[t, h, d]
+        qv[d] = round_fp16(q[t, h, d]) if f16 else q[t, h, d]
     # kq = K q, scaled (softmax_ext: wp = kq * scale + mask). mul_mat only reaches tinyBLAS when it had to
     # convert q (F16 cache) and there are >= 2 tokens; otherwise ggml_vec_dot_f16/_f32, whose tail after the
     # last chunk of 32 is summed in order (in double for f16, as a float fma chain for f32).
@@ -235,7 +223,7 @@ def _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
     # kqv = V^T p, accumulated per lane of j
     acc = np.zeros((32, D), np.float32)
     for j in range(n_kv):
-        pj = round_f16(p[j]) if f16 else p[j]
+        pj = round_fp16(p[j]) if f16 else p[j]
         lane = j % 8 if batch else j % 32
         for d in range(D):
             acc[lane, d] = fma32(pj, _load(vc, j, c0 + d, table), acc[lane, d])
@@ -255,22 +243,13 @@ def _attention_serial(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
         _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
 
 
-_FAST_F16 = None
-
-
 def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
     """See _attention_job; small problems (one token, short context) skip the thread pool. On an F16 cache, on
     a host with hardware fma, attention_f16 computes the same sums vectorized."""
-    global _FAST_F16
     T, H, D = q.shape
-    if f16:
-        if _FAST_F16 is None:
-            from workbench.cpu.vec_dot import hardware_fma
-            _FAST_F16 = hardware_fma()
-        if _FAST_F16 and D % 8 == 0:
-            from workbench.cpu.attention_f16 import attention_f16
-            attention_f16(q, kc, vc, n_past, n_head_kv, scale, out)
-            return
+    if f16 and D % 8 == 0 and features.hardware_fma():
+        attention_f16(q, kc, vc, n_past, n_head_kv, scale, out)
+        return
     work = T * H * (n_past + T) * D
     kernel = _attention_parallel if work > 1 << 18 else _attention_serial
     kernel(q, kc, vc, n_past, n_head_kv, scale, f16, table, out)

@@ -14,7 +14,7 @@ quantized by quantize_row_q8_0 / _q8_K). The quantized values are the same eithe
   when a block holds both +amax and -amax; that flips the signs of d, q and bsums together (rint is
   symmetric) and leaves every product d_w * d_x * sum(q_w q_x) unchanged.
 
-so activations.prepare_activations gives them. The float order, per output (row r, token t):
+so act_quant.prepare_activations gives them. repack_gemv holds the one-token gemv as LLVM vector code. The float order, per output (row r, token t):
 
 Q4_0 / IQ4_NL (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, identical order):
     acc = 0;  for each block b of 32:  acc = fma(float(isum_b), d_w[b] * d_x[b], acc)
@@ -34,9 +34,9 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import vec_dot_kquants as lanes_kquants
+from workbench.cpu import features, repack_gemv
 from workbench.cpu.act_quant import prepare_activations
-from workbench.cpu.vec_dot import _h, hardware_fma
+from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import fma32
 
 SUPPORTED = (GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K)
@@ -68,7 +68,7 @@ def b32_q8_0(W, K, lut, xq, dx, out):
                     byte = row[o + 2 + j]
                     isum += np.int32(lut[byte & np.uint8(15)]) * np.int32(xq[t, 32 * b + j])
                     isum += np.int32(lut[byte >> np.uint8(4)]) * np.int32(xq[t, 32 * b + j + 16])
-                acc = fma32(np.float32(isum), _h(row, o) * dx[t, b], acc)
+                acc = fma32(np.float32(isum), get_fp16(row, o) * dx[t, b], acc)
             out[t, r] = acc
 
 
@@ -85,7 +85,7 @@ def _b32_q8_0_batch_impl(W, K, lut, xqT, dxT, out):
         dd = np.empty(T, np.float32)
         for b in range(K // 32):
             o = b * 18
-            d = _h(row, o)
+            d = get_fp16(row, o)
             isum[:] = 0.0
             for j in range(16):
                 byte = row[o + 2 + j]
@@ -134,8 +134,8 @@ def q4_K_q8_K(W, K, xq, dx, n_gemm, out):
             accm = np.float32(0.0)
             for b in range(K // 256):
                 o = b * 144
-                dd = _h(row, o) * dx[t, b]
-                ddm = _h(row, o + 2) * dx[t, b]
+                dd = get_fp16(row, o) * dx[t, b]
+                ddm = get_fp16(row, o + 2) * dx[t, b]
                 isum = np.int64(0)
                 imin = np.int64(0)
                 for j in range(8):
@@ -176,7 +176,7 @@ def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, bsT, n_gemm, out):
         ddm = np.empty(T, np.float32)
         for b in range(K // 256):
             o = b * 144
-            d, dmin = _h(row, o), _h(row, o + 2)
+            d, dmin = get_fp16(row, o), get_fp16(row, o + 2)
             for t in range(T):
                 dd[t] = d * dxT[b, t]
                 ddm[t] = dmin * dxT[b, t]
@@ -213,16 +213,12 @@ q4_K_q8_K_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q4_K_q
 
 # --- entry point ----------------------------------------------------------------------------------
 
-_HW_FMA = None
-
-
 def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     """(T, N) float32 bit-equal to ggml-cpu's repacked mul_mat on AVX2, or None when llama.cpp would not
     repack the weight (row count not a multiple of 8; block-size misfit). mul_mat_id (one expert's rows):
     repack's forward_mul_mat_id sends every token through the gemv kernel, so no groups of 4.
     vectorized: force (True) or avoid (False) the token-vectorized kernels; default: for 4 or more tokens
     when the hardware fma is available (one token: the scalar kernels are faster)."""
-    global _HW_FMA
     wtype = GGMLType(wtype)
     if wtype not in SUPPORTED:
         return None
@@ -234,12 +230,10 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
-    if vectorized is None and T < 4 and lanes_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
-        return out          # below 4 tokens every token goes through the gemv: lanes_kquants' vector kernels
+    if vectorized is None and T < 4 and repack_gemv.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
+        return out          # below 4 tokens every token goes through the gemv: repack_gemv's vector kernels
     if vectorized is None:
-        if _HW_FMA is None:
-            _HW_FMA = hardware_fma()
-        vectorized = _HW_FMA and T >= 4
+        vectorized = features.hardware_fma() and T >= 4
     rows = np.ascontiguousarray(rows)
     if wtype == GGMLType.Q4_K:
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)

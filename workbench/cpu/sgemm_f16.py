@@ -1,10 +1,10 @@
-"""F16 weights in ggml's float order, as LLVM vector code (<8 x half> -> float, llvm.fma; see lanes_ir).
+"""F16 weights in ggml's float order, as LLVM vector code (<8 x half> -> float, llvm.fma; see vec_dot_ir).
 
 - one token (generation, and every ggml_mul_mat_id): ggml_vec_dot_f16 (arch-independent vec.c with the
   AVX2 mappings): 4 x 8 fma lanes over chunks of 32 elements, GGML_F16_VEC_REDUCE, the tail in double;
 - prompt batches: llamafile_sgemm's tinyBLAS (K % 8 == 0): per (token, row) 8 fma lanes over k, then
   hsum_float_8, computed in register tiles of 2 rows x 4 tokens.
-exact_dots.float_rows_exact / float_rows_batch state the same orders element by element (tests compare).
+vec_dot.float_rows_exact / float_rows_batch state the same orders element by element (tests compare).
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from workbench.cpu.ir import half_to_f32, ptr as _ptr
-from workbench.cpu.vec_dot_ir import _F32, _I32, _I64, _V8F, _fma, _hsum8, _load, half_to_float
-from workbench.cpu.ops import round_f16
+from workbench.cpu.fp16 import round_fp16
+from workbench.cpu.ir import F32, I32, I64, V8F, fma, half_to_f32, half_to_float, hsum_float_8, load, ptr
 
 
 @intrinsic
@@ -31,18 +30,18 @@ def _f16_row32(typingctx, W16, r, n32, xh):
         row = builder.gep(builder.bitcast(wa.data, ir.IntType(8).as_pointer()), [builder.mul(args[1], stride0)])
         xh = builder.bitcast(context.make_array(sig.args[3])(context, builder, args[3]).data,
                              ir.IntType(8).as_pointer())
-        zero = ir.Constant(_V8F, [0.0] * 8)
+        zero = ir.Constant(V8F, [0.0] * 8)
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
         with cgutils.for_range(builder, args[2]) as loop:
             for j in range(4):
-                e = builder.add(builder.mul(loop.index, ir.Constant(_I64, 32)), ir.Constant(_I64, 8 * j))
-                w = half_to_f32(builder, _load(builder, row, builder.mul(e, ir.Constant(_I64, 2)),
+                e = builder.add(builder.mul(loop.index, ir.Constant(I64, 32)), ir.Constant(I64, 8 * j))
+                w = half_to_f32(builder, load(builder, row, builder.mul(e, ir.Constant(I64, 2)),
                                                ir.VectorType(ir.IntType(16), 8)))
-                x = _load(builder, xh, builder.mul(e, ir.Constant(_I64, 4)), _V8F)
-                builder.store(_fma(builder, w, x, builder.load(accs[j])), accs[j])
+                x = load(builder, xh, builder.mul(e, ir.Constant(I64, 4)), V8F)
+                builder.store(fma(builder, w, x, builder.load(accs[j])), accs[j])
         a0, a1, a2, a3 = (builder.load(a) for a in accs)
         v = builder.fadd(builder.fadd(a0, a2), builder.fadd(a1, a3))     # x[i] of _reduce32
-        lane = [builder.extract_element(v, ir.Constant(_I32, i)) for i in range(8)]
+        lane = [builder.extract_element(v, ir.Constant(I32, i)) for i in range(8)]
         t = [builder.fadd(lane[i], lane[i + 4]) for i in range(4)]
         return builder.fadd(builder.fadd(t[0], t[1]), builder.fadd(t[2], t[3]))
 
@@ -53,10 +52,10 @@ def _f16_row32(typingctx, W16, r, n32, xh):
 def f16_matvec(W16, K, x, out):
     """out[r] = ggml_vec_dot_f16(row r, fp16(x)) for one token: W16 (N, K) uint16 fp16 bits; 32 lanes
     (4 x 8) over chunks of 32 elements, GGML_F16_VEC_REDUCE, then the tail (K % 32) in double, as
-    exact_dots.float_rows_exact does element by element."""
+    vec_dot.float_rows_exact does element by element."""
     xh = np.empty(K, np.float32)
     for i in range(K):
-        xh[i] = round_f16(x[i])
+        xh[i] = round_fp16(x[i])
     K32 = K - K % 32
     for r in prange(W16.shape[0]):
         acc = np.float64(_f16_row32(W16, r, K32 // 32, xh)) if K32 else 0.0
@@ -75,23 +74,23 @@ def _f16_tile_codegen(rm, rn):
         wa, xa, oa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
         w_p, x_p, o_p = (builder.bitcast(a.data, byte) for a in (wa, xa, oa))
         w_st, x_st, o_st = (cgutils.unpack_tuple(builder, a.strides) for a in (wa, xa, oa))
-        rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(_I64, i)), w_st[0])]) for i in range(rm)]
-        toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(_I64, j)), x_st[0])]) for j in range(rn)]
-        zero = ir.Constant(_V8F, [0.0] * 8)
+        rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(I64, i)), w_st[0])]) for i in range(rm)]
+        toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(I64, j)), x_st[0])]) for j in range(rn)]
+        zero = ir.Constant(V8F, [0.0] * 8)
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rn)] for _ in range(rm)]
         with cgutils.for_range(builder, k8) as loop:
-            k = builder.mul(loop.index, ir.Constant(_I64, 8))
-            ws = [half_to_f32(builder, _load(builder, row, builder.mul(k, ir.Constant(_I64, 2)),
+            k = builder.mul(loop.index, ir.Constant(I64, 8))
+            ws = [half_to_f32(builder, load(builder, row, builder.mul(k, ir.Constant(I64, 2)),
                                              ir.VectorType(ir.IntType(16), 8))) for row in rows]
-            xs = [_load(builder, tok, builder.mul(k, ir.Constant(_I64, 4)), _V8F) for tok in toks]
+            xs = [load(builder, tok, builder.mul(k, ir.Constant(I64, 4)), V8F) for tok in toks]
             for i in range(rm):
                 for j in range(rn):
-                    builder.store(_fma(builder, ws[i], xs[j], builder.load(accs[i][j])), accs[i][j])
+                    builder.store(fma(builder, ws[i], xs[j], builder.load(accs[i][j])), accs[i][j])
         for i in range(rm):
             for j in range(rn):
-                o = builder.add(builder.mul(builder.add(t0, ir.Constant(_I64, j)), o_st[0]),
-                                builder.mul(builder.add(r, ir.Constant(_I64, i)), o_st[1]))
-                builder.store(_hsum8(builder, builder.load(accs[i][j])), _ptr(builder, o_p, o, _F32))
+                o = builder.add(builder.mul(builder.add(t0, ir.Constant(I64, j)), o_st[0]),
+                                builder.mul(builder.add(r, ir.Constant(I64, i)), o_st[1]))
+                builder.store(hsum_float_8(builder, builder.load(accs[i][j])), ptr(builder, o_p, o, F32))
         return context.get_dummy_value()
     return codegen
 
@@ -114,7 +113,7 @@ _f16_tile_11 = _f16_tile_intrinsic(1, 1)
 def f16_matmul(W16, K, XH, out):
     """out (T, N) = llamafile_sgemm's tinyBLAS product of F16 rows W16 (N, K) uint16 with XH (T, K) float32
     (the activations rounded to fp16), K % 8 == 0: per (token, row) 8 fma lanes over k, then hsum_float_8,
-    as exact_dots.float_rows_batch; 2 rows x 4 tokens per tile."""
+    as vec_dot.float_rows_batch; 2 rows x 4 tokens per tile."""
     N, T = W16.shape[0], XH.shape[0]
     k8 = K // 8
     NR = N - N % _F16_RM

@@ -38,25 +38,21 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import vec_dot_kquants as lanes_kquants
+from workbench.gguf.constants import KVALUES_IQ4NL, QK_K
+
+from workbench.cpu import vec_dot_kquants
 from workbench.cpu.act_quant import prepare_activations
-from workbench.cpu.ops import F16_TABLE
+from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import hsum8
 
-QK_K = 256
 TILED_MIN_BATCH = 8       # tiled.cpp ggml_tiled_min_batch
 _Q6_K, _Q5_K, _Q3_K, _IQ4_XS, _Q2_K = 0, 1, 2, 3, 4
 _KIND = {GGMLType.Q6_K: _Q6_K, GGMLType.Q5_K: _Q5_K, GGMLType.Q3_K: _Q3_K, GGMLType.IQ4_XS: _IQ4_XS,
          GGMLType.Q2_K: _Q2_K}
 _BLOCK_BYTES = np.array([210, 176, 110, 136, 84], np.int64)  # sizeof(block_q6_K / q5_K / q3_K / iq4_xs / q2_K)
-_KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int32)
+_KVALUES_IQ4NL = KVALUES_IQ4NL.astype(np.int32)          # read as int32 products
 
 SUPPORTED = (GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K)
-
-
-@njit(cache=True, inline="always")
-def _h(row, o):
-    return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
 
 
 @njit(cache=True)
@@ -93,7 +89,7 @@ def _decode_block(kind, row, o, w, sc, mins):
                 w[e + 32] = sc[(e + 32) // 16] * np.int32((ql1 & 15) | (((qh >> 2) & 3) << 4))
                 w[e + 64] = sc[(e + 64) // 16] * np.int32((ql0 >> 4) | (((qh >> 4) & 3) << 4))
                 w[e + 96] = sc[(e + 96) // 16] * np.int32((ql1 >> 4) | (((qh >> 6) & 3) << 4))
-        return _h(row, o + 208), np.float32(0.0)
+        return get_fp16(row, o + 208), np.float32(0.0)
     if kind == _Q5_K:                   # d dmin scales[12] qh[32] qs[128]
         s = o + 4
         for j in range(8):              # get_scale_min_k4
@@ -109,7 +105,7 @@ def _decode_block(kind, row, o, w, sc, mins):
                 b, qh = row[o + 48 + 32 * j + l], row[o + 16 + l]
                 w[64 * j + l] = sc[2 * j] * np.int32((b & 15) + (((qh >> (2 * j)) & 1) << 4))
                 w[64 * j + 32 + l] = sc[2 * j + 1] * np.int32((b >> 4) + (((qh >> (2 * j + 1)) & 1) << 4))
-        return _h(row, o), _h(row, o + 2)
+        return get_fp16(row, o), get_fp16(row, o + 2)
     if kind == _Q3_K:                   # hmask[32] qs[64] scales[12] d
         s = o + 96
         for i in range(4):              # the kmask1/kmask2 unpacking of the 12 scale bytes, bytewise
@@ -126,7 +122,7 @@ def _decode_block(kind, row, o, w, sc, mins):
                     if not (row[o + l] >> (4 * n + j)) & 1:
                         q -= 4
                     w[e] = sc[e // 16] * q
-        return _h(row, o + 108), np.float32(0.0)
+        return get_fp16(row, o + 108), np.float32(0.0)
     if kind == _Q2_K:                   # scales[16] (scale | min << 4) qs[64] d dmin
         for k in range(16):
             sc[k] = np.int32(row[o + k] & 15)
@@ -136,7 +132,7 @@ def _decode_block(kind, row, o, w, sc, mins):
                 for l in range(32):
                     e = 128 * n + 32 * j + l
                     w[e] = sc[e // 16] * np.int32((row[o + 16 + 32 * n + l] >> (2 * j)) & 3)
-        return _h(row, o + 80), _h(row, o + 82)
+        return get_fp16(row, o + 80), get_fp16(row, o + 82)
     # IQ4_XS: d scales_h(u16) scales_l[4] qs[128]
     sh = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
     for ib in range(8):
@@ -146,7 +142,7 @@ def _decode_block(kind, row, o, w, sc, mins):
             b = row[o + 8 + 16 * ib + j]
             w[32 * ib + j] = ls * _KVALUES_IQ4NL[b & 15]
             w[32 * ib + 16 + j] = ls * _KVALUES_IQ4NL[b >> 4]
-    return _h(row, o), np.float32(0.0)
+    return get_fp16(row, o), np.float32(0.0)
 
 
 @njit(cache=True, parallel=True)
@@ -226,8 +222,9 @@ def kquant_q8_K(W, kind, K, xq, xqT, dT, bsT, tiled, out):
             out[t, r] = acc[0, t] if tiled else hsum8(acc[:, t]) + summs[t]
 
 
-def matmul(rows, wtype, K, x, mul_mat_id=False):
-    """(T, N) float32 bit-equal to ggml-cpu's mul_mat and mul_mat_id on AVX2, or None when not handled."""
+def matmul(rows, wtype, K, x, mul_mat_id=False, vector=True):
+    """(T, N) float32 bit-equal to ggml-cpu's mul_mat and mul_mat_id on AVX2, or None when not handled.
+    vector=False: below 8 tokens the readable kernel (kquant_q8_K) instead of vec_dot_kquants' vector code."""
     wtype = GGMLType(wtype)
     kind = _KIND.get(wtype)
     if kind is None or K % QK_K or rows.ndim != 2 or rows.shape[1] != wtype.row_bytes(K):
@@ -237,8 +234,8 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     out = np.empty((T, rows.shape[0]), np.float32)
     if T == 0:
         return out
-    if T < TILED_MIN_BATCH and lanes_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
-        return out                  # vec_dot token by token: lanes_kquants' vector kernels, same bits
+    if vector and T < TILED_MIN_BATCH and vec_dot_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
+        return out                  # vec_dot token by token: vec_dot_kquants' vector kernels, same bits
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 16, True, with_ints=True)
     xq32 = xq.astype(np.int32)
     bs = xq32.reshape(T, K // 16, 16).sum(axis=2, dtype=np.int32)      # block_q8_K bsums

@@ -7,19 +7,12 @@ every mul_mat_id). See simd.py for why the order of a float sum matters here.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.to_float import decode_row
-from workbench.cpu.ops import F16_TABLE
+from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import fma32, hsum8
-
-
-@njit(cache=True, inline="always")
-def _h(row, o):
-    return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+from workbench.cpu.to_float import decode_row
 
 
 @njit(cache=True, parallel=True)
@@ -37,8 +30,8 @@ def q4_1_q8_1(W, K, xq, dx, s, out):
             summs = np.float32(0.0)
             for b in range(K // 32):
                 o = b * 20
-                summs = fma32(_h(row, o + 2), s[t, b], summs)
-                dd = _h(row, o) * dx[t, b]
+                summs = fma32(get_fp16(row, o + 2), s[t, b], summs)
+                dd = get_fp16(row, o) * dx[t, b]
                 for lane in range(8):
                     isum = np.int32(0)
                     for k in range(4):
@@ -63,7 +56,7 @@ def _q4_1_q8_1_batch_impl(W, K, xqT, dxT, sT, out):
         dd = np.empty(T, np.float32)
         for b in range(K // 32):
             o = b * 20
-            d, m = _h(row, o), _h(row, o + 2)
+            d, m = get_fp16(row, o), get_fp16(row, o + 2)
             for t in range(T):
                 summs[t] = m * sT[b, t] + summs[t]
                 dd[t] = d * dxT[b, t]
@@ -84,18 +77,6 @@ def _q4_1_q8_1_batch_impl(W, K, xqT, dxT, sT, out):
 
 
 q4_1_q8_1_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q4_1_q8_1_batch_impl)
-
-
-@njit(cache=True, fastmath={"contract"})
-def _contracted(a, b, c):
-    return a * b + c
-
-
-@functools.cache
-def hardware_fma() -> bool:
-    """Does 'contract' give a fused multiply-add here? (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 only when fused."""
-    a = np.float32(1 + 2.0 ** -12)
-    return bool(_contracted(a, a, np.float32(-(1 + 2.0 ** -11))) == np.float32(2.0 ** -24))
 
 
 @njit(cache=True, parallel=True)
@@ -144,7 +125,7 @@ def q8_0_q8_0(W, K, xq, dx, out):
             acc[:] = 0.0
             for b in range(K // 32):
                 o = b * 34
-                dd = _h(row, o) * dx[t, b]
+                dd = get_fp16(row, o) * dx[t, b]
                 for lane in range(8):
                     isum = np.int32(0)
                     for k in range(4):
@@ -166,7 +147,7 @@ def _q8_0_q8_0_batch_impl(W, K, xqT, dxT, out):
         dd = np.empty(T, np.float32)
         for b in range(K // 32):
             o = b * 34
-            d = _h(row, o)
+            d = get_fp16(row, o)
             for t in range(T):
                 dd[t] = d * dxT[b, t]
             for lane in range(8):

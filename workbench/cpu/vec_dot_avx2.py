@@ -1,9 +1,9 @@
-"""Q4_1 / Q8_0 dot products with AVX2's integer instructions, in ggml's own sequence (see lanes_ir).
+"""Q4_1 / Q8_0 dot products with AVX2's integer instructions, in ggml's own sequence (see vec_dot_ir).
 
 mul_sum_us8_pairs_float / mul_sum_i8_pairs_float (arch/x86/quants.c): vpmaddubsw (u8 x i8 -> pairs of i16),
 then vpmaddwd with ones (the 8 lane sums of 4 products as i32), converted to float: the same integer lane
-sums as lanes_ir's portable kernels, hence the same floats, about 1.4x faster. Used where numba compiles for
-an AVX2 host (lanes_ir.has_avx2).
+sums as vec_dot_ir's portable kernels, hence the same floats, about 1.4x faster. Used where numba compiles for
+an AVX2 host (features.has_avx2).
 
 - prompt batches: q4_1_matmul_avx2, q8_0_matmul_avx2 unpack a row's block once for _RN tokens, with the
   _RN accumulators in registers (llama.cpp runs vec_dot per (row, token) for Q4_1 and tinyBLAS_Q0_AVX for
@@ -18,9 +18,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from workbench.cpu.ir import ptr as _ptr
-from workbench.cpu.vec_dot_ir import (_F32, _I32, _I64, _V8F, _V32B, _f16, _fma, _hsum8, _lane_sums_u8_i8, _load, _splat,
-                       _x86, q8_lanes)
+from workbench.cpu.act_quant import q8_lanes
+from workbench.cpu.ir import F32, I32, I64, V8F, V32B, fma, fp16, hsum_float_8, lane_sums_u8_i8, load, ptr, splat, x86
 
 
 _RN = 8
@@ -38,44 +37,44 @@ def _tile_codegen(kind, rn):
         byte = ir.IntType(8).as_pointer()
         xq_p, dx_p, s_p, out_p = (builder.bitcast(a.data, byte) for a in arrs)
         xq_st, dx_st, s_st, out_st = (cgutils.unpack_tuple(builder, a.strides) for a in arrs)
-        zero = ir.Constant(_V8F, [0.0] * 8)
+        zero = ir.Constant(V8F, [0.0] * 8)
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rn)]
-        summs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(rn)]
-        toks = [builder.add(t0, ir.Constant(_I64, i)) for i in range(rn)]
+        summs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(rn)]
+        toks = [builder.add(t0, ir.Constant(I64, i)) for i in range(rn)]
         bs = 20 if kind == 1 else 34
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            o = builder.mul(b, ir.Constant(_I64, bs))
-            d = _f16(builder, row, o)
+            o = builder.mul(b, ir.Constant(I64, bs))
+            d = fp16(builder, row, o)
             if kind == 1:
-                m = _f16(builder, row, builder.add(o, ir.Constant(_I64, 2)))
-                v16 = _load(builder, row, builder.add(o, ir.Constant(_I64, 4)), ir.VectorType(ir.IntType(8), 16))
-                both = builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
-                wv = builder.and_(builder.lshr(both, ir.Constant(_V32B, [0] * 16 + [4] * 16)),
-                                  ir.Constant(_V32B, [15] * 32))
+                m = fp16(builder, row, builder.add(o, ir.Constant(I64, 2)))
+                v16 = load(builder, row, builder.add(o, ir.Constant(I64, 4)), ir.VectorType(ir.IntType(8), 16))
+                both = builder.shuffle_vector(v16, v16, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
+                wv = builder.and_(builder.lshr(both, ir.Constant(V32B, [0] * 16 + [4] * 16)),
+                                  ir.Constant(V32B, [15] * 32))
             else:
-                x = _load(builder, row, builder.add(o, ir.Constant(_I64, 2)), _V32B)
-                wv = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [x, x])
+                x = load(builder, row, builder.add(o, ir.Constant(I64, 2)), V32B)
+                wv = x86(builder, "llvm.x86.avx2.psign.b", V32B, [x, x])
             for i, t in enumerate(toks):
                 def at(ptr, st, col, size):
-                    return builder.add(builder.mul(t, st[0]), builder.mul(col, ir.Constant(_I64, size)))
-                y = _load(builder, xq_p, builder.add(builder.mul(t, xq_st[0]), builder.mul(b, ir.Constant(_I64, 32))),
-                          _V32B)
+                    return builder.add(builder.mul(t, st[0]), builder.mul(col, ir.Constant(I64, size)))
+                y = load(builder, xq_p, builder.add(builder.mul(t, xq_st[0]), builder.mul(b, ir.Constant(I64, 32))),
+                          V32B)
                 if kind == 0:
-                    y = _x86(builder, "llvm.x86.avx2.psign.b", _V32B, [y, x])
-                v = _lane_sums_u8_i8(builder, wv, y)
-                dxt = _load(builder, dx_p, at(dx_p, dx_st, b, 4), _F32)
+                    y = x86(builder, "llvm.x86.avx2.psign.b", V32B, [y, x])
+                v = lane_sums_u8_i8(builder, wv, y)
+                dxt = load(builder, dx_p, at(dx_p, dx_st, b, 4), F32)
                 if kind == 1:
-                    st = _load(builder, s_p, at(s_p, s_st, b, 4), _F32)
-                    builder.store(_fma(builder, m, st, builder.load(summs[i])), summs[i])
+                    st = load(builder, s_p, at(s_p, s_st, b, 4), F32)
+                    builder.store(fma(builder, m, st, builder.load(summs[i])), summs[i])
                 dd = builder.fmul(d, dxt)
-                builder.store(_fma(builder, _splat(builder, dd), v, builder.load(accs[i])), accs[i])
+                builder.store(fma(builder, splat(builder, dd), v, builder.load(accs[i])), accs[i])
         for i, t in enumerate(toks):
-            res = _hsum8(builder, builder.load(accs[i]))
+            res = hsum_float_8(builder, builder.load(accs[i]))
             if kind == 1:
                 res = builder.fadd(res, builder.load(summs[i]))
-            ptr = _ptr(builder, out_p, builder.add(builder.mul(t, out_st[0]), builder.mul(r, out_st[1])), _F32)
-            builder.store(res, ptr)
+            dst = ptr(builder, out_p, builder.add(builder.mul(t, out_st[0]), builder.mul(r, out_st[1])), F32)
+            builder.store(res, dst)
         return context.get_dummy_value()
     return codegen
 

@@ -23,24 +23,27 @@ of qs[j] plus bit j + 16 of qh. Q5_0 subtracts 16 (bytes_from_bits_32 + andnot 0
 
 Kernels: q5_0_q8_0 / q5_1_q8_1 are the readable spec (fma emulated by fma32, any number of tokens, used when
 'contract' gives no hardware fma); q5_batch (token-vectorized, 4 rows at a time) computes the same sums
-with hardware fmas, and one token goes through lanes_kquants' vector code. The tests check all of them
+with hardware fmas, and one token goes through the vector code at the end (q5_0_matvec_avx2 etc., LLVM IR). The tests check all of them
 against each other bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import vec_dot_kquants as lanes_kquants
-from workbench.cpu.act_quant import prepare_activations, vec_dot_type
-from workbench.cpu.vec_dot import _h, hardware_fma
+from workbench.cpu import features
+from workbench.cpu.act_quant import prepare_activations, q8_lanes, vec_dot_type
+from workbench.cpu.fp16 import get_fp16
+from workbench.cpu.ir import (F32, I32, V8F, V16B, V16S, V32B, byte_vec, c64, fma, fp16, hsum_float_8, lanes_mask, load,
+                              madd, maddubs, row_pointers, signed_products, splat)
 from workbench.cpu.simd import fma32, hsum8
 
 SUPPORTED = (GGMLType.Q5_0, GGMLType.Q5_1)
-
-_HW_FMA = None
 
 
 @njit(cache=True, inline="always")
@@ -70,7 +73,7 @@ def q5_0_q8_0(W, K, xq, dx, out):
             for b in range(K // 32):
                 o = b * 22
                 _unpack5(row, o + 2, 16, q)
-                dd = _h(row, o) * dx[t, b]
+                dd = get_fp16(row, o) * dx[t, b]
                 for lane in range(8):
                     isum = np.int32(0)
                     for k in range(4):
@@ -96,8 +99,8 @@ def q5_1_q8_1(W, K, xq, dx, s, out):
             for b in range(K // 32):
                 o = b * 24
                 _unpack5(row, o + 4, 0, q)
-                summs = fma32(_h(row, o + 2), s[t, b], summs)
-                dd = _h(row, o) * dx[t, b]
+                summs = fma32(get_fp16(row, o + 2), s[t, b], summs)
+                dd = get_fp16(row, o) * dx[t, b]
                 for lane in range(8):
                     isum = np.int32(0)
                     for k in range(4):
@@ -112,7 +115,7 @@ def _q5_batch_impl(W, K, bs, xqT, dxT, sT, out):
     xqT (K, T) integer activations as float32 (a lane sum of 4 products is exact), dxT and sT (K/32, T).
     Rows go 4 at a time so that each load of the activations serves 4 rows. Compiled with fastmath
     'contract' so that `dd * ls + acc` and `m * s + summs` are hardware fmas, like _mm256_fmadd_ps (only
-    used where hardware_fma() holds)."""
+    used where features.hardware_fma() holds)."""
     N = W.shape[0]
     T = xqT.shape[1]
     has_min = bs == 24
@@ -132,11 +135,11 @@ def _q5_batch_impl(W, K, bs, xqT, dxT, sT, out):
                 _unpack5(row, o + bs - 20, off, qi)
                 for e in range(32):
                     q[i, e] = np.float32(qi[e])
-                d = _h(row, o)
+                d = get_fp16(row, o)
                 for t in range(T):
                     dd[i, t] = d * dxT[b, t]
                 if has_min:
-                    m = _h(row, o + 2)
+                    m = get_fp16(row, o + 2)
                     for t in range(T):
                         summs[i, t] = m * sT[b, t] + summs[i, t]
             for lane in range(8):
@@ -163,10 +166,111 @@ def _q5_batch_impl(W, K, bs, xqT, dxT, sT, out):
 q5_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q5_batch_impl)
 
 
+# --- Q5_0 / Q5_1: ggml_vec_dot_q5_0_q8_0 / ggml_vec_dot_q5_1_q8_1 (this module's order) --------------
+# One token as LLVM vector code (the integer helpers of workbench.cpu.ir, like vec_dot_kquants): per block of 32, the 8 lane sums of 4 products
+# (element j: nibble j of qs plus bit j of qh as 16; Q5_0 minus 16, signed through vpsign), then
+# acc = fma(d_w * d_x, lanes, acc) on <8 x float>; Q5_1 adds summs = fma(m_w, s_x, summs) per block;
+# result hsum_float_8(acc) (+ summs). q5_0_q8_0 / q5_1_q8_1 above are the scalar statement.
+
+def _q5_codegen(q5_1, avx2):
+    def codegen(context, builder, sig, args):
+        row, nb, ptrs = row_pointers(context, builder, sig, args)
+        xq, dx = ptrs[0], builder.bitcast(ptrs[1], F32.as_pointer())
+        sx = builder.bitcast(ptrs[2], F32.as_pointer()) if q5_1 else None
+        acc = cgutils.alloca_once_value(builder, ir.Constant(V8F, [0.0] * 8))
+        summs = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+        ones = ir.Constant(V16S, [1] * 16)
+        head = 4 if q5_1 else 2                         # d (, m) fp16, then qh (u32), qs[16]
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            o = builder.mul(b, c64(head + 20))
+            dd = builder.fmul(fp16(builder, row, o), builder.load(builder.gep(dx, [b])))
+            if q5_1:
+                m = fp16(builder, row, builder.add(o, c64(2)))
+                builder.store(fma(builder, m, builder.load(builder.gep(sx, [b])), builder.load(summs)), summs)
+            qh = load(builder, row, builder.add(o, c64(head)), I32)
+            bits = builder.zext(builder.bitcast(qh, ir.VectorType(ir.IntType(1), 32)), V32B)   # bytes_from_bits_32
+            q16 = load(builder, row, builder.add(o, c64(head + 4)), V16B)
+            both = builder.shuffle_vector(q16, q16, lanes_mask(list(range(16)) * 2))
+            nib = builder.and_(builder.lshr(both, ir.Constant(V32B, [0] * 16 + [4] * 16)), byte_vec(15))
+            q = builder.or_(nib, builder.shl(bits, byte_vec(4)))
+            y = load(builder, xq, builder.mul(b, c64(32)), V32B)
+            if q5_1:
+                p16 = maddubs(builder, q, y, avx2)
+            else:
+                p16 = signed_products(builder, builder.sub(q, byte_vec(16)), y, avx2)
+            lanes = builder.sitofp(madd(builder, p16, ones, avx2), V8F)
+            builder.store(fma(builder, splat(builder, dd), lanes, builder.load(acc)), acc)
+        res = hsum_float_8(builder, builder.load(acc))
+        return builder.fadd(res, builder.load(summs)) if q5_1 else res
+    return codegen
+
+
+def _make_q5_row(q5_1, avx2):
+    if q5_1:
+        def row_intrinsic(typingctx, W, r, nb, xq, dx, sx):
+            return types.float32(W, r, nb, xq, dx, sx), _q5_codegen(True, avx2)
+    else:
+        def row_intrinsic(typingctx, W, r, nb, xq, dx):
+            return types.float32(W, r, nb, xq, dx), _q5_codegen(False, avx2)
+    row_intrinsic.__name__ = f"_q5_{int(q5_1)}_row_{'avx2' if avx2 else 'portable'}"
+    return intrinsic(row_intrinsic)
+
+
+_q5_0_row_avx2, _q5_0_row_portable = _make_q5_row(False, True), _make_q5_row(False, False)
+_q5_1_row_avx2, _q5_1_row_portable = _make_q5_row(True, True), _make_q5_row(True, False)
+
+
+@njit(cache=True, parallel=True)
+def q5_0_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q5_0_q8_0(row r, x quantized to Q8_0): one token."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_0_row_avx2(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def q5_0_matvec_portable(W, K, x, out):
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_0_row_portable(W, r, K // 32, xq, dx)
+
+
+@njit(cache=True, parallel=True)
+def q5_1_matvec_avx2(W, K, x, out):
+    """out[r] = ggml_vec_dot_q5_1_q8_1(row r, x quantized to Q8_1): one token."""
+    xq, _, dx, sx = q8_lanes(x, 1, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_1_row_avx2(W, r, K // 32, xq, dx, sx)
+
+
+@njit(cache=True, parallel=True)
+def q5_1_matvec_portable(W, K, x, out):
+    xq, _, dx, sx = q8_lanes(x, 1, False)
+    for r in prange(W.shape[0]):
+        out[r] = _q5_1_row_portable(W, r, K // 32, xq, dx, sx)
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+MATVEC = {"Q5_0": (q5_0_matvec_avx2, q5_0_matvec_portable), "Q5_1": (q5_1_matvec_avx2, q5_1_matvec_portable)}
+
+
+def matvec(rows, wtype_name, K, x, out):
+    """out (T, N) = the one-token vector kernel for each token of x (T, K) float32 C-contiguous (Q5_0 / Q5_1;
+    False, nothing written, for other types or K % 32)."""
+    pair = MATVEC.get(wtype_name)
+    if pair is None or K % 32:
+        return False
+    kernel = pair[0] if features.has_avx2() else pair[1]
+    for t in range(x.shape[0]):
+        kernel(rows, K, x[t], out[t])
+    return True
+
+
 def matmul(rows, wtype, K, x, mul_mat_id=False):
     """(T, N) float32 bit-equal to ggml-cpu's mul_mat (and mul_mat_id: the same vec_dot) on AVX2 for Q5_0 /
     Q5_1 weights `rows` (N, row_bytes) and activations x (T, K); None for other types or odd shapes."""
-    global _HW_FMA
     wtype = GGMLType(wtype)
     if wtype not in SUPPORTED:
         return None
@@ -180,13 +284,11 @@ def matmul(rows, wtype, K, x, mul_mat_id=False):
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
-    if T == 1 and lanes_kquants.matvec(rows, wtype.name, K, x, out):
-        return out                  # generation: the same sums as vector code (lanes_kquants)
-    if _HW_FMA is None:
-        _HW_FMA = hardware_fma()
+    if T == 1 and matvec(rows, wtype.name, K, x, out):
+        return out                  # generation: the same sums as vector code (q5_*_matvec_*)
     _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
     bs = wtype.type_size
-    if not _HW_FMA:                 # the spec kernels, fma emulated
+    if not features.hardware_fma():     # the spec kernels, fma emulated
         if wtype == GGMLType.Q5_0:
             q5_0_q8_0(rows, K, xq, dx, out)
         else:

@@ -8,19 +8,17 @@ k-quants, F16 for F16, ...) and takes block-wise dot products (ggml_vec_dot_q4_1
 
 with xq the integer activations, d_x their block scale and xsum the scaled sum of the activations of a
 sub-block (Q8_1's `s`, Q8_K's `bsums`). We compute the same sums as  w . xhat + mins . xsum  with
-w = d_w q (blocks.decode_row) and xhat = d_x xq (the activations exactly as ggml's quantization leaves
+w = d_w q (cpu/to_float.decode_row) and xhat = d_x xq (the activations exactly as ggml's quantization leaves
 them): equal up to float rounding order. `quantize_act=False` gives the exact float product instead.
 
 Prompt path: decode R rows at a time, reuse them for every token (parallel over row chunks).
 Generation path (one token): fused decode+dot per block for the common formats, no buffer.
-Q4_1, Q8_0 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (exact_dots.py); so are Q5_0/Q5_1
-(exact_legacy.py), the types llama.cpp repacks on AVX2, Q4_0/IQ4_NL/Q4_K (exact_repack.py), and Q2_K..Q6_K/IQ4_XS
-(exact_kquants.py); the remaining types keep the float order below. The activations for all types come from
-activations.py. Types without a native decoder go through
+Q4_1, Q8_0 and F32/F16/BF16 weights: ggml's own float sums, bit for bit (cpu/vec_dot.py, vec_dot_ir.py,
+vec_dot_avx2.py, sgemm_f16.py); so are Q5_0/Q5_1 (cpu/vec_dot_q5.py), the types llama.cpp repacks on AVX2,
+Q4_0/IQ4_NL/Q4_K (cpu/repack.py, repack_gemv.py), and Q2_K..Q6_K/IQ4_XS (cpu/tiled.py, vec_dot_kquants.py);
+the remaining types keep the float order below. The activations for all types come from cpu/act_quant.py. Types without a native decoder go through
 `workbench.quant.dequantize`, a block of rows at a time.
 """
-
-import functools
 
 import numba
 import numpy as np
@@ -28,17 +26,16 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
+from workbench.cpu import features, repack, tiled, vec_dot_q5
 from workbench.cpu.act_quant import prepare_activations, vec_dot_type
-from workbench.cpu import tiled as exact_kquants
-from workbench.cpu import vec_dot_q5 as exact_legacy
-from workbench.cpu import repack as exact_repack
-from workbench.cpu.to_float import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
-from workbench.cpu.vec_dot_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
+from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
-from workbench.cpu.ir import has_avx2
+from workbench.cpu.to_float import MIN_SUBBLOCK, NATIVE_TYPES, decode_row
+from workbench.cpu.vec_dot import (float_rows_batch, float_rows_exact, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
+                                   q8_0_q8_0_batch)
+from workbench.cpu.vec_dot_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
 from workbench.cpu.vec_dot_ir import q4_1_matvec, q8_0_matvec
-from workbench.cpu.vec_dot import (_h, float_rows_batch, float_rows_exact, hardware_fma, q4_1_q8_1, q4_1_q8_1_batch, q8_0_q8_0,
-                         q8_0_q8_0_batch)
+from workbench.quant import dequantize
 
 _FAST = {"reassoc", "contract"}     # let LLVM vectorize the float sums; no nan/inf assumptions
 _FALLBACK_ROWS = 256                # rows dequantized at a time by the generic path
@@ -92,19 +89,19 @@ def _row_dot(tid, row, rowi8, K, x, xs, acc):
         bs = 20 if tid == _Q4_1 else 18
         for b in range(K // 32):
             o = b * bs
-            d = _h(row, o)
+            d = get_fp16(row, o)
             for j in range(16):
                 q = row[o + bs - 16 + j]
                 acc[j] += (d * np.float32(q & np.uint8(15))) * x[32 * b + j]
                 acc[j + 16] += (d * np.float32(q >> np.uint8(4))) * x[32 * b + j + 16]
             if tid == _Q4_1:
-                extra += _h(row, o + 2) * xs[b]
+                extra += get_fp16(row, o + 2) * xs[b]
             else:
                 extra -= (np.float32(8.0) * d) * xs[b]
     else:  # Q8_0
         for b in range(K // 32):
             o = b * 34
-            d = _h(row, o)
+            d = get_fp16(row, o)
             for j in range(32):
                 acc[j] += (d * np.float32(rowi8[o + 2 + j])) * x[32 * b + j]
     return acc.sum() + extra
@@ -128,98 +125,155 @@ _FUSED = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0)
 _FLOAT = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _Q4_0, _Q4_1 = int(GGMLType.Q4_0), int(GGMLType.Q4_1)
 
+# --- THE dispatch table: which ggml code multiplies a weight, and our kernels for it -------------------------
+# ggml_compute_forward_mul_mat (ggml-cpu.c, AVX2 build on x86) tries, in this order: the CPU_REPACK buffer's
+# kernels (repack.cpp, for weights ggml_repack_get_optimal_repack_type repacked at load), llamafile_sgemm
+# (tinyBLAS: two or more tokens, never for mul_mat_id), the tiled k-quant matmul (tiled.cpp, from
+# ggml_tiled_min_batch tokens), and the type's vec_dot for every (row, token) otherwise.
+VEC_DOT = "vec_dot"     # ggml_vec_dot_<type>_<vec_dot_type> (arch/x86/quants.c, vec.c)
+SGEMM = "sgemm"         # llamafile's tinyBLAS (tinyBLAS, tinyBLAS_Q0_AVX)
+REPACK = "repack"       # ggml_gemm_* for groups of 4 tokens, ggml_gemv_* for the rest (repack.cpp)
+TILED = "tiled"         # ggml_compute_forward_mul_mat_tiled (tiled.cpp)
+DECODED = "decoded"     # not one of ggml's: rows decoded to floats (or dequantized), our own float order
 
-_HW_FMA = None
-# weight types whose sums another module reproduces bit for bit (ggml's AVX2 vec_dot / tinyBLAS / repack order)
-_EXACT = {t: mod.matmul for mod in (exact_legacy, exact_repack, exact_kquants) for t in mod.SUPPORTED}
+_REPACKED = repack.SUPPORTED                       # Q4_0, IQ4_NL, Q4_K (rows % 8 == 0)
+_SGEMM = (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q5_0)
+_VEC_DOT = _FLOAT + (GGMLType.Q4_1, GGMLType.Q8_0) + vec_dot_q5.SUPPORTED + tiled.SUPPORTED
 
 
-# one token on these weights: lanes_ir's vector kernels
-_LANES = (GGMLType.Q4_1, GGMLType.Q8_0)
-_has_avx2 = functools.cache(has_avx2)
+def ggml_path(wtype: GGMLType, n_tokens: int, n_rows: int, mul_mat_id: bool = False) -> str:
+    """The ggml code that computes x (n_tokens, K) @ W^T for a weight of `wtype` with `n_rows` rows (AVX2 build);
+    DECODED where we do not reproduce ggml's sums (they agree up to float rounding order)."""
+    wtype = GGMLType(wtype)
+    if wtype in _REPACKED:
+        return REPACK if n_rows % 8 == 0 else DECODED
+    if wtype in tiled.SUPPORTED and n_tokens >= tiled.TILED_MIN_BATCH:
+        return TILED
+    if wtype in _SGEMM and n_tokens >= 2 and not mul_mat_id:
+        return SGEMM
+    return VEC_DOT if wtype in _VEC_DOT else DECODED
 
 
-def _one_token(rows, wtype, K, x):
-    """Generation on Q4_1 / Q8_0 weights (x a C-contiguous float32 (1, K), K % 32 == 0): lanes_ir's kernels."""
-    out = np.empty((1, rows.shape[0]), np.float32)
+def _one_token(rows, wtype, K, x, out):
+    """Generation on Q4_1 / Q8_0 weights (x a C-contiguous float32 (1, K)): vec_dot_avx2's / vec_dot_ir's kernels."""
     if wtype == GGMLType.Q4_1:
-        (q4_1_matvec_avx2 if _has_avx2() else q4_1_matvec)(rows, K, x[0], out[0])
+        (q4_1_matvec_avx2 if features.has_avx2() else q4_1_matvec)(rows, K, x[0], out[0])
     else:
-        (q8_0_matvec_avx2 if _has_avx2() else q8_0_matvec)(rows, K, x[0], out[0])
+        (q8_0_matvec_avx2 if features.has_avx2() else q8_0_matvec)(rows, K, x[0], out[0])
     return out
+
+
+def _q8_blocks(rows, wtype, K, x, out, mul_mat_id, spec=False):
+    """Q4_1 (vec_dot) and Q8_0 (vec_dot, and tinyBLAS_Q0_AVX with the same float steps per (row, token))."""
+    if not spec and x.shape[0] == 1:
+        return _one_token(rows, wtype, K, x, out)
+    _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
+    q4_1 = wtype == GGMLType.Q4_1
+    if spec or not (features.has_avx2() or features.hardware_fma()):
+        q4_1_q8_1(rows, K, xq, dx, s, out) if q4_1 else q8_0_q8_0(rows, K, xq, dx, out)
+    elif features.has_avx2():
+        q4_1_matmul_avx2(rows, K, xq, dx, s, out) if q4_1 else q8_0_matmul_avx2(rows, K, xq, dx, out)
+    else:
+        xqT, dxT = np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T)
+        q4_1_q8_1_batch(rows, K, xqT, dxT, np.ascontiguousarray(s.T), out) if q4_1 else q8_0_q8_0_batch(rows, K, xqT, dxT, out)
+    return out
+
+
+def _floats(rows, wtype, K, x, out, mul_mat_id, spec=False):
+    """F32 / F16 / BF16: ggml_vec_dot_f16 / _f32 (one token, mul_mat_id) or tinyBLAS (two or more tokens)."""
+    sgemm = x.shape[0] >= 2 and not mul_mat_id
+    if not spec and not sgemm and x.shape[0] == 1 and wtype == GGMLType.F16 and features.has_avx2():
+        f16_matvec(rows.view(np.uint16), K, x[0], out[0])
+        return out
+    xh, _ = prepare_activations(x, vec_dot_type(wtype), K, True)
+    if not spec and sgemm and wtype == GGMLType.F16 and K % 8 == 0 and features.has_avx2():
+        f16_matmul(rows.view(np.uint16), K, np.ascontiguousarray(xh), out)
+    elif not spec and sgemm and features.hardware_fma():
+        float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(xh.T), out)
+    else:
+        float_rows_exact(rows, int(wtype), K, xh, out, sgemm)
+    return out
+
+
+def _q5(rows, wtype, K, x, out, mul_mat_id, spec=False):
+    """Q5_0 (tinyBLAS_Q0_AVX or vec_dot: one order) and Q5_1 (vec_dot): vec_dot_q5."""
+    if not spec:
+        return vec_dot_q5.matmul(rows, wtype, K, x, mul_mat_id)
+    _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
+    if wtype == GGMLType.Q5_0:
+        vec_dot_q5.q5_0_q8_0(rows, K, xq, dx, out)
+    else:
+        vec_dot_q5.q5_1_q8_1(rows, K, xq, dx, s, out)
+    return out
+
+
+def _repacked(rows, wtype, K, x, out, mul_mat_id, spec=False):
+    """Q4_0 / IQ4_NL / Q4_K in the CPU_REPACK buffer: repack.py (gemm + gemv), repack_gemv.py (vector gemv)."""
+    return repack.matmul(rows, wtype, K, x, mul_mat_id, vectorized=False if spec else None)
+
+
+def _kquants(rows, wtype, K, x, out, mul_mat_id, spec=False):
+    """Q6_K, Q5_K, Q3_K, IQ4_XS, Q2_K: their vec_dot below 8 tokens, tiled.cpp from 8 (tiled.py, vec_dot_kquants.py)."""
+    return tiled.matmul(rows, wtype, K, x, mul_mat_id, vector=not spec)
+
+
+# (weight type, ggml path) -> our kernel for it; each takes spec=True for its readable statement (same bits)
+KERNELS = {}
+for _t in (GGMLType.Q4_1, GGMLType.Q8_0):
+    KERNELS[_t, VEC_DOT] = _q8_blocks
+KERNELS[GGMLType.Q8_0, SGEMM] = _q8_blocks
+for _t in _FLOAT:
+    KERNELS[_t, VEC_DOT] = KERNELS[_t, SGEMM] = _floats
+for _t in vec_dot_q5.SUPPORTED:
+    KERNELS[_t, VEC_DOT] = _q5
+KERNELS[GGMLType.Q5_0, SGEMM] = _q5
+for _t in _REPACKED:
+    KERNELS[_t, REPACK] = _repacked
+for _t in tiled.SUPPORTED:
+    KERNELS[_t, VEC_DOT] = KERNELS[_t, TILED] = _kquants
 
 
 def matmul_raw(rows: np.ndarray, wtype: GGMLType, K: int, x: np.ndarray, quantize_act: bool = True,
                name: str = "weight", mul_mat_id: bool = False) -> np.ndarray:
     """y (T, N) = x (T, K) @ W^T for W given as raw rows (N, row_bytes) of ggml type `wtype`.
-    mul_mat_id: the rows are one expert of a stack (ggml_mul_mat_id never takes the tinyBLAS path)."""
-    if (wtype in _LANES and quantize_act and type(x) is np.ndarray and x.shape == (1, K) and K % 32 == 0
-            and x.dtype == np.float32 and x.flags.c_contiguous and rows.shape[0] > 0):
-        return _one_token(rows, wtype, K, x)               # generation: checked above, nothing else to do
+    mul_mat_id: the rows are one expert of a stack (ggml_mul_mat_id never takes the tinyBLAS path).
+    quantize_act=False: the exact float product of the dequantized weights (no ggml path)."""
+    if (quantize_act and type(x) is np.ndarray and x.shape == (1, K) and (wtype == GGMLType.Q4_1 or wtype == GGMLType.Q8_0)
+            and K % 32 == 0 and x.dtype == np.float32 and x.flags.c_contiguous and rows.shape[0] > 0):
+        # generation, the hottest call: checked above, nothing else to do
+        return _one_token(rows, wtype, K, x, np.empty((1, rows.shape[0]), np.float32))
     wtype = GGMLType(wtype)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != K:
         raise MatmulError(f"{name}: activations {x.shape} do not match n_per_row {K}")
     if K % wtype.block_size:
         raise MatmulError(f"{name}: n_per_row {K} is not a multiple of the {wtype.name} block size")
-    global _HW_FMA
-    if _HW_FMA is None:
-        _HW_FMA = hardware_fma()
-    act = vec_dot_type(wtype)
     N, T = rows.shape[0], x.shape[0]
     out = np.empty((T, N), np.float32)
     if T == 0 or N == 0:
         return out
-    if T == 1 and quantize_act and wtype in _LANES:
-        return _one_token(rows, wtype, K, x)
-    if T == 1 and quantize_act and wtype == GGMLType.F16 and _has_avx2():
-        f16_matvec(rows.view(np.uint16), K, x[0], out[0])  # ggml_vec_dot_f16 (one token, or one expert's)
-        return out
-    if quantize_act and wtype in _EXACT:
-        exact = _EXACT[wtype](rows, wtype, K, x, mul_mat_id)
-        if exact is not None:
-            return exact
+    path = ggml_path(wtype, T, N, mul_mat_id) if quantize_act else DECODED
+    if path != DECODED:
+        y = KERNELS[wtype, path](rows, wtype, K, x, out, mul_mat_id)
+        if y is not None:           # None: rows that are not blocks of this type (the kernels check)
+            return y
+    return _decoded(rows, wtype, K, x, out, quantize_act)
+
+
+def _decoded(rows, wtype, K, x, out, quantize_act):
+    """Our own float order: rows decoded (native types) or dequantized by workbench.quant, times the activations
+    as the vec_dot_type sees them (or the float activations, quantize_act=False)."""
+    act = vec_dot_type(wtype)
+    T, N = out.shape
     if wtype in NATIVE_TYPES:
         # Q4_0's -8 offset is applied as a min over blocks of 32 in the fused path
         S = MIN_SUBBLOCK.get(wtype, 32 if wtype == GGMLType.Q4_0 else K)
-        if wtype in _FLOAT and quantize_act:
-            xh, _ = prepare_activations(x, act, K, True)
-            tiny_blas = T >= 2 and not mul_mat_id
-            if tiny_blas and wtype == GGMLType.F16 and K % 8 == 0 and _has_avx2():
-                f16_matmul(rows.view(np.uint16), K, np.ascontiguousarray(xh), out)
-            elif tiny_blas and _HW_FMA:
-                float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(xh.T), out)
-            else:
-                float_rows_exact(rows, int(wtype), K, xh, out, tiny_blas)
-            return out
-        if wtype == GGMLType.Q4_1 and quantize_act:
-            _, s, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if _has_avx2():
-                q4_1_matmul_avx2(rows, K, xq, dx, s, out)
-            elif not _HW_FMA:
-                q4_1_q8_1(rows, K, xq, dx, s, out)
-            else:
-                q4_1_q8_1_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32),
-                                 np.ascontiguousarray(dx.T), np.ascontiguousarray(s.T), out)
-            return out
-        if wtype == GGMLType.Q8_0 and quantize_act:
-            _, _, xq, dx = prepare_activations(x, act, S, True, with_ints=True)
-            if _has_avx2():
-                q8_0_matmul_avx2(rows, K, xq, dx, out)
-            elif not _HW_FMA:
-                q8_0_q8_0(rows, K, xq, dx, out)
-            else:
-                q8_0_q8_0_batch(rows, K, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
-            return out
         xh, xsum = prepare_activations(x, act, S, quantize_act)
         if T == 1 and wtype in _FUSED:
             _gemv(rows, int(wtype), K, xh, xsum, out, numba.get_num_threads())
         else:
             _matmul_rows(rows, int(wtype), K, S, wtype in MIN_SUBBLOCK, xh, xsum, out, numba.get_num_threads())
         return out
-    # generic path: dequantized blocks of rows, times the activations as the vec_dot_type sees them
-    from workbench.quant import dequantize  # written by the quant helpers
-
     xh, xsum = prepare_activations(x, act, K, quantize_act)
     for r0 in range(0, N, _FALLBACK_ROWS):
         wf = np.ascontiguousarray(dequantize(rows[r0:r0 + _FALLBACK_ROWS], wtype, K), dtype=np.float32)
@@ -248,6 +302,4 @@ def get_rows(rows: np.ndarray, wtype: GGMLType, K: int, ids: np.ndarray) -> np.n
     ids = np.asarray(ids, dtype=np.int64)
     if wtype in NATIVE_TYPES:
         return dequantize_rows(rows, int(wtype), K, ids, MIN_SUBBLOCK.get(wtype, K), wtype in MIN_SUBBLOCK)
-    from workbench.quant import dequantize
-
     return np.asarray(dequantize(rows[ids], wtype, K), dtype=np.float32)

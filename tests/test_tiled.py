@@ -1,4 +1,4 @@
-"""exact_kquants: the AVX2 vec_dot / tiled sums of Q6_K, Q5_K, Q3_K, IQ4_XS, Q2_K against a numpy spec.
+"""workbench.cpu.tiled: the AVX2 vec_dot / tiled sums of Q6_K, Q5_K, Q3_K, IQ4_XS, Q2_K against a numpy spec.
 
 The spec below decodes the blocks with vectorized numpy (independently of the numba decoder; the decode
 is itself checked against workbench.quant.dequantize) and writes ggml's float structure plainly:
@@ -15,7 +15,7 @@ import pytest
 from workbench.gguf import GGMLType
 from workbench.cpu import tiled as ek
 from workbench.cpu.act_quant import prepare_activations
-from workbench.cpu.vec_dot import _contracted, hardware_fma
+from workbench.cpu.features import contracted, hardware_fma
 from workbench.quant import dequantize
 
 TYPES = [GGMLType.Q6_K, GGMLType.Q5_K, GGMLType.Q3_K, GGMLType.IQ4_XS, GGMLType.Q2_K]
@@ -244,4 +244,4 @@ def test_fma_exact():
         v = rng.standard_normal((3, 20000)).astype(np.float32)
         v[2] *= np.float32(1e-3)
         for a, b, c in v.T:
-            assert ek.fma_exact(a, b, c) == _contracted(a, b, c)
+            assert ek.fma_exact(a, b, c) == contracted(a, b, c)

@@ -1,5 +1,5 @@
-"""workbench.cpu.vec_dot_ir / lanes_avx2 / lanes_f16: the Q4_1, Q8_0 and F16 kernels written as LLVM vector code
-must give, bit for bit, the sums of the scalar statements of ggml's order (exact_dots), on random block bytes
+"""workbench.cpu.vec_dot_ir / vec_dot_avx2 / sgemm_f16: the Q4_1, Q8_0 and F16 kernels written as LLVM vector code
+must give, bit for bit, the sums of the scalar statements of ggml's order (cpu/vec_dot.py), on random block bytes
 (every nibble and int8 pattern), odd row and token counts and the row lengths SmolLM2 and 7B models use."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu.act_quant import prepare_activations, vec_dot_type
+from workbench.cpu.act_quant import prepare_activations, q8_lanes, vec_dot_type
 from workbench.cpu.vec_dot import q4_1_q8_1, q8_0_q8_0
 from workbench.cpu.vec_dot_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
 from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
-from workbench.cpu.vec_dot_ir import lane_order, q4_1_matvec, q8_0_matvec, q8_lanes
-from workbench.cpu.ir import has_avx2
+from workbench.cpu.vec_dot_ir import lane_order, q4_1_matvec, q8_0_matvec
+from workbench.cpu.features import has_avx2
 from workbench.llama.matmul import matmul_raw
 
 
@@ -117,7 +117,7 @@ def test_q8_lanes_is_quantize_row_q8(wtype, seed):
 
 
 def test_half_to_float_is_exact():
-    """lanes_ir.half_to_float (read by the attention kernels on the fp16 cache), through _keys_by_row."""
+    """ir.half_to_float (read by the attention kernels on the fp16 cache), through _keys_by_row."""
     from workbench.cpu.attention_f16 import _keys_by_row
     v = np.concatenate([np.random.default_rng(1).standard_normal(1000) * 300,
                         [0.0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf, np.nan]]).astype(np.float16)

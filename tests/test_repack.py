@@ -1,4 +1,4 @@
-"""exact_repack: ggml-cpu's repacked AVX2 kernels for Q4_0 / IQ4_NL / Q4_K weights (gemv + gemm of 4 tokens).
+"""workbench.cpu.repack: ggml-cpu's repacked AVX2 kernels for Q4_0 / IQ4_NL / Q4_K weights (gemv + gemm of 4 tokens).
 
 The bit-equality with llama.cpp itself is checked with llama-cpp-python by /work/diag/mmcheck.py (not in CI);
 here: the kernels against a float reference, against a numpy transcription of ggml's float order, the
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu import repack as exact_repack
+from workbench.cpu import repack
 from workbench.cpu.act_quant import prepare_activations
-from workbench.cpu.vec_dot import hardware_fma
+from workbench.cpu.features import hardware_fma
 from workbench.quant import dequantize, quantize
 
 TYPES = [GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K]
@@ -41,7 +41,7 @@ def _order_reference(rows, wtype, K, x):
     f16 = lambda b: b.copy().view(np.float16).astype(np.float32)   # noqa: E731
     xq = xq.astype(np.int64)
     if wtype != GGMLType.Q4_K:
-        lut = exact_repack.LUT_Q4_0 if wtype == GGMLType.Q4_0 else exact_repack.LUT_IQ4_NL
+        lut = repack.LUT_Q4_0 if wtype == GGMLType.Q4_0 else repack.LUT_IQ4_NL
         blk = rows.reshape(N, K // 32, 18)
         d = f16(blk[:, :, :2]).reshape(N, K // 32)
         qs = blk[:, :, 2:]
@@ -84,7 +84,7 @@ def test_close_to_float_reference(wtype):
     K = x.shape[1]
     xh = _act(wtype, x)[0]
     ref = xh.astype(np.float64) @ dequantize(rows, wtype, K).astype(np.float64).T
-    got = exact_repack.matmul(rows, wtype, K, x)
+    got = repack.matmul(rows, wtype, K, x)
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 1e-4, f"{wtype.name}: relative error {err:.3g}, first bad {np.unravel_index(np.abs(got - ref).argmax(), ref.shape)}"
 
@@ -95,7 +95,7 @@ def test_spec_kernel_follows_ggml_order(wtype, T):
     rows, x = _case(wtype, N=8, T=T, seed=T)
     K = x.shape[1]
     want = _order_reference(rows, wtype, K, x)
-    got = exact_repack.matmul(rows, wtype, K, x, vectorized=False)
+    got = repack.matmul(rows, wtype, K, x, vectorized=False)
     bad = np.argwhere(got != want)
     assert bad.size == 0, f"{wtype.name} T={T}: {len(bad)} outputs differ, first (t, r) {tuple(bad[0])}, " \
                           f"diff {np.abs(got - want).max():.3g}"
@@ -107,8 +107,8 @@ def test_spec_kernel_follows_ggml_order(wtype, T):
 def test_vectorized_equals_spec(wtype, T):
     rows, x = _case(wtype, N=24, K=768 if wtype == GGMLType.Q4_K else 320, T=T, seed=10 + T)
     K = x.shape[1]
-    a = exact_repack.matmul(rows, wtype, K, x, vectorized=True)
-    b = exact_repack.matmul(rows, wtype, K, x, vectorized=False)
+    a = repack.matmul(rows, wtype, K, x, vectorized=True)
+    b = repack.matmul(rows, wtype, K, x, vectorized=False)
     bad = np.argwhere(a != b)
     assert bad.size == 0, f"{wtype.name} T={T}: first differing (t, r) {tuple(bad[0])}, diff {np.abs(a - b).max():.3g}"
 
@@ -119,12 +119,12 @@ def test_gemm_groups_and_gemv_remainder(wtype):
     4-token batch and as single tokens. (Q4_0/IQ4_NL: gemm and gemv share one order, so any split agrees.)"""
     rows, x = _case(wtype, N=16, T=6, seed=3)
     K = x.shape[1]
-    full = exact_repack.matmul(rows, wtype, K, x)
-    np.testing.assert_array_equal(full[:4], exact_repack.matmul(rows, wtype, K, x[:4]))
+    full = repack.matmul(rows, wtype, K, x)
+    np.testing.assert_array_equal(full[:4], repack.matmul(rows, wtype, K, x[:4]))
     for t in (4, 5):
-        np.testing.assert_array_equal(full[t], exact_repack.matmul(rows, wtype, K, x[t:t + 1])[0])
+        np.testing.assert_array_equal(full[t], repack.matmul(rows, wtype, K, x[t:t + 1])[0])
     if wtype != GGMLType.Q4_K:
-        np.testing.assert_array_equal(full[0], exact_repack.matmul(rows, wtype, K, x[:1])[0])
+        np.testing.assert_array_equal(full[0], repack.matmul(rows, wtype, K, x[:1])[0])
 
 
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
@@ -133,15 +133,15 @@ def test_experts_go_token_by_token(wtype):
     (checked against llama.cpp: a Q4_0 tiny-mixtral8 gives bit-equal logits)."""
     rows, x = _case(wtype, N=16, T=6, seed=4)
     K = x.shape[1]
-    experts = exact_repack.matmul(rows, wtype, K, x, mul_mat_id=True)
-    single = np.concatenate([exact_repack.matmul(rows, wtype, K, x[t:t + 1]) for t in range(6)])
+    experts = repack.matmul(rows, wtype, K, x, mul_mat_id=True)
+    single = np.concatenate([repack.matmul(rows, wtype, K, x[t:t + 1]) for t in range(6)])
     np.testing.assert_array_equal(experts, single)
 
 
 def test_not_repacked_cases_return_none():
     rows, x = _case(GGMLType.Q4_0, N=12, K=64, T=2)
-    assert exact_repack.matmul(rows, GGMLType.Q4_0, 64, x) is None            # 12 rows: not a multiple of 8
+    assert repack.matmul(rows, GGMLType.Q4_0, 64, x) is None            # 12 rows: not a multiple of 8
     rows, x = _case(GGMLType.Q4_0, N=8, K=64, T=2)
-    assert exact_repack.matmul(rows, GGMLType.Q4_1, 64, x) is None            # not a repacked type here
-    assert exact_repack.matmul(rows, GGMLType.Q4_0, 64, x[:0]).shape == (0, 8)
-    assert set(exact_repack.SUPPORTED) == set(TYPES)
+    assert repack.matmul(rows, GGMLType.Q4_1, 64, x) is None            # not a repacked type here
+    assert repack.matmul(rows, GGMLType.Q4_0, 64, x[:0]).shape == (0, 8)
+    assert set(repack.SUPPORTED) == set(TYPES)

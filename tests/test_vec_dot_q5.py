@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu import vec_dot_q5 as exact_legacy
+from workbench.cpu import features, vec_dot_q5
 from workbench.cpu.act_quant import prepare_activations, vec_dot_type
-from workbench.cpu.vec_dot import hardware_fma
+from workbench.cpu.features import hardware_fma
 
 TYPES = [GGMLType.Q5_0, GGMLType.Q5_1]
 
@@ -94,7 +94,7 @@ def test_golden_blocks_match_spec_and_float_product(golden_rows, wtype, T):
 
     for rows, K in golden_rows[wtype.name]:
         x = np.random.default_rng(K + T).standard_normal((T, K)).astype(np.float32)
-        ours = exact_legacy.matmul(rows, wtype, K, x)
+        ours = vec_dot_q5.matmul(rows, wtype, K, x)
         spec = _spec(rows, wtype, K, x)
         msg = _first_bad(ours, spec)
         assert not msg, f"{wtype.name} K={K} T={T}: kernel vs ggml-order spec: {msg}"
@@ -116,7 +116,7 @@ def test_random_blocks_all_bit_patterns(wtype):
     rows = _random_rows(wtype, N, K, 7)
     x = np.random.default_rng(8).standard_normal((T, K)).astype(np.float32)
     x[:, ::37] *= 50.0
-    ours = exact_legacy.matmul(rows, wtype, K, x)
+    ours = vec_dot_q5.matmul(rows, wtype, K, x)
     msg = _first_bad(ours, _spec(rows, wtype, K, x))
     assert not msg, f"{wtype.name}: {msg}"
 
@@ -128,18 +128,18 @@ def test_batch_equals_single_tokens(wtype):
     K, N, T = 576, 23, 9
     rows = _random_rows(wtype, N, K, 11)
     x = np.random.default_rng(12).standard_normal((T, K)).astype(np.float32)
-    batch = exact_legacy.matmul(rows, wtype, K, x)
-    single = np.concatenate([exact_legacy.matmul(rows, wtype, K, x[t:t + 1]) for t in range(T)])
+    batch = vec_dot_q5.matmul(rows, wtype, K, x)
+    single = np.concatenate([vec_dot_q5.matmul(rows, wtype, K, x[t:t + 1]) for t in range(T)])
     msg = _first_bad(batch, single)
     assert not msg, f"{wtype.name} batch vs one token: {msg}"
-    np.testing.assert_array_equal(exact_legacy.matmul(rows, wtype, K, x, mul_mat_id=True), batch)
+    np.testing.assert_array_equal(vec_dot_q5.matmul(rows, wtype, K, x, mul_mat_id=True), batch)
     if hardware_fma():        # the two kernels directly, on the same T tokens
         _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
         spec = np.empty((T, N), np.float32)
         if wtype == GGMLType.Q5_0:
-            exact_legacy.q5_0_q8_0(rows, K, xq, dx, spec)
+            vec_dot_q5.q5_0_q8_0(rows, K, xq, dx, spec)
         else:
-            exact_legacy.q5_1_q8_1(rows, K, xq, dx, s, spec)
+            vec_dot_q5.q5_1_q8_1(rows, K, xq, dx, s, spec)
         np.testing.assert_array_equal(batch, spec)
 
 
@@ -148,10 +148,10 @@ def test_without_hardware_fma(monkeypatch, wtype):
     """Where 'contract' gives no fused multiply-add, the fma32 spec kernels serve every batch size."""
     K, N = 192, 6
     rows = _random_rows(wtype, N, K, 21)
-    monkeypatch.setattr(exact_legacy, "_HW_FMA", False)
+    monkeypatch.setattr(features, "hardware_fma", lambda: False)
     for T in (1, 4):
         x = np.random.default_rng(22 + T).standard_normal((T, K)).astype(np.float32)
-        msg = _first_bad(exact_legacy.matmul(rows, wtype, K, x), _spec(rows, wtype, K, x))
+        msg = _first_bad(vec_dot_q5.matmul(rows, wtype, K, x), _spec(rows, wtype, K, x))
         assert not msg, f"{wtype.name} T={T} (fma32 kernels): {msg}"
 
 
@@ -160,19 +160,19 @@ def test_dispatch_from_matmul_raw():
 
     rows = _random_rows(GGMLType.Q5_1, 5, 64, 3)
     x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
-    np.testing.assert_array_equal(matmul_raw(rows, GGMLType.Q5_1, 64, x), exact_legacy.matmul(rows, GGMLType.Q5_1, 64, x))
+    np.testing.assert_array_equal(matmul_raw(rows, GGMLType.Q5_1, 64, x), vec_dot_q5.matmul(rows, GGMLType.Q5_1, 64, x))
 
 
 def test_shapes_and_fallbacks():
     x = np.zeros((2, 64), np.float32)
     rows = _random_rows(GGMLType.Q5_0, 3, 64, 1)
-    assert exact_legacy.matmul(rows, GGMLType.Q4_0, 64, x) is None            # not our type
-    assert exact_legacy.matmul(rows, GGMLType.Q5_1, 64, x) is None            # row width of another type
-    assert exact_legacy.matmul(rows[:, :30], GGMLType.Q5_0, 48, x[:, :48]) is None   # K not a multiple of 32
-    assert exact_legacy.matmul(rows, GGMLType.Q5_0, 64, x[:, :32]) is None   # activations of another width
-    assert exact_legacy.matmul(rows, GGMLType.Q5_0, 64, x[0]) is None        # not (T, K)
-    assert exact_legacy.matmul(rows, GGMLType.Q5_0, 64, x[:0]).shape == (0, 3)
-    assert exact_legacy.matmul(rows[:0], GGMLType.Q5_0, 64, x).shape == (2, 0)
-    y = exact_legacy.matmul(rows, GGMLType.Q5_0, 64, x)                       # zero activations
+    assert vec_dot_q5.matmul(rows, GGMLType.Q4_0, 64, x) is None            # not our type
+    assert vec_dot_q5.matmul(rows, GGMLType.Q5_1, 64, x) is None            # row width of another type
+    assert vec_dot_q5.matmul(rows[:, :30], GGMLType.Q5_0, 48, x[:, :48]) is None   # K not a multiple of 32
+    assert vec_dot_q5.matmul(rows, GGMLType.Q5_0, 64, x[:, :32]) is None   # activations of another width
+    assert vec_dot_q5.matmul(rows, GGMLType.Q5_0, 64, x[0]) is None        # not (T, K)
+    assert vec_dot_q5.matmul(rows, GGMLType.Q5_0, 64, x[:0]).shape == (0, 3)
+    assert vec_dot_q5.matmul(rows[:0], GGMLType.Q5_0, 64, x).shape == (2, 0)
+    y = vec_dot_q5.matmul(rows, GGMLType.Q5_0, 64, x)                       # zero activations
     assert y.shape == (2, 3) and y.dtype == np.float32 and not y.any()
-    assert set(exact_legacy.SUPPORTED) == set(TYPES)
+    assert set(vec_dot_q5.SUPPORTED) == set(TYPES)

@@ -1,8 +1,9 @@
-"""workbench.cpu.vec_dot_kquants: the one-token k-quant kernels written as LLVM vector code must give, bit for
-bit, the sums of the scalar statements of ggml's AVX2 order (exact_kquants.kquant_q8_K with tiled=False,
-exact_repack.q4_K_q8_K with n_gemm=0 and b32_q8_0, exact_legacy.q5_0_q8_0 / q5_1_q8_1), with ggml's x86 instructions and with the portable integer code, on
-random block bytes (every bit pattern of quants and scales), extreme fp16 scales, odd row counts and strided
-rows; and exact_kquants / exact_repack.matmul must route few tokens through them."""
+"""The one-token kernels written as LLVM vector code (workbench.cpu.vec_dot_kquants, repack_gemv, and the Q5_0 /
+Q5_1 ones of vec_dot_q5) must give, bit for bit, the sums of the scalar statements of ggml's AVX2 order
+(tiled.kquant_q8_K with tiled=False, repack.q4_K_q8_K with n_gemm=0 and b32_q8_0, vec_dot_q5.q5_0_q8_0 /
+q5_1_q8_1), with ggml's x86 instructions and with the portable integer code, on random block bytes (every bit
+pattern of quants and scales), extreme fp16 scales, odd row counts and strided rows; and tiled / repack.matmul
+must route few tokens through them."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,16 +13,18 @@ from workbench.gguf import GGMLType
 from workbench.cpu import tiled as ek
 from workbench.cpu import vec_dot_q5 as el
 from workbench.cpu import repack as er
+from workbench.cpu import repack_gemv
 from workbench.cpu import vec_dot_kquants as lk
-from workbench.cpu.act_quant import prepare_activations, vec_dot_type
-from workbench.cpu.ir import has_avx2
+from workbench.cpu.act_quant import prepare_activations, q8_K_token, vec_dot_type
+from workbench.cpu.features import has_avx2
 
 # where each type keeps its fp16 scales (d, and dmin where it has one) inside a block
 _F16_AT = {GGMLType.Q6_K: (208,), GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q3_K: (108,),
            GGMLType.Q2_K: (80, 82), GGMLType.IQ4_XS: (0,), GGMLType.Q4_0: (0,), GGMLType.IQ4_NL: (0,),
            GGMLType.Q5_0: (0,), GGMLType.Q5_1: (0, 2)}
 TYPES = list(_F16_AT)
-_KERNELS = {t: lk.MATVEC[t.name][::-1] for t in TYPES}      # (portable, AVX2)
+_MATVEC = {**lk.MATVEC, **repack_gemv.MATVEC, **el.MATVEC}
+_KERNELS = {t: _MATVEC[t.name][::-1] for t in TYPES}      # (portable, AVX2)
 _EXTREMES = np.array([65504.0, -65504.0, 6e-8, -6e-8, 0.0, 1.0, -2.5e-3, 1e-4], np.float16)
 
 
@@ -124,7 +127,7 @@ def test_q8_K_token_is_quantize_row_q8_K(seed):
     x[0, 1300] = 7.0
     x[0, 1301] = -7.0                                # +max and -max: the first one wins
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 16, True, with_ints=True)
-    q, d, bs16, bs32 = lk.q8_K_token(x[0])
+    q, d, bs16, bs32 = q8_K_token(x[0])
     np.testing.assert_array_equal(q, xq[0])
     np.testing.assert_array_equal(d, dx[0])
     np.testing.assert_array_equal(bs16, xq[0].astype(np.int32).reshape(-1, 16).sum(axis=1))
@@ -134,7 +137,7 @@ def test_q8_K_token_is_quantize_row_q8_K(seed):
 @pytest.mark.parametrize("T,wtype", [(1, GGMLType.Q6_K), (3, GGMLType.Q5_K), (7, GGMLType.Q6_K),
                                      (2, GGMLType.Q2_K), (1, GGMLType.IQ4_XS), (1, GGMLType.Q3_K)])
 def test_kquants_matmul_few_tokens(T, wtype):
-    """exact_kquants.matmul below 8 tokens (vec_dot token by token) goes through the vector kernel and
+    """tiled.matmul below 8 tokens (vec_dot token by token) goes through the vector kernel and
     keeps the spec's bits; close to the float product of the dequantized rows."""
     from workbench.quant import dequantize
     K, N = 1536, 48
@@ -151,7 +154,7 @@ def test_kquants_matmul_few_tokens(T, wtype):
                                                 (2, True, GGMLType.Q4_K), (1, False, GGMLType.Q4_0),
                                                 (2, False, GGMLType.IQ4_NL)])
 def test_repack_matmul_few_tokens(T, mul_mat_id, wtype):
-    """exact_repack.matmul below 4 tokens (all gemv) goes through the vector kernel: same bits as the
+    """repack.matmul below 4 tokens (all gemv) goes through the vector kernel: same bits as the
     scalar kernel (vectorized=False keeps the spec path)."""
     K, N = 512, 24
     rows = _random_rows(wtype, N, K, seed=11 + T)
