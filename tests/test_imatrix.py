@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from workbench.cli import main
+from workbench.eval.imatrix import compute_imatrix
 from workbench.gguf import read_gguf
-from workbench.quant.imatrix import ImatrixError, compute_imatrix, load_imatrix, save_imatrix
+from workbench.llama import load
+from workbench.quant.imatrix import ImatrixError, load_imatrix, save_imatrix
 from workbench.quant.quantize_model import quantize_model
 from workbench.text.files import read_prompt_file
 
@@ -208,7 +210,6 @@ def test_cli_reads_the_text_as_llama_cpp_and_records_the_path_as_given(toy_dir, 
     for name in ("blk.0.attn_q.weight", "blk.1.ffn_down_exps.weight"):
         np.testing.assert_array_equal(same.in_sum2[name], crlf.in_sum2[name])
 
-    from workbench.llama import load
     tokenize = load(model, n_ctx=64).tokenize
     assert [len(tokenize(read_prompt_file(f))) for f in ("crlf.txt", "lf.txt")] == [578, 547]
 

@@ -8,15 +8,14 @@ import time
 from pathlib import Path
 
 from workbench.assets import data_dir, ensure_model, ensure_texts
+from workbench.gguf import read_gguf
+from workbench.gguf.dump import metadata_table, tensor_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def describe_model(model_path, reports: Path) -> list[Path]:
     """Metadata (markdown) and tensor table (CSV) of a GGUF file."""
-    from workbench.gguf import read_gguf
-    from workbench.gguf.dump import metadata_table, tensor_table
-
     reports.mkdir(parents=True, exist_ok=True)
     with read_gguf(model_path) as gf:
         md, tt = metadata_table(gf), tensor_table(gf)

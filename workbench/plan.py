@@ -23,6 +23,8 @@ from workbench.gguf.constants import GGMLType as T, GGUFValueType as VT, Keys, L
     tensor_name
 from workbench.gguf.reader import Metadata, TensorInfo, read_gguf
 from workbench.gguf.writer import encode_kv
+from workbench.hf.config import CONFIG_DEFAULTS, SUPPORTED_ARCHITECTURES, hparam_metadata, load_hparams, rope_parameters
+from workbench.hf.convert import build_metadata
 from workbench.quant.mixes import DEFAULT_TYPE, ModelShape, plan_types
 from workbench.quant.quantize_model import quantized_metadata
 
@@ -115,8 +117,6 @@ def shape_from_dict(d: dict) -> Shape:
 
 def shape_from_config(hp: dict, where: str = "config.json") -> Shape:
     """From a HF config.json (Llama / Mistral / Mixtral), with transformers' defaults for missing keys."""
-    from workbench.hf.config import CONFIG_DEFAULTS, SUPPORTED_ARCHITECTURES, rope_parameters
-
     arch = (hp.get("architectures") or [None])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise PlanError(f"{where}: architectures={arch!r} is not planned (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
@@ -226,13 +226,8 @@ def _load_source(model) -> Source:
 def _config_source(s: Shape, folder: Path | None, name: str) -> Source:
     """Metadata as convert_hf_to_gguf would write it: exact for the hyper-parameters (and for the tokenizer
     and general.* keys when the folder has the files); estimated for a tokenizer we cannot see."""
-    from workbench.hf.convert import build_metadata
-    from workbench.hf.config import hparam_metadata
-
     tensors = model_tensors(s)
     if folder is not None and ((folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()):
-        from workbench.hf.config import load_hparams
-
         hp = load_hparams(folder)
         return Source(s, tensors, build_metadata(folder, hp, F.F16, tensors), 0, 32, True, name)
     hp = {"num_hidden_layers": s.n_layer, "max_position_embeddings": s.n_ctx_train, "hidden_size": s.n_embd,

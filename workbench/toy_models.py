@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.assets import ensure_texts
+from workbench.hf.convert import convert_hf
+from workbench.hf.safetensors import write_safetensors
+
 SHAPES = {  # name: (hidden, ffn, heads, kv heads, experts)
     "tiny-mixtral": (64, 160, 4, 2, 4),
     "tiny-mixtral8": (256, 512, 8, 2, 8),
@@ -29,8 +33,6 @@ def train_tokenizer(text_path, out: Path, vocab_size: int = 2000) -> None:
 
 
 def make_hf_mixtral(out: Path, name: str, text_path, seed: int = 0, n_layer: int = 2) -> Path:
-    from workbench.hf.safetensors import write_safetensors
-
     hidden, ffn, n_head, n_kv, n_exp = SHAPES[name]
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(text_path, out)
@@ -74,9 +76,6 @@ def make_hf_mixtral(out: Path, name: str, text_path, seed: int = 0, n_layer: int
 
 def ensure_toy_models(folder: Path) -> Path:
     """tiny-mixtral/ (HF), tiny-mixtral-f16.gguf and tiny-mixtral8-f16.gguf under `folder`, made once."""
-    from workbench.assets import ensure_texts
-    from workbench.hf.convert import convert_hf
-
     folder = Path(folder)
     text = ensure_texts()["en"]
     for name in SHAPES:

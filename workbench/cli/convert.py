@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.hf.convert import OUTTYPES
+from workbench.hf.convert import OUTTYPES, convert_hf
 
 
 def configure(p) -> None:
@@ -18,8 +18,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.hf.convert import convert_hf
-
     model = Path(args.model)
     path = convert_hf(model, Path(args.outfile) if args.outfile else model, outtype=args.outtype,
                       progress=not args.no_progress)

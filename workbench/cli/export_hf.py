@@ -1,7 +1,7 @@
 """python -m workbench export-hf MODEL.gguf OUT_DIR [--dtype f16|bf16|f32]"""
 from __future__ import annotations
 
-from workbench.hf.export import DTYPES
+from workbench.hf.export import DTYPES, export_hf
 
 
 def configure(p) -> None:
@@ -11,8 +11,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.hf.export import export_hf
-
     out = export_hf(args.file, args.out_dir, dtype=args.dtype)
     print(f"wrote {out}")
     return 0

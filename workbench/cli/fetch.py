@@ -1,6 +1,8 @@
 """python -m workbench fetch [--model PATH]: the default model and texts, verified, under data/."""
 from __future__ import annotations
 
+from workbench.assets import ensure_model, ensure_texts
+
 
 def configure(p) -> None:
     p.add_argument("--model", "-m", help="use this GGUF instead of fetching the default model")
@@ -8,8 +10,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.assets import ensure_model, ensure_texts
-
     print(f"model: {ensure_model(args.model)}")
     if not args.no_texts:
         for lang, path in ensure_texts().items():

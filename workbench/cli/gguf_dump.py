@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from workbench.assets import ensure_model
 from workbench.gguf.dump import dump_json, dump_text
 from workbench.gguf.reader import read_gguf
 
@@ -14,8 +15,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.assets import ensure_model
-
     path = ensure_model(args.file or args.model)
     with read_gguf(path) as gf:
         print(json.dumps(dump_json(gf), ensure_ascii=False) if args.json else dump_text(gf))

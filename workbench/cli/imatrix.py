@@ -6,6 +6,11 @@ size (llama-imatrix's default of 2048 batches several chunks as parallel sequenc
 """
 from __future__ import annotations
 
+from workbench.assets import ensure_model
+from workbench.eval.imatrix import compute_imatrix
+from workbench.quant.imatrix import save_imatrix
+from workbench.text.files import read_prompt_file
+
 
 def configure(p) -> None:
     p.add_argument("--model", "-m", help="GGUF model (default: the default SmolLM2 model)")
@@ -20,10 +25,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.assets import ensure_model
-    from workbench.text.files import read_prompt_file
-    from workbench.quant.imatrix import compute_imatrix, save_imatrix
-
     text = read_prompt_file(args.file)
     imat = compute_imatrix(ensure_model(args.model), text, n_ctx=args.ctx_size, n_batch=args.batch_size,
                            n_chunks=None if args.chunks < 0 else args.chunks, dataset=args.file,

@@ -1,6 +1,8 @@
 """python -m workbench modelfile MODEL.gguf [--template NAME] [-o Modelfile]: an ollama Modelfile from a GGUF."""
 from __future__ import annotations
 
+from workbench.server.modelfile import modelfile_for
+
 
 def configure(p) -> None:
     p.add_argument("model", help="GGUF model")
@@ -9,8 +11,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.server.modelfile import modelfile_for
-
     text = modelfile_for(args.model, args.template)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

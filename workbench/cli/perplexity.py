@@ -2,6 +2,13 @@
 (flags as llama-perplexity)."""
 from __future__ import annotations
 
+from workbench.assets import ensure_model, ensure_texts
+from workbench.cli.tasks import run_tasks
+from workbench.eval.kl import kl_divergence, save_base
+from workbench.eval.perplexity import PerplexityError, perplexity, ppl_and_error
+from workbench.llama import load
+from workbench.text.files import read_prompt_file
+
 
 def configure(p) -> None:
     p.add_argument("--model", "-m", help="GGUF model (default: the default SmolLM2 model)")
@@ -26,17 +33,10 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench import load
-    from workbench.assets import ensure_model, ensure_texts
-    from workbench.text.files import read_prompt_file
-    from workbench.eval.perplexity import PerplexityError
-
     if args.batch_size < args.ctx_size:
         raise PerplexityError(f"--batch-size {args.batch_size} is smaller than --ctx-size {args.ctx_size}: "
                               f"chunks split over several batches are not supported; use -b >= -c")
     if args.hellaswag or args.winogrande or args.multiple_choice:
-        from workbench.cli.tasks import run_tasks
-
         return run_tasks(args)
     path = args.file or ensure_texts()["en"]
     text = read_prompt_file(path)  # the file's bytes as llama-perplexity reads them (BOM and CRLF kept)
@@ -44,8 +44,6 @@ def run(args) -> int:
                  flash_attn=args.flash_attn != "off")
     chunks = None if args.chunks < 0 else args.chunks
     if args.kl_divergence:
-        from workbench.eval.kl import kl_divergence
-
         base = args.logits_file or args.kl_divergence_base
         if not base:
             raise ValueError("--kl-divergence needs --logits-file FILE.kld (written by --kl-divergence-base)")
@@ -63,15 +61,10 @@ def run(args) -> int:
         print(f"Same top p: {100 * r.same_top_p:6.3f} %")
         return 0
     if args.kl_divergence_base:
-        from workbench.eval.kl import save_base
-        from workbench.eval.perplexity import ppl_and_error
-
         nll = save_base(model, text, args.kl_divergence_base, n_ctx=args.ctx_size, n_chunks=chunks)
         ppl, err = ppl_and_error(nll)
         print(f"Final estimate: PPL = {ppl:.4f} +/- {err:.5f}")
         return 0
-    from workbench.eval.perplexity import perplexity
-
     r = perplexity(model, text, n_ctx=args.ctx_size, n_chunks=chunks)
     print(f"perplexity: {r.n_chunk} chunks of {r.n_ctx} tokens, {r.n_scored} scored, {r.tokens_per_s:.1f} tokens/s")
     print(r.summary())

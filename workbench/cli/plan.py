@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from workbench.plan import DEFAULT_FTYPES, plan, plan_table
+
 
 def configure(p) -> None:
     p.add_argument("model", help="GGUF file (header only), HF folder or config.json, or n_embd=...,n_layer=...")
@@ -15,8 +17,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.plan import DEFAULT_FTYPES, plan, plan_table
-
     ftypes = args.ftype or list(DEFAULT_FTYPES)
     if args.json:
         print(json.dumps(plan(args.model, ftypes, args.ctx, args.kv_type, args.imatrix)))

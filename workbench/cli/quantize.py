@@ -2,6 +2,8 @@
 [--output-tensor-type T] [--token-embedding-type T]   (flags as llama-quantize)"""
 from __future__ import annotations
 
+from workbench.quant.quantize_model import quantize_model
+
 
 def configure(p) -> None:
     p.add_argument("src", help="input GGUF")
@@ -17,8 +19,6 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from workbench.quant.quantize_model import quantize_model
-
     df = quantize_model(args.src, args.dst, args.ftype, imatrix=args.imatrix, allow_requantize=args.allow_requantize,
                         pure=args.pure, output_tensor_type=args.output_tensor_type,
                         token_embedding_type=args.token_embedding_type, nthreads=args.threads)

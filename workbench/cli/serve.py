@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from workbench.assets import ensure_model
+from workbench.llama import load
+from workbench.server.app import Engine, build_app
+from workbench.server.modelfile import parse_modelfile
 
 
 def configure(p) -> None:
@@ -21,15 +27,9 @@ def configure(p) -> None:
 def run(args) -> int:
     import uvicorn
 
-    from workbench import load
-    from workbench.assets import ensure_model
-    from workbench.server.app import Engine, build_app
-    from workbench.server.modelfile import parse_modelfile
-
     mf = None
     model_path = args.model
     if args.modelfile:
-        from pathlib import Path
         mf = parse_modelfile(Path(args.modelfile).read_text(encoding="utf-8"), base_dir=Path(args.modelfile).parent)
         model_path = model_path or mf.model
     n_ctx = int(mf.parameters.get("n_ctx", args.ctx_size)) if mf else args.ctx_size

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.assets import ensure_model
+from workbench.eval import tasks as T
+from workbench.llama import load
+from workbench.text.files import read_prompt_bytes, read_prompt_file
+
 
 def run_tasks(args) -> int:
-    from workbench import load
-    from workbench.assets import ensure_model
-    from workbench.text.files import read_prompt_bytes, read_prompt_file
-    from workbench.eval import tasks as T
-
     if not (args.file or args.binary_file):
         raise ValueError("task scores need -f FILE (or -bf FILE for --multiple-choice)")
     model = load(ensure_model(args.model), n_ctx=4 * args.ctx_size, n_threads=args.threads,

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from workbench.assets import data_dir
+from workbench.eval.plots import pyplot, save_figure
+from workbench.gguf import read_gguf
+from workbench.llama import load
 
 
 def memory_bandwidth_gbs(size_mb: int = 256, repeat: int = 5) -> float:
@@ -32,8 +35,6 @@ def memory_bandwidth_gbs(size_mb: int = 256, repeat: int = 5) -> float:
 def weight_bytes_per_token(gguf_path) -> int:
     """Bytes of weights a single-token forward pass reads (all tensors except the token embedding table,
     of which one row is read; a tied output matrix is read in full)."""
-    from workbench.gguf import read_gguf
-
     with read_gguf(gguf_path) as gf:
         names = {t.name for t in gf.tensors}
         total = 0
@@ -81,8 +82,6 @@ class WorkbenchRunner(Runner):
     name = "workbench"
 
     def __init__(self, path, n_threads: int, n_ctx: int = 1024):
-        from workbench import load
-
         self.model = load(path, n_ctx=n_ctx, n_threads=n_threads)
         self.n_vocab = self.model.config.n_vocab
         self.reset, self.eval = self.model.reset, self.model.eval
@@ -146,14 +145,12 @@ def bench_plot(csv_path=None, out=None):
     """Bar chart of workbench/llama.cpp ratios per model and test, from bench.csv."""
     import pandas as pd
 
-    from workbench.eval.plots import _plt, _save
-
     csv_path = Path(csv_path) if csv_path else data_dir() / "reports" / "bench.csv"
     df = pd.read_csv(csv_path)
     ratio_cols = [c for c in df.columns if c.endswith("_ratio")]
     if not ratio_cols:
         return None
-    plt = _plt()
+    plt = pyplot()
     last = df.groupby("model").tail(1).set_index("model")[ratio_cols]
     ax = last.plot.bar(figsize=(8, 4))
     ax.axhline(1.0, color="gray", ls="--")
@@ -161,7 +158,7 @@ def bench_plot(csv_path=None, out=None):
     ax.set_title("Speed relative to llama.cpp (same file, same threads)")
     fig = ax.get_figure()
     fig.tight_layout()
-    return _save(fig, out or csv_path.with_suffix(".png"))
+    return save_figure(fig, out or csv_path.with_suffix(".png"))
 
 
 def default_threads() -> int:

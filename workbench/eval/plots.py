@@ -15,7 +15,8 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Serif CJK SC", "WenQu
              "Source Han Sans SC", "SimHei", "Microsoft YaHei", "PingFang SC", "AR PL UMing CN")
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend unless a notebook or an interactive backend is in use."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline") and not _interactive():
@@ -61,7 +62,8 @@ def _setup_fonts() -> None:
         matplotlib.rcParams["axes.unicode_minus"] = False
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write fig to path (folders made as needed; nothing when path is empty) and return fig."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -70,7 +72,7 @@ def _save(fig, path):
 
 def ppl_vs_context(df: pd.DataFrame, path=None, title: str | None = None):
     """One curve per model/format: PPL (± error bars) vs n_ctx on a log2 axis (Chinese-Mixtral's figure)."""
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     group = "label" if "label" in df.columns else "model"
@@ -84,12 +86,12 @@ def ppl_vs_context(df: pd.DataFrame, path=None, title: str | None = None):
     ax.set_title(title or label("Perplexity vs context length", "困惑度与上下文长度"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto(df: pd.DataFrame, path=None, y: str = "kld_mean"):
     """File size vs KLD (or PPL) per ftype, with the Pareto front highlighted."""
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     d = df[df.ftype != "base"].sort_values("file_bytes") if "ftype" in df else df
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -112,13 +114,13 @@ def pareto(df: pd.DataFrame, path=None, y: str = "kld_mean"):
     ax.set_title(label("Size vs quality per quantization type", "各量化格式的大小与质量"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tensor_error_heatmap(errors: pd.DataFrame, path=None, value: str = "rel_rmse"):
     """Heatmap of per-tensor relative quantization error: rows = tensors, columns = ftypes.
     `errors`: long table with columns name, ftype, rel_rmse (quantize_model's reports concatenated)."""
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     pivot = errors.pivot_table(index="name", columns="ftype", values=value, aggfunc="first")
     pivot = pivot.loc[:, pivot.mean().sort_values().index]
@@ -128,12 +130,12 @@ def tensor_error_heatmap(errors: pd.DataFrame, path=None, value: str = "rel_rmse
     ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=5)
     fig.colorbar(im, ax=ax, label="log10 relative RMSE")
     ax.set_title(label("Per-tensor quantization error", "逐张量量化误差"))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def moe_routing(stats: dict, path=None):
     """Expert load per layer (heatmap), router entropy per layer, top-1 vs top-2 weight histogram."""
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     load = stats["load"]  # (n_layer, n_expert) fraction of routed slots
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -154,25 +156,25 @@ def moe_routing(stats: dict, path=None):
     axes[2].set_title(label("routing weights", "路由权重"))
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ppl_vs_experts(df: pd.DataFrame, path=None):
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.errorbar(df.n_expert_used, df.ppl, yerr=df.get("ppl_err"), marker="o", capsize=3)
     ax.set_xlabel(label("experts used per token", "每个词元使用的专家数"))
     ax.set_ylabel(label("perplexity", "困惑度"))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def token_expert_heatmap(experts: np.ndarray, weights: np.ndarray, n_expert: int, path=None, tokens=None,
                          max_tokens: int = 64):
     """Routing weight of every expert for every token (rows = experts, columns = tokens), one panel per layer.
     `experts`, `weights`: (n_layer, n_tok, k) as Model.logits(..., capture_routing=True) returns them."""
-    plt = _plt()
+    plt = pyplot()
     _setup_fonts()
     L, T = experts.shape[0], min(experts.shape[1], max_tokens)
     fig, axes = plt.subplots(L, 1, figsize=(min(2 + 0.18 * T, 16), 1.0 + 0.35 * n_expert * L), squeeze=False)
@@ -186,4 +188,4 @@ def token_expert_heatmap(experts: np.ndarray, weights: np.ndarray, n_expert: int
             ax.set_xticks(range(T), [str(t) for t in tokens[:T]], rotation=90, fontsize=6)
     axes[0, 0].set_title(label("routing weight per token", "每个词元的路由权重"))
     fig.colorbar(im, ax=axes[:, 0].tolist())
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from workbench.eval.perplexity import perplexity
+from workbench.llama import load
+
 
 def expert_load(experts: np.ndarray, n_expert: int) -> np.ndarray:
     """(n_layer, n_expert): fraction of the routed (token, slot) pairs each expert receives."""
@@ -51,9 +54,6 @@ def routing_table(stats: dict) -> pd.DataFrame:
 
 def ppl_by_experts_used(model_path, text: str, n_ctx: int = 128, n_chunks: int = 4, tokens=None) -> pd.DataFrame:
     """PPL for every number of experts used 1..n_expert (like --override-kv {arch}.expert_used_count=int:N)."""
-    from workbench import load
-    from workbench.eval.perplexity import perplexity
-
     base = load(model_path, n_ctx=n_ctx)
     n_expert = base.config.n_expert
     if not n_expert:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from workbench.assets import data_dir, sha256_file
 from workbench.eval.perplexity import chunks_for_context, perplexity
+from workbench.llama import load
 
 _SHA_CACHE: dict[tuple, str] = {}
 
@@ -33,8 +34,6 @@ def ppl_point(model_path: str, text: str, n_ctx: int, n_chunks: int, cache_dir: 
     """One (model, text, n_ctx) perplexity as a table row; cached by (model sha256, text sha256, n_ctx,
     chunks, flash_attn). A plain function of plain arguments, so executors and Dask workers can run it.
     flash_attn=True: llama-perplexity's numbers (its default on CPU); False: llama-cpp-python's."""
-    from workbench import load
-
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     model_sha = file_sha256(model_path)
     cache = _cache_file(Path(cache_dir), model_sha, text_sha, n_ctx, n_chunks, flash_attn) if cache_dir else None

@@ -10,7 +10,11 @@ import numpy as np
 import pandas as pd
 
 from workbench.assets import data_dir
+from workbench.eval.kl import kl_divergence, save_base
+from workbench.eval.perplexity import ppl_and_error
 from workbench.gguf import read_gguf
+from workbench.llama import load
+from workbench.quant.quantize_model import quantize_model
 
 
 def model_bpw(path) -> tuple[int, float]:
@@ -45,10 +49,6 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
 
     Columns: ftype, file_bytes, bpw, ppl, ppl_err, delta_ppl, ppl_ratio, kld_mean, kld_err, kld_p99,
     same_top_p, dp_rms, prompt_tps, gen_tps. Also written as CSV and markdown under data/reports/."""
-    from workbench import load
-    from workbench.quant.quantize_model import quantize_model
-    from workbench.eval.kl import kl_divergence, save_base
-
     out_dir = Path(out_dir) if out_dir else data_dir() / "models" / "quant_table"
     out_dir.mkdir(parents=True, exist_ok=True)
     base_gguf = Path(base_gguf)
@@ -56,8 +56,6 @@ def quant_table(base_gguf, ftypes, text: str, n_ctx: int = 512, n_chunks: int | 
     tokens = base.tokenize(text, add_special=True)
     kld_file = out_dir / f"{base_gguf.stem}.n{n_ctx}.kld"
     base_nll = save_base(base, text, kld_file, n_ctx=n_ctx, n_chunks=n_chunks, tokens=tokens, progress=progress)
-    from workbench.eval.perplexity import ppl_and_error
-
     base_ppl, base_err = ppl_and_error(base_nll)
     size, bpw = model_bpw(base_gguf)
     pp, tg = speed(base) if with_speed else (np.nan, np.nan)

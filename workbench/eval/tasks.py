@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from workbench.eval.logprobs import max_and_sum_exp
+from workbench.text.files import decode_utf8
 
 
 class TaskFileError(ValueError):
@@ -444,8 +445,6 @@ def winogrande_score(model, tasks: list[WinograndeTask], rows=None, progress=Fal
 
 
 def _text(b: bytes) -> str:
-    from workbench.text.files import decode_utf8
-
     return decode_utf8(b)
 
 

@@ -4,6 +4,7 @@ Layout (all little-endian): magic "GGUF", u32 version, u64 n_tensors, u64 n_kv, 
 n_tensors tensor infos (name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset), padding to the alignment,
 then the data section where each tensor starts at its offset and is padded to the alignment.
 GGUF v1 used u32 for counts, string lengths, array lengths and dims.
+Metadata values and their GGUF types (infer_value_type, which the writer uses too) live here.
 """
 from __future__ import annotations
 
@@ -32,6 +33,45 @@ class GGUFError(ValueError):
     """A GGUF file (or data to write) violates the format; the message names the offset and the field."""
 
 
+_NUMPY_TO_VALUE = {np.dtype(v).str: k for k, v in VALUE_DTYPES.items() if k != GGUFValueType.BOOL}
+
+
+def infer_value_type(value: Any) -> ValueTypeSpec:
+    """The GGUF type a Python value is written as when none is given (gguf-py's conventions)."""
+    if isinstance(value, (bool, np.bool_)):
+        return GGUFValueType.BOOL
+    if isinstance(value, (int, np.integer)):
+        if isinstance(value, np.integer):
+            return _NUMPY_TO_VALUE[np.dtype(type(value)).newbyteorder("<").str]
+        return GGUFValueType.INT32 if -2**31 <= value < 2**31 else GGUFValueType.INT64
+    if isinstance(value, (float, np.floating)):
+        if isinstance(value, np.floating):
+            return _NUMPY_TO_VALUE[np.dtype(type(value)).newbyteorder("<").str]
+        return GGUFValueType.FLOAT32
+    if isinstance(value, str):
+        return GGUFValueType.STRING
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            return (GGUFValueType.ARRAY, GGUFValueType.BOOL)
+        try:
+            return (GGUFValueType.ARRAY, _NUMPY_TO_VALUE[value.dtype.newbyteorder("<").str])
+        except KeyError:
+            raise GGUFError(f"cannot store a numpy array of dtype {value.dtype} in GGUF") from None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return (GGUFValueType.ARRAY, GGUFValueType.INT32)
+        specs = [infer_value_type(v) for v in value]
+        if isinstance(specs[0], tuple):
+            return (GGUFValueType.ARRAY, specs)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            lo, hi = min(value), max(value)
+            return (GGUFValueType.ARRAY, GGUFValueType.INT32 if -2**31 <= lo and hi < 2**31 else GGUFValueType.INT64)
+        if len(set(specs)) != 1:
+            raise GGUFError(f"array mixes value types {sorted(set(s.name for s in specs))}")
+        return (GGUFValueType.ARRAY, specs[0])
+    raise GGUFError(f"cannot infer a GGUF type for {type(value).__name__}")
+
+
 class Metadata(dict):
     """Ordered mapping key -> Python value, with `types[key]` giving the GGUF value type of each key.
 
@@ -45,8 +85,6 @@ class Metadata(dict):
 
     def set(self, key: str, value: Any, vtype: ValueTypeSpec | None = None) -> None:
         """Set a key with an explicit (or inferred) value type; keeps the key's position if it exists."""
-        from workbench.gguf.writer import infer_value_type  # local: the writer owns type inference
-
         self[key] = value
         self.types[key] = vtype if vtype is not None else infer_value_type(value)
 

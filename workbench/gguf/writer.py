@@ -18,45 +18,7 @@ from workbench.gguf.constants import (
     GGML_MAX_DIMS, GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION, VALUE_DTYPES,
     GGMLType, GGUFValueType, Keys,
 )
-from workbench.gguf.reader import GGUFError, GGUFFile, Metadata, TensorInfo, ValueTypeSpec
-
-_NUMPY_TO_VALUE = {np.dtype(v).str: k for k, v in VALUE_DTYPES.items() if k != GGUFValueType.BOOL}
-
-
-def infer_value_type(value: Any) -> ValueTypeSpec:
-    """The GGUF type a Python value is written as when none is given (gguf-py's conventions)."""
-    if isinstance(value, (bool, np.bool_)):
-        return GGUFValueType.BOOL
-    if isinstance(value, (int, np.integer)):
-        if isinstance(value, np.integer):
-            return _NUMPY_TO_VALUE[np.dtype(type(value)).newbyteorder("<").str]
-        return GGUFValueType.INT32 if -2**31 <= value < 2**31 else GGUFValueType.INT64
-    if isinstance(value, (float, np.floating)):
-        if isinstance(value, np.floating):
-            return _NUMPY_TO_VALUE[np.dtype(type(value)).newbyteorder("<").str]
-        return GGUFValueType.FLOAT32
-    if isinstance(value, str):
-        return GGUFValueType.STRING
-    if isinstance(value, np.ndarray):
-        if value.dtype == bool:
-            return (GGUFValueType.ARRAY, GGUFValueType.BOOL)
-        try:
-            return (GGUFValueType.ARRAY, _NUMPY_TO_VALUE[value.dtype.newbyteorder("<").str])
-        except KeyError:
-            raise GGUFError(f"cannot store a numpy array of dtype {value.dtype} in GGUF") from None
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return (GGUFValueType.ARRAY, GGUFValueType.INT32)
-        specs = [infer_value_type(v) for v in value]
-        if isinstance(specs[0], tuple):
-            return (GGUFValueType.ARRAY, specs)
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-            lo, hi = min(value), max(value)
-            return (GGUFValueType.ARRAY, GGUFValueType.INT32 if -2**31 <= lo and hi < 2**31 else GGUFValueType.INT64)
-        if len(set(specs)) != 1:
-            raise GGUFError(f"array mixes value types {sorted(set(s.name for s in specs))}")
-        return (GGUFValueType.ARRAY, specs[0])
-    raise GGUFError(f"cannot infer a GGUF type for {type(value).__name__}")
+from workbench.gguf.reader import GGUFError, GGUFFile, Metadata, TensorInfo, ValueTypeSpec, infer_value_type
 
 
 def open_temp_beside(path) -> tuple[int, str]:

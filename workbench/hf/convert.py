@@ -3,12 +3,12 @@
     convert_hf("models/tiny-llama", "tiny-llama-f16.gguf", outtype="f16")
 
 Steps, each matching the llama.cpp function named:
-  1. hparams: config.json plus transformers' defaults, and the llama.* keys (hf_config.py).
+  1. hparams: config.json plus transformers' defaults, and the llama.* keys (config.py).
   2. tensors: shards sorted by file name, tensors sorted by name in each (index_tensors / SafetensorsLocal);
      q_proj/k_proj rows permuted (LlamaModel.permute); Mixtral experts stacked into 3-D tensors once all of a
      block's experts are read (LlamaModel.modify_tensors); types per ModelBase.prepare_tensors: F32 for 1-D
      tensors, norms and the router, else the outtype (Q8_0 falls back to F16 for rows not a multiple of 32).
-  3. metadata in the writer's order: general.* (model_card.py), hyper-parameters (hf_config.py),
+  3. metadata in the writer's order: general.* (model_card.py), hyper-parameters (config.py),
      quantization version, tokenizer (vocab.py, special_vocab.py, bpe_pre.py).
   4. one streaming pass writing tensor by tensor, to a temporary file renamed at the end (GGUFWriter).
 Any bad input raises ConvertError (a ValueError) naming the file, before the output exists.
@@ -31,6 +31,7 @@ from workbench.gguf.reader import Metadata, TensorInfo
 from workbench.hf.safetensors import SafeTensor, SafetensorsError, f32_to_bf16, open_checkpoint
 from workbench.hf.vocab import VocabError, vocab_metadata
 from workbench.gguf.writer import GGUFWriter
+from workbench.quant import quantize
 
 OUTTYPES: dict[str, tuple[LlamaFileType, GGMLType]] = {
     "f32": (LlamaFileType.ALL_F32, GGMLType.F32),
@@ -110,8 +111,6 @@ def _encode(x: np.ndarray, gtype: GGMLType) -> np.ndarray:
         return x.astype(np.float16)
     if gtype == GGMLType.BF16:
         return f32_to_bf16(x.astype(np.float32))
-    from workbench.quant import quantize
-
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
     return quantize(rows, gtype.name)
 

@@ -23,6 +23,7 @@ from workbench.hf.names import hf_name, unpermute_qk
 from workbench.gguf.reader import GGUFFile, TensorInfo, read_gguf
 from workbench.hf.safetensors import LazyTensor, bf16_to_f32, f32_to_bf16, write_sharded
 from workbench.hf.vocab import PRE_TOKENIZERS
+from workbench.quant import dequantize
 
 K, G = Keys.Tokenizer, Keys.General
 DTYPES = {"f32": np.float32, "f16": np.float16, "bf16": None}
@@ -49,8 +50,6 @@ def dequantize_tensor(t: TensorInfo, expert: int | None = None) -> np.ndarray:
         raw = np.frombuffer(t.data, dtype={GGMLType.F32: "<f4", GGMLType.F16: "<f2", GGMLType.BF16: "<u2"}[t.type])
         raw = raw.reshape(t.shape) if expert is None else raw.reshape(t.shape)[expert]
         return bf16_to_f32(raw) if t.type == GGMLType.BF16 else raw.astype(np.float32)
-    from workbench.quant import dequantize
-
     rows = t.rows()
     if expert is not None:
         per = rows.shape[0] // t.shape[0]

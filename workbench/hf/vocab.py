@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.gguf.constants import GGUFValueType as VT, Keys, TokenType
+from workbench.hf.bpe_pre import pre_from_hash
 from workbench.hf.special_vocab import special_metadata
 
 K = Keys.Tokenizer
@@ -128,8 +129,6 @@ def _canonical(node: Any) -> Any:
 def detect_pre(tokenizer_json: dict, path: Path) -> str:
     """The tokenizer.ggml.pre name of a byte-level BPE tokenizer.json: llama.cpp's check-string hash when
     our tokenizer can compute it and the hash is known (bpe_pre), else the pre-tokenizer description."""
-    from workbench.hf.bpe_pre import pre_from_hash
-
     if (name := pre_from_hash(tokenizer_json)) is not None:
         return name
     norm, pre = _canonical(tokenizer_json.get("normalizer")), _canonical(tokenizer_json.get("pre_tokenizer"))

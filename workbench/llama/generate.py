@@ -16,6 +16,7 @@ import numpy as np
 
 from workbench.cpu.libm import log_softmax_64
 from workbench.llama.sampling import LlamaRNG, Sampler, SamplingParams
+from workbench.text.chat import render_chat, stop_strings
 from workbench.text.tokenizer import StreamDecoder
 
 
@@ -201,8 +202,6 @@ def chat(model, messages, template: str = "gguf", stream: bool = True, max_token
 
     stream=True yields Events (text pieces, then the final one with timings); stream=False returns
     (text, final event). `sampling`: SamplingParams fields (temperature, top_k, top_p, min_p, ...)."""
-    from workbench.text.chat import render_chat, stop_strings
-
     md = model.gguf.metadata
     if modelfile is not None and modelfile.template:
         system = next((m["content"] for m in messages if m["role"] == "system"), None)

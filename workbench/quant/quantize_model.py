@@ -15,6 +15,7 @@ import numpy as np
 from workbench.gguf import GGUFValueType as VT, Keys, TensorInfo, read_gguf
 from workbench.gguf.constants import QUANTIZATION_VERSION, GGMLType, LlamaFileType, key
 from workbench.gguf.writer import GGUFWriter
+from workbench.quant import dequantize, quantize
 from workbench.quant.imatrix import Imatrix, load_imatrix
 from workbench.quant.mixes import ModelShape, TensorPlan, plan_types
 
@@ -59,8 +60,6 @@ def quantized_metadata(metadata, ftype: LlamaFileType, imat=None):
 
 def to_f32(t: TensorInfo) -> np.ndarray:
     """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row)."""
-    from workbench.quant import dequantize
-
     if t.type == GGMLType.F32:
         return t.numpy().reshape(-1, t.n_per_row)
     if t.type == GGMLType.F16:
@@ -82,8 +81,6 @@ def imatrix_values(imat, t: TensorInfo) -> np.ndarray | None:
 
 
 def _quantize_tensor(t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
-    from workbench.quant import dequantize, quantize
-
     x = to_f32(t)
     n_per_row = t.n_per_row
     rows_per_expert = t.shape[-2] if len(t.shape) >= 2 else 1

@@ -7,6 +7,9 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.gguf import Keys, read_gguf
+from workbench.text.chat import detect_template
+
 # Go templates of the built-in chat formats (what `ollama show --modelfile` gives for such models)
 GO_TEMPLATES = {
     "chatml": "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
@@ -132,9 +135,6 @@ def render_go_template(template: str, system: str = "", prompt: str = "", respon
 
 def modelfile_for(gguf_path, template_name: str | None = None) -> str:
     """A Modelfile for a GGUF: FROM, the Go template of its chat format, stop parameters."""
-    from workbench.gguf import Keys, read_gguf
-    from workbench.text.chat import detect_template
-
     path = Path(gguf_path)
     with read_gguf(path) as gf:
         source = gf.metadata.get(Keys.Tokenizer.CHAT_TEMPLATE, "")

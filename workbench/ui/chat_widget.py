@@ -14,6 +14,8 @@ import threading
 
 import ipywidgets as W
 
+from workbench.llama.generate import chat
+
 TEMPLATES = [("from GGUF", "gguf"), ("ChatML", "chatml"), ("llama-2", "llama2"), ("llama-3", "llama3"),
              ("Mistral / Mixtral", "mistral")]
 
@@ -103,8 +105,6 @@ class ChatWidget(W.VBox):
         return sys_msg + self.history[:-1]
 
     def _generate(self) -> None:
-        from workbench.llama.generate import chat
-
         try:
             for ev in chat(self.model, self.messages(), template=self.template.value, stream=True,
                            max_tokens=self.max_tokens.value, cancel=self._cancel, **self.sampling()):
