@@ -4,7 +4,7 @@
                                    [--repeat 5] [--json]
 
 Without --model, the default SmolLM2 model (Q4_1) and the --formats made from it (an F16 copy, then
-llama-quantize's ftypes from that, cached under data/work/quant) are measured. Each model is run by both
+llama-quantize's ftypes from that, cached under data/models/quant) are measured. Each model is run by both
 engines in one process, interleaved, median of --repeat runs. Also prints the
 memory-bandwidth bound for generation (weights read per token / copy bandwidth). Needs the `bench` extra
 (llama-cpp-python); without it only the workbench is measured. Results are appended to data/reports/bench.csv.
@@ -23,6 +23,7 @@ from workbench.assets import ensure_model  # noqa: E402
 from workbench.eval.bench import (LlamaCppRunner, WorkbenchRunner, append_report, bench_plot,  # noqa: E402
                                   default_threads, interleaved, llama_cpp_available, memory_bandwidth_gbs,
                                   prompt_tokens, weight_bytes_per_token)
+from workbench.eval.quant_files import f16_base, quantize_all  # noqa: E402
 
 
 def bench_model(path, threads: int, repeat: int, n_pp: int, n_tg: int) -> dict:
@@ -48,8 +49,6 @@ def bench_model(path, threads: int, repeat: int, n_pp: int, n_tg: int) -> dict:
 
 def default_models(formats: list[str]) -> list[str]:
     """The default model for Q4_1 (its own type); every other format quantized from its F16 copy."""
-    from workbench.notebook_support import f16_base, quantize_all
-
     src = ensure_model(None)
     out = []
     for ft in formats:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench.assets import ensure_model, sha256_file  # noqa: E402
+from workbench.assets import data_dir, ensure_model, sha256_file  # noqa: E402
 from workbench.eval.bench import append_report, default_threads, llama_cpp_available  # noqa: E402
 from workbench.gguf import LlamaFileType  # noqa: E402
 from workbench.quant.quantize_model import quantize_model  # noqa: E402
@@ -69,8 +69,6 @@ def main(argv=None) -> int:
                 row["identical"] = sha256_file(ours_out) == sha256_file(theirs_out)
             rows.append(row)
             print(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    from workbench.assets import data_dir
-
     append_report(rows, data_dir() / "reports" / "bench_quantize_model.csv")
     if args.json:
         print(json.dumps({"rows": rows}))

@@ -20,15 +20,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from workbench.hf.convert import convert_hf  # noqa: E402
+from workbench.hf.safetensors import LazyTensor, write_safetensors  # noqa: E402
+from workbench.quant.quantize_model import quantize_model  # noqa: E402
+from workbench.workspace import shared_dir  # noqa: E402
+
 TINYLLAMA_1B = {"hidden": 2048, "ffn": 5632, "n_layer": 22, "n_head": 32, "n_head_kv": 4, "vocab": 32000,
                 "ctx": 2048}
-TOY_TOKENIZER = Path("/work/shared/golden/toy/tiny-llama")
+TOY_TOKENIZER = shared_dir() / "golden" / "toy" / "tiny-llama"
 
 
 def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenizer_dir: Path = TOY_TOKENIZER) -> Path:
     """A Hugging Face Llama folder with seeded float16 weights (written one tensor at a time)."""
-    from workbench.hf.safetensors import LazyTensor, write_safetensors
-
     out.mkdir(parents=True, exist_ok=True)
     for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(tokenizer_dir / f, out / f)
@@ -72,9 +75,6 @@ def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenize
 
 def ensure_seeded_1b(folder: Path = ROOT / "data" / "models", ftype: str = "Q4_K_M") -> Path:
     """data/models/seeded-1b-<ftype>.gguf, built (HF folder -> F16 GGUF -> ftype) the first time only."""
-    from workbench.hf.convert import convert_hf
-    from workbench.quant.quantize_model import quantize_model
-
     quant = folder / f"seeded-1b-{ftype}.gguf"
     if quant.exists():
         return quant

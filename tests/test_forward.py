@@ -2,14 +2,16 @@
 the incremental KV-cache API, and clear errors for bad files and too-long prompts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from workbench.cpu.features import hardware_fma
 from workbench.gguf import read_gguf, write_gguf
 from workbench.llama.config import ConfigError
-from workbench.cpu.vec_dot import hardware_fma
+from workbench.llama.forward import RopeTables
 from workbench.llama.kv_cache import ContextError
 from workbench.llama.model import load
 from workbench.llama.weights import WeightError
@@ -93,6 +95,24 @@ def test_expert_used_override(toy_dir):
     assert np.abs(logits1 - logits2).max() > 1e-2         # fewer experts: a different model
     with pytest.raises(ConfigError, match="n_expert_used"):
         load(path, n_expert_used=5)
+
+
+def test_rope_freq_scale_override(toy_dir):
+    """load(..., rope_freq_scale=s) as llama.cpp's --rope-freq-scale: the same logits as patching the loaded
+    config and rebuilding the RoPE tables (what the notebooks did before), and bad values refused."""
+    path = toy_dir / "tiny-mixtral-f16.gguf"
+    tokens = np.load(toy_dir / "golden_tiny-mixtral_f16.npz")["prompt_0_tokens"]
+    scaled = load(path, n_ctx=64, rope_freq_scale=0.5)
+    assert scaled.config.rope_freq_scale == 0.5
+    patched = load(path, n_ctx=64)
+    patched.config = dataclasses.replace(patched.config, rope_freq_scale=0.5)
+    patched.rope = RopeTables(patched.config, patched.weights.rope_freqs)
+    logits = scaled.logits(tokens)
+    np.testing.assert_array_equal(logits, patched.logits(tokens))
+    assert np.abs(logits - load(path, n_ctx=64).logits(tokens)).max() > 1e-3   # scaling changes the model
+    for bad in (0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rope_freq_scale"):
+            load(path, rope_freq_scale=bad)
 
 
 # --- incremental API -------------------------------------------------------------------------------

@@ -77,7 +77,9 @@ HOST_DEPENDENT = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "powe
                   "tan", "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh",
                   "arctanh", "cbrt", "hypot", "logaddexp", "logaddexp2", "dot", "matmul", "vdot", "inner",
                   "tensordot", "einsum", "linalg"}
-ALLOWED = {("workbench/gguf/dump.py", "log10")}   # display only
+ALLOWED = {("workbench/gguf/dump.py", "log10"),     # display only
+           # a float64 illustration of why Q/K rows are permuted, not a conversion path
+           *(("workbench/hf/qk_permutation.py", what) for what in ("cos", "sin", "@", "**"))}
 
 
 def exact_path_files():

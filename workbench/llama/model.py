@@ -4,8 +4,13 @@
     m.logits(tokens)            # (n, n_vocab) at every position, fresh context (the cache is untouched)
     m.eval(prompt)              # incremental: appends to the cache, returns the last token's logits
     m.eval([next_tok]); m.truncate(n); m.reset(); m.n_past
+
+    load(path, rope_freq_scale=0.5)   # linear RoPE scaling, as llama.cpp's --rope-freq-scale
 """
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numba
 import numpy as np
@@ -14,9 +19,11 @@ from workbench.gguf import read_gguf
 
 from workbench.llama.config import LlamaConfig
 from workbench.llama.experts import Routing
-from workbench.llama.kv_cache import ContextError, KVCache
 from workbench.llama.forward import RopeTables, forward
+from workbench.llama.generate import chat
+from workbench.llama.kv_cache import ContextError, KVCache
 from workbench.llama.weights import ModelWeights
+from workbench.text.tokenizer import Tokenizer
 
 DEFAULT_N_CTX = 4096   # when n_ctx is not given: min(this, the training context)
 N_UBATCH = 512         # tokens per forward call, as llama.cpp's default n_ubatch (bounds activation memory)
@@ -63,8 +70,6 @@ class Model:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from workbench.text.tokenizer import Tokenizer
-
             self._tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
         return self._tokenizer
 
@@ -88,8 +93,6 @@ class Model:
 
     def chat(self, messages, stream: bool = True, **kwargs):
         """Answer `messages` with the chat template (see workbench.llama.generate.chat)."""
-        from workbench.llama.generate import chat
-
         return chat(self, messages, stream=stream, **kwargs)
 
     def fork(self) -> "Model":
@@ -149,15 +152,25 @@ class Model:
 
 
 def load(path, n_ctx: int | None = None, n_threads: int | None = None, cache_type: str = "f16",
-         n_expert_used: int | None = None, quantize_act: bool = True, flash_attn: bool = False) -> Model:
+         n_expert_used: int | None = None, quantize_act: bool = True, flash_attn: bool = False,
+         rope_freq_scale: float | None = None) -> Model:
     """Open a GGUF llama/Mixtral model (weights stay memory-mapped and quantized).
 
     flash_attn=False gives llama-cpp-python's numbers (its default); True those of llama.cpp's command-line tools
-    (llama-perplexity, llama-imatrix: flash attention AUTO, on for the CPU), for batches of >= 64 tokens."""
+    (llama-perplexity, llama-imatrix: flash attention AUTO, on for the CPU), for batches of >= 64 tokens.
+    rope_freq_scale overrides the file's RoPE frequency scale, as llama.cpp's --rope-freq-scale (linear scaling:
+    positions times this factor; 0.5 stretches the trained positions over twice the context); None keeps the file's."""
+    if rope_freq_scale is not None:
+        scale = float(rope_freq_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"rope_freq_scale={rope_freq_scale!r} must be a finite number > 0 "
+                             "(as llama.cpp's --rope-freq-scale; None keeps the file's value)")
     gf = read_gguf(path)
     cfg = LlamaConfig.from_metadata(gf.metadata)
     if n_expert_used is not None:
         cfg = cfg.with_expert_used(n_expert_used)
+    if rope_freq_scale is not None:
+        cfg = dataclasses.replace(cfg, rope_freq_scale=scale)
     weights = ModelWeights.from_gguf(gf, cfg)
     if n_ctx is None:
         n_ctx = min(cfg.n_ctx_train, DEFAULT_N_CTX)
