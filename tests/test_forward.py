@@ -220,7 +220,9 @@ def test_smollm2_greedy(smollm2, golden_dir):
         hits.append(pred == np.asarray(greedy))
     hits = np.concatenate(hits)
     print(f"SmolLM2 greedy: {hits.mean():.4f} of {hits.size} steps")
-    assert hits.mean() >= 0.9, f"greedy agreement {hits.mean():.3f}"
+    # not bit-equal by construction: llama.cpp generated these one token at a time, here they are one batch (other
+    # kernels, other roundings), so a near tie may flip; test_smollm2_greedy_incremental repeats its calls exactly
+    assert hits.mean() >= 0.9, f"greedy agreement {hits.mean():.3f}, first miss at step {np.argmin(hits)}"
 
 
 def test_smollm2_greedy_incremental(smollm2, golden_dir):
@@ -235,4 +237,5 @@ def test_smollm2_greedy_incremental(smollm2, golden_dir):
             logits = smollm2.eval([tok])          # feed llama.cpp's token even after a miss
     hits = np.array(hits)
     print(f"SmolLM2 incremental greedy: {hits.mean():.4f} of {hits.size} steps")
-    assert hits.mean() >= 0.9, f"incremental greedy agreement {hits.mean():.3f}, first miss at step {np.argmin(hits)}"
+    need = 1.0 if hardware_fma() else 0.9       # llama.cpp's calls repeated, logits bit-equal: every step agrees
+    assert hits.mean() >= need, f"incremental greedy agreement {hits.mean():.3f}, first miss at step {np.argmin(hits)}"

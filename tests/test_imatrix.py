@@ -17,6 +17,7 @@ from workbench.llama import load
 from workbench.quant.imatrix import ImatrixError, load_imatrix, save_imatrix
 from workbench.quant.quantize_model import quantize_model
 from workbench.text.files import read_prompt_file
+from conftest import golden_json
 
 # llama-imatrix -m smollm2-f16.gguf -f botchan.txt -c 512 -b 512 --chunks 16 -t 2
 DENSE = "imatrix_smollm2_f16_botchan.gguf"
@@ -143,11 +144,8 @@ def test_legacy_dat_format(tmp_path):
 
 
 def _ftype_cases():
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "golden" / QUANT
-    if not path.exists():
-        return []
     return [pytest.param(f, marks=() if f in FAST_FTYPES else (pytest.mark.slow,))
-            for f in json.loads(path.read_text())["outputs"]]
+            for f in (golden_json(QUANT) or {}).get("outputs", [])]
 
 
 def _quantize_in_folder(folder: Path, base: Path, matrix: Path, ftype: str, g: dict, monkeypatch) -> Path:

@@ -5,24 +5,20 @@ marked slow (WORKBENCH_SLOW=1)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from workbench.eval.perplexity import chunks_for_context, perplexity
+from conftest import golden_json
 
 # one English and one Chinese case by default; they agree with llama-perplexity to ~1e-7 relative
 DEFAULT = {("botchan", 512), ("zh_news", 256)}
 
 
 def _cases():
-    golden = Path(__file__).resolve().parent.parent.parent / "shared" / "golden"
     out = []
     for text in ("botchan", "zh_news"):
-        f = golden / f"ppl_smollm2_q4_1_{text}.json"
-        if not f.exists():
-            continue
-        for r in json.loads(f.read_text())["results"]:
+        for r in (golden_json(f"ppl_smollm2_q4_1_{text}.json") or {}).get("results", []):
             marks = () if (text, r["n_ctx"]) in DEFAULT else (pytest.mark.slow,)
             out.append(pytest.param(text, r["n_ctx"], marks=marks, id=f"{text}-{r['n_ctx']}"))
     return out

@@ -10,6 +10,7 @@ import pytest
 from workbench.gguf import read_gguf
 from workbench.quant.mixes import plan_types
 from workbench.quant.quantize_model import QuantizeError, model_shape, quantize_model
+from conftest import golden_json
 
 SMOL = "quantize_smollm2.json"
 TOY = "toy/quantize_tiny-mixtral8.json"
@@ -64,10 +65,7 @@ def test_f16_base_is_byte_identical(smol_base, golden_dir):
 
 
 def _smol_cases():
-    import os
-    from pathlib import Path
-    path = Path(os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parent.parent.parent / "shared")) / "golden" / SMOL
-    return [o["ftype"] for o in json.loads(path.read_text())["outputs"]] if path.exists() else []
+    return [o["ftype"] for o in (golden_json(SMOL) or {}).get("outputs", [])]
 
 
 @pytest.mark.parametrize("ftype", _smol_cases())

@@ -2,12 +2,12 @@
 and `python -m workbench perplexity -f FILE` printing llama-perplexity's numbers for the raw file."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from workbench.cli import main
 from workbench.text.files import decode_prompt_bytes, read_prompt_file
+from conftest import golden_json
 
 
 def test_bytes_are_kept_as_they_are(tmp_path):
@@ -55,13 +55,8 @@ def test_crlf_and_bom_reach_the_tokenizer(smol_tokenizer, tmp_path):
 
 
 def _cli_cases():
-    from pathlib import Path
-
-    f = Path(__file__).resolve().parent.parent.parent / "shared" / "golden" / "ppl_smollm2_q4_1_botchan_cli.json"
-    if not f.exists():
-        return []
     return [pytest.param(r, marks=() if r["n_ctx"] == 512 else (pytest.mark.slow,), id=f"n_ctx={r['n_ctx']}")
-            for r in json.loads(f.read_text())["results"]]
+            for r in (golden_json("ppl_smollm2_q4_1_botchan_cli.json") or {}).get("results", [])]
 
 
 @pytest.mark.parametrize("case", _cli_cases())

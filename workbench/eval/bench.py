@@ -150,7 +150,7 @@ def bench_plot(csv_path=None, out=None):
     ratio_cols = [c for c in df.columns if c.endswith("_ratio")]
     if not ratio_cols:
         return None
-    plt = pyplot()
+    pyplot()                    # matplotlib with the package style
     last = df.groupby("model").tail(1).set_index("model")[ratio_cols]
     ax = last.plot.bar(figsize=(8, 4))
     ax.axhline(1.0, color="gray", ls="--")

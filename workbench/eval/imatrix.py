@@ -72,9 +72,9 @@ class _Recorder:
     def __getattr__(self, name):
         return getattr(self._weight, name)
 
-    def mul(self, x, quantize_act=True):
+    def mul(self, x):
         self._collector.dense(self._weight.name, x)
-        out = self._weight.mul(x, quantize_act)
+        out = self._weight.mul(x)
         if self._router:  # the experts of this layer follow; note whom the router picks (as moe_ffn will)
             self._collector.selected = route(out, self._collector.n_expert_used)[0]
         return out
@@ -93,9 +93,9 @@ class _ExpertRecorder:
     def __getattr__(self, name):
         return getattr(self._weight, name)
 
-    def mul(self, x, quantize_act=True):
+    def mul(self, x):
         self._collector.expert(self._stack.name, self._stack.shape[0], self._e, x)
-        return self._weight.mul(x, quantize_act)
+        return self._weight.mul(x)
 
 
 # ------------------------------------------------------------------------------------ computing one

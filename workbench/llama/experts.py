@@ -36,10 +36,10 @@ def route(logits: np.ndarray, n_used: int) -> tuple[np.ndarray, np.ndarray]:
     return selected.astype(np.int32), (weights / total).astype(np.float32)
 
 
-def moe_ffn(lw: LayerWeights, x: np.ndarray, n_used: int, quantize_act: bool = True):
+def moe_ffn(lw: LayerWeights, x: np.ndarray, n_used: int):
     """x (T, n_embd) -> (out (T, n_embd), selected (T, k), weights (T, k))."""
     T, E = x.shape
-    logits = lw.gate_inp.mul(x, quantize_act)                       # (T, n_expert)
+    logits = lw.gate_inp.mul(x)                                     # (T, n_expert)
     selected, weights = route(logits, n_used)                       # (T, k), (T, k)
     per_slot = np.zeros((n_used, T, E), np.float32)                 # each token's k expert outputs
     for e in range(lw.gate_inp.shape[0]):
@@ -47,9 +47,9 @@ def moe_ffn(lw: LayerWeights, x: np.ndarray, n_used: int, quantize_act: bool = T
         if tok.size == 0:
             continue
         xe = x[tok]                                                 # (n_e, n_embd)
-        g = lw.gate_exps.expert(e).mul(xe, quantize_act)            # (n_e, n_ff)
-        u = lw.up_exps.expert(e).mul(xe, quantize_act)              # (n_e, n_ff)
-        y = lw.down_exps.expert(e).mul(swiglu(g, u), quantize_act)  # (n_e, n_embd)
+        g = lw.gate_exps.expert(e).mul(xe)                          # (n_e, n_ff)
+        u = lw.up_exps.expert(e).mul(xe)                            # (n_e, n_ff)
+        y = lw.down_exps.expert(e).mul(swiglu(g, u))                # (n_e, n_embd)
         per_slot[slot, tok] = y * weights[tok, slot][:, None]
     out = per_slot[0].copy()
     for k in range(1, n_used):                                      # summed in slot order, as ggml_add

@@ -21,11 +21,11 @@ from workbench.cpu.libm import logf, powf
 from workbench.llama.weights import LayerWeights, ModelWeights
 
 
-def swiglu_ffn(lw: LayerWeights, x: np.ndarray, quantize_act: bool = True) -> np.ndarray:
+def swiglu_ffn(lw: LayerWeights, x: np.ndarray) -> np.ndarray:
     """Dense FFN: down(silu(gate x) * up x), (T, E) -> (T, E) (build_ffn with LLM_FFN_SILU, LLM_FFN_PAR)."""
-    g = lw.ffn_gate.mul(x, quantize_act)                  # (T, F)
-    u = lw.ffn_up.mul(x, quantize_act)                    # (T, F)
-    return lw.ffn_down.mul(ops.swiglu(g, u), quantize_act)  # (T, E)
+    g = lw.ffn_gate.mul(x)                                # (T, F)
+    u = lw.ffn_up.mul(x)                                  # (T, F)
+    return lw.ffn_down.mul(ops.swiglu(g, u))              # (T, E)
 
 
 def yarn_corr_dims(n_dims: int, n_ctx_orig: int, freq_base: float, beta_fast: float, beta_slow: float):
@@ -59,7 +59,7 @@ class RopeTables:
 
 
 def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache, tokens: np.ndarray,
-            out_rows: np.ndarray | None = None, quantize_act: bool = True, routing: list | None = None,
+            out_rows: np.ndarray | None = None, routing: list | None = None,
             flash_attn: bool = False) -> np.ndarray:
     """Run T tokens at positions cache.n_past .. +T-1, append their K/V to the cache, return the logits
     (len(out_rows) or T, V) of the rows `out_rows` (default all). `routing` collects (experts, weights) per layer.
@@ -76,29 +76,29 @@ def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache,
     for il, lw in enumerate(w.layers):
         # attention
         h = ops.rms_norm(x, lw.attn_norm, cfg.rms_eps)      # (T, E)
-        q = lw.wq.mul(h, quantize_act).reshape(T, H, D)     # (T, H, D)
-        k = lw.wk.mul(h, quantize_act).reshape(T, Hkv, D)   # (T, Hkv, D)
-        v = lw.wv.mul(h, quantize_act)                      # (T, Hkv*D)
+        q = lw.wq.mul(h).reshape(T, H, D)                   # (T, H, D)
+        k = lw.wk.mul(h).reshape(T, Hkv, D)                 # (T, Hkv, D)
+        v = lw.wv.mul(h)                                    # (T, Hkv*D)
         ops.rope(q, cs)
         ops.rope(k, cs)
         cache.store(il, n_past, k.reshape(T, Hkv * D), v)
         kc, vc = cache.layer(il, n_past + T)                # (n_kv, Hkv*D) each
         att = np.empty((T, H * D), np.float32)              # (T, H*D)
         attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, FP16_TO_FP32, att)
-        x = x + lw.wo.mul(att, quantize_act)                # residual
+        x = x + lw.wo.mul(att)                              # residual
 
         # feed-forward: dense SwiGLU or the mixture of experts
         h = ops.rms_norm(x, lw.ffn_norm, cfg.rms_eps)       # (T, E)
         if lw.gate_inp is not None:
-            f, selected, weights = moe_ffn(lw, h, cfg.n_expert_used, quantize_act)
+            f, selected, weights = moe_ffn(lw, h, cfg.n_expert_used)
             if routing is not None:
                 routing.append((selected, weights))
         else:
-            f = swiglu_ffn(lw, h, quantize_act)
+            f = swiglu_ffn(lw, h)
         x = x + f                                           # residual
     cache.n_past = n_past + T
 
     if out_rows is not None:
         x = x[out_rows]
     h = ops.rms_norm(np.ascontiguousarray(x), w.output_norm, cfg.rms_eps)
-    return w.output.mul(h, quantize_act)                    # (rows, V) logits
+    return w.output.mul(h)                                  # (rows, V) logits

@@ -146,7 +146,7 @@ class Model:
                 rows = np.arange(max(first_output - s, 0), len(chunk))
             if not all_logits and not last:
                 rows = np.zeros(0, np.int64)        # no logits needed for this ubatch
-            outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, self.quantize_act, routing,
+            outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, routing,
                                 self.flash_attn))
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
@@ -171,7 +171,7 @@ def load(path, n_ctx: int | None = None, n_threads: int | None = None, cache_typ
         cfg = cfg.with_expert_used(n_expert_used)
     if rope_freq_scale is not None:
         cfg = dataclasses.replace(cfg, rope_freq_scale=scale)
-    weights = ModelWeights.from_gguf(gf, cfg)
+    weights = ModelWeights.from_gguf(gf, cfg, quantize_act)
     if n_ctx is None:
         n_ctx = min(cfg.n_ctx_train, DEFAULT_N_CTX)
     if n_threads is not None and not 1 <= n_threads <= numba.config.NUMBA_NUM_THREADS:

@@ -29,19 +29,21 @@ class Weight:
     shape: tuple[int, ...]
     rows: np.ndarray            # uint8 (prod(shape[:-1]), row_bytes), a view of the file
     is_expert: bool = False     # one expert of a stack: multiplied as ggml_mul_mat_id
+    quantize_act: bool = True   # activations as ggml converts them (vec_dot_type); False: exact float products
 
     @property
     def n_per_row(self) -> int:
         return self.shape[-1]
 
-    def mul(self, x: np.ndarray, quantize_act: bool = True) -> np.ndarray:
+    def mul(self, x: np.ndarray) -> np.ndarray:
         """x (T, n_per_row) -> x @ W^T (T, n_rows), as ggml_mul_mat(W, x)."""
-        return matmul_raw(self.rows, self.type, self.n_per_row, x, quantize_act, self.name, self.is_expert)
+        return matmul_raw(self.rows, self.type, self.n_per_row, x, self.quantize_act, self.name, self.is_expert)
 
     def expert(self, e: int) -> "Weight":
         """The rows of expert e of a (n_expert, n_rows, n_per_row) stack (a view, no copy)."""
         n = self.shape[1]
-        return Weight(f"{self.name}[{e}]", self.type, self.shape[1:], self.rows[e * n:(e + 1) * n], True)
+        return Weight(f"{self.name}[{e}]", self.type, self.shape[1:], self.rows[e * n:(e + 1) * n], True,
+                      self.quantize_act)
 
     def get_rows(self, ids: np.ndarray) -> np.ndarray:
         """Float rows `ids` (ggml_get_rows): the token embedding of a batch."""
@@ -78,7 +80,8 @@ class ModelWeights:
     layers: list[LayerWeights]
 
     @classmethod
-    def from_gguf(cls, gf, cfg: LlamaConfig) -> "ModelWeights":
+    def from_gguf(cls, gf, cfg: LlamaConfig, quantize_act: bool = True) -> "ModelWeights":
+        """Every weight of the model, checked against cfg; quantize_act is settled here, once for all weights."""
         tensors = {t.name: t for t in gf.tensors}
         where = gf.path or "GGUF file"
 
@@ -94,7 +97,7 @@ class ModelWeights:
             if t.type.block_size > 1 and t.n_per_row % t.type.block_size:
                 raise WeightError(f"{where}: tensor {name!r}: row of {t.n_per_row} is not a multiple of "
                                   f"the {t.type.name} block size {t.type.block_size}")
-            return Weight(name, t.type, tuple(t.shape), t.rows())
+            return Weight(name, t.type, tuple(t.shape), t.rows(), quantize_act=quantize_act)
 
         def vec(template, n, bid=None, required=True):
             w = get(template, (n,), bid, required)
