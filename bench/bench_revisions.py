@@ -83,7 +83,7 @@ def main() -> int:
     args = ap.parse_args()
     trees = {"base": worktree(args.base), "head": worktree(args.head) if args.head else REPO}
     rows = []
-    for model in args.model or [ensure_model()]:
+    for model in [Path(m).resolve() for m in args.model] if args.model else [ensure_model()]:
         workers = {k: Worker(t, model, args.threads) for k, t in trees.items()}
         toks = prompt_tokens(args.n_prompt, 49152)
         try:
