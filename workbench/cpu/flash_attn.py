@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 from numba import njit, prange
 
+from workbench.cpu.fp16 import FP16_TO_FP32
 from workbench.cpu.simd import fmaf, hsum8, v_expf
 
 FA_TILE = 64    # GGML_FA_TILE_Q and GGML_FA_TILE_KV (ggml-cpu/common.h)
@@ -82,12 +83,12 @@ def flash_attention_tiled(q, kT, v, n_past, n_head_kv, scale, out):
             o[d] = acc[d] * inv
 
 
-def flash_attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
+def flash_attention(q, kc, vc, n_past, n_head_kv, scale, f16, out):
     """workbench.cpu.ops.attention's signature, computed as llama.cpp's CPU flash attention (see above)."""
     if q.shape[0] < FA_TILE:
         warnings.warn(f"a batch of {q.shape[0]} tokens: for fewer than {FA_TILE} tokens llama.cpp's flash attention "
                       f"takes its per-row fp16 path, which is not reproduced (the last bits can differ; load with "
                       f"flash_attn=False for llama-cpp-python's numbers)", stacklevel=3)
-    kT = np.ascontiguousarray((table[kc] if f16 else kc).T, np.float32)     # fp16 -> fp32 is exact
-    v = np.ascontiguousarray(table[vc] if f16 else vc, np.float32)
+    kT = np.ascontiguousarray((FP16_TO_FP32[kc] if f16 else kc).T, np.float32)     # fp16 -> fp32 is exact
+    v = np.ascontiguousarray(FP16_TO_FP32[vc] if f16 else vc, np.float32)
     flash_attention_tiled(np.ascontiguousarray(q, np.float32), kT, v, n_past, n_head_kv, np.float32(scale), out)

@@ -18,7 +18,7 @@ from numba.extending import overload
 
 from workbench.cpu import features
 from workbench.cpu.attention_f16 import attention_f16
-from workbench.cpu.fp16 import round_fp16
+from workbench.cpu.fp16 import FP16_TO_FP32, round_fp16
 from workbench.cpu.simd import expf, fma32, hsum8, silu, v_expf
 
 
@@ -243,8 +243,8 @@ def _attention_serial(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
         _attention_job(job, q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
 
 
-def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
-    """See _attention_job; small problems (one token, short context) skip the thread pool. On an F16 cache, on
+def attention(q, kc, vc, n_past, n_head_kv, scale, f16, out):
+    """See _attention_job (an F16 cache is read through fp16.FP16_TO_FP32); small problems (one token, short context) skip the thread pool. On an F16 cache, on
     a host with hardware fma, attention_f16 computes the same sums vectorized."""
     T, H, D = q.shape
     if f16 and D % 8 == 0 and features.hardware_fma():
@@ -252,7 +252,7 @@ def attention(q, kc, vc, n_past, n_head_kv, scale, f16, table, out):
         return
     work = T * H * (n_past + T) * D
     kernel = _attention_parallel if work > 1 << 18 else _attention_serial
-    kernel(q, kc, vc, n_past, n_head_kv, scale, f16, table, out)
+    kernel(q, kc, vc, n_past, n_head_kv, scale, f16, FP16_TO_FP32, out)
 
 
 @njit(cache=True, inline="always")

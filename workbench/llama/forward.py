@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from workbench.cpu import ops
-from workbench.cpu.fp16 import FP16_TO_FP32
 from workbench.llama.config import LlamaConfig
 from workbench.llama.experts import moe_ffn
 from workbench.cpu.flash_attn import flash_attention
@@ -84,7 +83,7 @@ def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache,
         cache.store(il, n_past, k.reshape(T, Hkv * D), v)
         kc, vc = cache.layer(il, n_past + T)                # (n_kv, Hkv*D) each
         att = np.empty((T, H * D), np.float32)              # (T, H*D)
-        attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, FP16_TO_FP32, att)
+        attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, att)
         x = x + lw.wo.mul(att)                              # residual
 
         # feed-forward: dense SwiGLU or the mixture of experts
