@@ -1,5 +1,5 @@
-"""Inference on GGUF files: tokenizers, llama / Mistral / Mixtral forward on quantized weights, sampling,
-chat templates, generation.
+"""Inference on GGUF files: llama / Mistral / Mixtral forward on quantized weights, sampling, generation (the
+tokenizer and chat templates come from workbench.text).
 
     m = workbench.llama.load("model.gguf", n_ctx=2048)
     m.tokenize("Hello"), m.logits(ids), m.eval(ids), m.chat([{"role": "user", "content": "Hi"}])
