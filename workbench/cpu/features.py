@@ -19,6 +19,8 @@ import numpy as np
 from numba import njit
 from numba.core import config
 
+from workbench.gguf.constants import GGMLType
+
 
 def host_feature(name: str) -> bool:
     """Does numba compile for a CPU with the LLVM target feature `name` (the host, unless NUMBA_CPU_NAME
@@ -51,3 +53,16 @@ def hardware_fma() -> bool:
     """Does 'contract' give a fused multiply-add here? (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 only when fused."""
     a = np.float32(1 + 2.0 ** -12)
     return bool(contracted(a, a, np.float32(-(1 + 2.0 ** -11))) == np.float32(2.0 ** -24))
+
+
+def each_token(kernels, rows, wtype_name, K, x, out) -> bool:
+    """out (T, N) = the one-token kernel of `wtype_name` for each token of x (T, K) float32 C-contiguous, the host's
+    variant of kernels[wtype_name] = (kernel with AVX2's instructions, portable kernel); False (nothing written)
+    when there is none for that type or K is not a whole number of its blocks."""
+    pair = kernels.get(wtype_name)
+    if pair is None or K % GGMLType[wtype_name].block_size:
+        return False
+    kernel = pair[0] if has_avx2() else pair[1]
+    for t in range(x.shape[0]):
+        kernel(rows, K, x[t], out[t])
+    return True

@@ -160,16 +160,9 @@ def iq4_nl_matvec_portable(W, K, x, out):
 # weight type -> (kernel with ggml's AVX2 instructions, portable kernel)
 MATVEC = {"Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable), "Q4_0": (q4_0_matvec_avx2, q4_0_matvec_portable),
           "IQ4_NL": (iq4_nl_matvec_avx2, iq4_nl_matvec_portable)}
-_BLOCK_SIZE = {"Q4_K": QK_K, "Q4_0": 32, "IQ4_NL": 32}
 
 
 def matvec(rows, wtype_name, K, x, out):
     """out (T, N) = the one-token gemv of `wtype_name` for each token of x (T, K) float32 C-contiguous;
     False (nothing written) when there is no kernel here for that type."""
-    pair = MATVEC.get(wtype_name)
-    if pair is None or K % _BLOCK_SIZE[wtype_name]:
-        return False
-    kernel = pair[0] if features.has_avx2() else pair[1]
-    for t in range(x.shape[0]):
-        kernel(rows, K, x[t], out[t])
-    return True
+    return features.each_token(MATVEC, rows, wtype_name, K, x, out)

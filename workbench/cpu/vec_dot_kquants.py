@@ -297,10 +297,4 @@ MATVEC = {"Q6_K": (q6_K_matvec_avx2, q6_K_matvec_portable), "Q5_K": (q5_K_matvec
 def matvec(rows, wtype_name, K, x, out):
     """out (T, N) = the one-token kernel of `wtype_name` for each token of x (T, K) float32 C-contiguous;
     False (nothing written) when there is no kernel here for that type."""
-    pair = MATVEC.get(wtype_name)
-    if pair is None or K % QK_K:
-        return False
-    kernel = pair[0] if features.has_avx2() else pair[1]
-    for t in range(x.shape[0]):
-        kernel(rows, K, x[t], out[t])
-    return True
+    return features.each_token(MATVEC, rows, wtype_name, K, x, out)

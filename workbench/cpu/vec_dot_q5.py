@@ -257,15 +257,8 @@ MATVEC = {"Q5_0": (q5_0_matvec_avx2, q5_0_matvec_portable), "Q5_1": (q5_1_matvec
 
 
 def matvec(rows, wtype_name, K, x, out):
-    """out (T, N) = the one-token vector kernel for each token of x (T, K) float32 C-contiguous (Q5_0 / Q5_1;
-    False, nothing written, for other types or K % 32)."""
-    pair = MATVEC.get(wtype_name)
-    if pair is None or K % 32:
-        return False
-    kernel = pair[0] if features.has_avx2() else pair[1]
-    for t in range(x.shape[0]):
-        kernel(rows, K, x[t], out[t])
-    return True
+    """out (T, N) = the one-token vector kernel for each token of x (Q5_0 / Q5_1; False for other types)."""
+    return features.each_token(MATVEC, rows, wtype_name, K, x, out)
 
 
 def matmul(rows, wtype, K, x, mul_mat_id=False):
