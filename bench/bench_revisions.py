@@ -23,22 +23,14 @@ sys.path.insert(0, str(REPO))
 from workbench.assets import data_dir, ensure_model  # noqa: E402
 from workbench.eval.bench import default_threads, prompt_tokens  # noqa: E402
 
-# the worker: only the public API that every revision has (workbench.load, Model.reset / eval)
+# the worker: the revision's own WorkbenchRunner (pp / tg timed as bench_generate.py times them)
 WORKER = r"""
-import json, sys, time
-import workbench
-m = workbench.load(sys.argv[1], n_ctx=1024, n_threads=int(sys.argv[2]))
+import json, sys
+from workbench.eval.bench import WorkbenchRunner
+runner = WorkbenchRunner(sys.argv[1], int(sys.argv[2]))
 for line in sys.stdin:
     kind, toks = json.loads(line)
-    m.reset()
-    if kind == "pp":
-        t0 = time.perf_counter(); m.eval(toks); dt = time.perf_counter() - t0; n = len(toks)
-    else:
-        m.eval(toks[:1]); t0 = time.perf_counter()
-        for t in toks[1:]:
-            m.eval([t])
-        dt = time.perf_counter() - t0; n = len(toks) - 1
-    print(n / dt, flush=True)
+    print(getattr(runner, kind)(toks), flush=True)
 """
 
 
