@@ -5,7 +5,7 @@ import pytest
 
 from workbench.gguf import read_gguf
 from workbench.text.chat import (BUILTIN_TEMPLATES, ChatTemplateError, detect_template,
-                                render_chat, render_jinja, stop_strings)
+                                render_chat, render_jinja, stop_strings, template_caps)
 
 CONVO = [{"role": "system", "content": "You are terse."},
          {"role": "user", "content": "What is GGUF?"},
@@ -109,3 +109,19 @@ def test_smollm2_template_renders_the_golden_prompt(smollm2_md, golden_dir):
     cases = json.loads((golden_dir / "greedy_smollm2_q4_1.json").read_text(encoding="utf-8"))
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     assert render_chat(msgs, "gguf", metadata=smollm2_md) == cases[0]["prompt"]
+
+
+def test_gguf_templates_caps_and_system_fold(smollm2_md, toy_md):
+    # SmolLM2 (ChatML) reads the system message; the Mixtral template raises on it, so llama.cpp's
+    # jinja mode folds the system prompt into the first user turn instead of failing
+    assert template_caps(smollm2_md["tokenizer.chat_template"]).supports_system_role
+    assert not template_caps(toy_md["tokenizer.chat_template"]).supports_system_role
+    out = render_chat(CONVO, "gguf", metadata=toy_md)
+    assert out == "[INST] You are terse.\nWhat is GGUF? [/INST]A file format.</s>[INST] Who made it? [/INST]"
+
+
+def test_builtins_accept_tool_call_messages():
+    msgs = USER_ONLY[:1] + [{"role": "assistant", "content": None,
+                             "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+    assert render_chat(msgs, "chatml", add_generation_prompt=False) == \
+        "<|im_start|>user\nWhat is GGUF?<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n"

@@ -3,9 +3,11 @@
     prompt = render_chat([{"role": "user", "content": "Hi"}], "gguf", metadata=md)
     ids = tokenizer.tokenize(prompt, add_special=True, parse_special=True)
 
-Templates run in jinja2's ImmutableSandboxedEnvironment with llama.cpp's settings (trim_blocks,
-lstrip_blocks, loop controls) and helpers (raise_exception, strftime_now, bos_token, eos_token,
-add_generation_prompt). A template that reaches for Python internals fails with ChatTemplateError.
+Jinja templates render as in llama.cpp's jinja mode (common_chat_templates_apply): in the sandbox
+of chat_caps, with the messages llama.cpp hands over (template_messages: OpenAI tool calls and
+content parts normalised, a system prompt folded into the first turn for templates without a
+system role, as their caps say), `tools` when given, bos_token/eos_token and
+add_generation_prompt. A template that reaches for Python internals fails with ChatTemplateError.
 As common_chat_template_direct_apply, a leading BOS text is removed from the result when the
 tokenizer adds BOS itself (and a trailing EOS when it adds EOS), so it is not doubled.
 
@@ -17,21 +19,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Mapping, Sequence
-
-import jinja2
-from jinja2.exceptions import SecurityError
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import Any, Callable, Mapping, Sequence
 
 from workbench.gguf import Keys
+from workbench.text.chat_caps import ChatTemplateError, TemplateCaps, render_template, template_caps
 
+__all__ = ["BUILTIN_TEMPLATES", "STOP_STRINGS", "ChatTemplateError", "TemplateCaps", "detect_template",
+           "render_chat", "render_jinja", "stop_strings", "template_caps", "template_messages"]
 
-class ChatTemplateError(ValueError):
-    """A chat template is missing, unknown, unsafe, or raised an error while rendering."""
-
-
-Message = Mapping[str, str]
+Message = Mapping[str, Any]
 _C_SPACE = " \t\n\v\f\r"
 
 
@@ -88,35 +84,6 @@ def detect_template(source: str) -> str | None:
     return None
 
 
-def _raise_exception(message: str):
-    raise ChatTemplateError(f"chat template raised: {message}")
-
-
-def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
-    return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys,
-                      ensure_ascii=ensure_ascii)
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Unsafe attribute access (``__class__``, ``__globals__``, ...) raises at once instead of
-    quietly rendering as an empty Undefined."""
-
-    def unsafe_undefined(self, obj, attribute):
-        raise SecurityError(f"access to attribute {attribute!r} of a "
-                            f"{type(obj).__name__!r} object is unsafe")
-
-
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt, time.localtime())
-    env.filters["tojson"] = _tojson  # HF/llama.cpp style: no HTML escaping
-    return env
-
-
-_ENV = _environment()
-
-
 def _special_text(metadata: Mapping | None, key: str) -> str:
     if not metadata or metadata.get(key) is None:
         return ""
@@ -125,34 +92,134 @@ def _special_text(metadata: Mapping | None, key: str) -> str:
     return tokens[i] if 0 <= i < len(tokens) else ""
 
 
+def _content_text(i: int, content) -> str:
+    """Message content as the template sees it: a string; OpenAI content parts joined as
+    messages_inp_normalizer::concat_content_parts (a newline between text parts, none around a
+    media marker)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ChatTemplateError(f"message {i}: 'content' must be a string or a list of parts, "
+                                f"got {type(content).__name__}")
+    text, after_media = "", False
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind not in ("text", "media_marker") or not isinstance(part.get("text", ""), str):
+            raise ChatTemplateError(f"message {i}: unsupported content part {part!r} (only "
+                                    f"{{'type': 'text', 'text': ...}} parts are supported)")
+        if kind == "text" and text and not after_media:
+            text += "\n"
+        text += part.get("text", "")
+        after_media = kind == "media_marker"
+    return text
+
+
+def _tool_call(i: int, call) -> dict:
+    """One OpenAI tool call as common_chat_msg::to_json_oaicompat writes it (arguments as a
+    JSON string; ids only when given)."""
+    fn = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(fn, Mapping) or call.get("type") != "function" or "name" not in fn \
+            or "arguments" not in fn:
+        raise ChatTemplateError(f"message {i}: a tool call needs type 'function' and a function "
+                                f"with 'name' and 'arguments', got {call!r}")
+    args = fn["arguments"]
+    if not isinstance(args, str):
+        args = json.dumps(args, separators=(",", ":"), ensure_ascii=False)  # nlohmann dump()
+    out = {"type": "function", "function": {"name": fn["name"], "arguments": args}}
+    if call.get("id"):
+        out["id"] = call["id"]
+    return out
+
+
+def _template_message(i: int, m) -> dict:
+    """common_chat_msgs_parse_oaicompat then to_json_oaicompat: the keys a template sees."""
+    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+        raise ChatTemplateError(f"message {i} needs a string 'role' and a 'content', got {m!r}")
+    if "content" not in m and "tool_calls" not in m:
+        raise ChatTemplateError(f"message {i} needs 'role' and 'content' (or 'tool_calls'), "
+                                f"got {sorted(m)}")
+    out = {"role": m["role"], "content": _content_text(i, m.get("content"))}
+    for key in ("reasoning_content", "name", "tool_call_id"):
+        if m.get(key):
+            out[key] = m[key]
+    if m.get("tool_calls"):
+        if not isinstance(m["tool_calls"], list):
+            raise ChatTemplateError(f"message {i}: 'tool_calls' must be a list")
+        out["tool_calls"] = [_tool_call(i, c) for c in m["tool_calls"]]
+    return out
+
+
+def template_messages(messages: Sequence[Message], caps: TemplateCaps = TemplateCaps(),
+                      source: str = "") -> list[dict]:
+    """The messages llama.cpp hands to a Jinja template (common_chat_templates_apply_jinja):
+    normalised OpenAI messages, "developer" mapped to "system" (except for GPT-OSS templates,
+    which have a <|channel|>), and the workarounds the template's caps call for:
+
+    - no system role: a leading system message is prepended to the next message's content with a
+      "\n" between (whatever that message's role); a lone system message is dropped. Only the
+      first message is folded (workaround::system_message_not_supported).
+    - object arguments: tool-call arguments given as JSON strings are parsed
+      (workaround::func_args_not_string)."""
+    msgs = [_template_message(i, m) for i, m in enumerate(messages)]
+    if "<|channel|>" not in source:
+        for m in msgs:
+            if m["role"] == "developer":
+                m["role"] = "system"
+    if not caps.supports_system_role and msgs and msgs[0]["role"] == "system":
+        system = msgs.pop(0)
+        if msgs:
+            msgs[0]["content"] = system["content"] + "\n" + msgs[0]["content"]
+    if caps.supports_object_arguments:
+        for i, m in enumerate(msgs):
+            for call in m.get("tool_calls", []):
+                try:
+                    call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+                except json.JSONDecodeError as e:
+                    raise ChatTemplateError(f"message {i}: tool call arguments are not valid "
+                                            f"JSON: {e}") from None
+    return msgs
+
+
 def render_jinja(source: str, messages: Sequence[Message], *, bos_token: str = "",
-                 eos_token: str = "", add_generation_prompt: bool = True, **extra) -> str:
-    """Render one Jinja chat template in the sandbox."""
-    try:
-        tmpl = _ENV.from_string(source)
-        return tmpl.render(messages=[dict(m) for m in messages], bos_token=bos_token,
-                           eos_token=eos_token, add_generation_prompt=add_generation_prompt,
-                           **extra)
-    except ChatTemplateError:
-        raise
-    except SecurityError as e:
-        raise ChatTemplateError(f"chat template tried an unsafe operation (blocked by the "
-                                f"sandbox): {e}") from None
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+                 eos_token: str = "", add_generation_prompt: bool = True,
+                 tools: list | None = None, **extra) -> str:
+    """Render one Jinja chat template in the sandbox as llama.cpp's jinja mode does
+    (common_chat_templates_apply with use_jinja, common_chat_template_direct_apply_impl).
+
+    The messages go through template_messages with the template's caps (so a template without a
+    system role gets the system prompt folded into the first turn); the context holds bos_token,
+    eos_token, enable_thinking=true, datetime ("%b %d %Y") and date_string ("%d %b %Y"),
+    `tools` only when non-empty, add_generation_prompt only when true (as llama.cpp, it is
+    undefined otherwise), then `extra`."""
+    if tools is not None and not isinstance(tools, list):
+        raise ChatTemplateError(f"tools must be a list of tool objects, got {type(tools).__name__}")
+    msgs = template_messages(messages, template_caps(source), source)
+    now = time.localtime()
+    context: dict[str, Any] = {"messages": msgs, "bos_token": bos_token, "eos_token": eos_token,
+                               "enable_thinking": True,
+                               "datetime": time.strftime("%b %d %Y", now),
+                               "date_string": time.strftime("%d %b %Y", now)}
+    if tools:
+        context["tools"] = tools
+    if add_generation_prompt:
+        context["add_generation_prompt"] = True
+    context.update(extra)
+    return render_template(source, context)
 
 
 def render_chat(messages: Sequence[Message], template: str = "gguf", *,
-                metadata: Mapping | None = None, add_generation_prompt: bool = True) -> str:
-    """The prompt text for `messages` ([{"role", "content"}, ...]).
+                metadata: Mapping | None = None, add_generation_prompt: bool = True,
+                tools: list | None = None) -> str:
+    """The prompt text for `messages` (OpenAI chat messages: {"role", "content"}, assistant
+    "tool_calls", role "tool" with "tool_call_id").
 
     template: "gguf" (tokenizer.chat_template of `metadata`), a built-in name (BUILTIN_TEMPLATES),
-    or a Jinja template string."""
-    for i, m in enumerate(messages):
-        if "role" not in m or "content" not in m:
-            raise ChatTemplateError(f"message {i} needs 'role' and 'content', got {sorted(m)}")
+    or a Jinja template string. `tools` (OpenAI tool objects) reach Jinja templates only, as in
+    llama.cpp, whose built-in formats ignore them."""
     if template in BUILTIN_TEMPLATES:
-        return BUILTIN_TEMPLATES[template](messages, add_generation_prompt)
+        return BUILTIN_TEMPLATES[template](template_messages(messages), add_generation_prompt)
     if template == "gguf":
         if not metadata or not metadata.get(Keys.Tokenizer.CHAT_TEMPLATE):
             raise ChatTemplateError(f"template='gguf' but the metadata has no "
@@ -166,7 +233,7 @@ def render_chat(messages: Sequence[Message], template: str = "gguf", *,
     bos = _special_text(metadata, Keys.Tokenizer.BOS_ID)
     eos = _special_text(metadata, Keys.Tokenizer.EOS_ID)
     out = render_jinja(source, messages, bos_token=bos, eos_token=eos,
-                       add_generation_prompt=add_generation_prompt)
+                       add_generation_prompt=add_generation_prompt, tools=tools)
     # the tokenizer adds BOS / EOS itself: do not double them (common_chat_template_direct_apply)
     # (SentencePiece vocabularies add BOS unless the metadata says otherwise, as llama_vocab)
     spm = bool(metadata) and metadata.get(Keys.Tokenizer.MODEL) == "llama"
