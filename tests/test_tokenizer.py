@@ -145,6 +145,8 @@ def test_spm_invalid_utf8_bytes_become_byte_tokens(tokenizers):
 
 def test_unsupported_metadata():
     with pytest.raises(TokenizerError, match="tokenizer.ggml.model"):
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
+    with pytest.raises(TokenizerError, match="tokenizer.ggml.model"):  # WordPiece needs an unknown token
         Tokenizer.from_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(TokenizerError, match="tokenizer.ggml.pre"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "nope",

@@ -1,9 +1,10 @@
-"""Byte-level BPE merges of one pre-tokenized word, as llama.cpp's `llm_tokenizer_bpe_session`.
+"""BPE merges of one pre-tokenized word, as llama.cpp's `llm_tokenizer_bpe_session`.
 
-Every word starts as one symbol per character (of its GPT-2 byte-level form); the adjacent pair
-with the lowest merge rank is merged first (ties: leftmost), entries made stale by an earlier
-merge are skipped when popped. Symbols that end up outside the vocabulary fall back to one token
-per UTF-8 byte where such single-byte tokens exist (and are dropped otherwise, as llama.cpp does).
+Every word starts as one symbol per character (of its GPT-2 byte-level form, or of the raw text
+for SPM-style BPE such as Gemma-4); the adjacent pair with the lowest merge rank is merged first
+(ties: leftmost), entries made stale by an earlier merge are skipped when popped. Symbols that end
+up outside the vocabulary fall back to one token per UTF-8 byte where such byte tokens exist (and
+are dropped otherwise, as llama.cpp does).
 """
 from __future__ import annotations
 
@@ -45,12 +46,19 @@ def bpe_merge(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
 
 
 class BPEWordCache:
-    """word -> token ids, memoized: real text repeats its words a lot (a novel: ~10x)."""
+    """word -> token ids, memoized: real text repeats its words a lot (a novel: ~10x).
 
-    def __init__(self, token_to_id: dict[str, int], bytes_to_id: dict[bytes, int],
-                 ranks: dict[tuple[str, str], int], ignore_merges: bool):
-        self.token_to_id, self.bytes_to_id, self.ranks = token_to_id, bytes_to_id, ranks
-        self.ignore_merges = ignore_merges
+    `byte_tokens[b]` is the fallback token of byte b for a final symbol outside the vocabulary
+    (None: the byte is dropped, as llama.cpp does). `whole_newlines`: a word made only of "\n"
+    that is a token is taken whole (llama.cpp's Gemma-4 fix in llm_tokenizer_bpe_session)."""
+
+    def __init__(self, token_to_id: dict[str, int], ranks: dict[tuple[str, str], int],
+                 ignore_merges: bool, byte_tokens: list[int | None], whole_newlines: bool = False):
+        if len(byte_tokens) != 256:
+            raise ValueError(f"byte_tokens must have 256 entries, not {len(byte_tokens)}")
+        self.token_to_id, self.ranks = token_to_id, ranks
+        self.ignore_merges, self.whole_newlines = ignore_merges, whole_newlines
+        self.byte_tokens = byte_tokens
         self.cache: dict[str, list[int]] = {}
 
     def __call__(self, word: str) -> list[int]:
@@ -60,7 +68,8 @@ class BPEWordCache:
         return ids
 
     def _tokenize(self, word: str) -> list[int]:
-        if self.ignore_merges and word in self.token_to_id:
+        whole = self.ignore_merges or (self.whole_newlines and not word.strip("\n"))
+        if whole and word in self.token_to_id:
             return [self.token_to_id[word]]  # the whole word is a token: no merges needed
         out = []
         for sym in bpe_merge(word, self.ranks):
@@ -68,8 +77,8 @@ class BPEWordCache:
             if tok is not None:
                 out.append(tok)
                 continue
-            for b in sym.encode("utf-8"):  # per raw byte of the symbol's text
-                tok = self.bytes_to_id.get(bytes([b]))
+            for b in sym.encode("utf-8", "surrogatepass"):  # per raw byte of the symbol's text
+                tok = self.byte_tokens[b]
                 if tok is not None:
                     out.append(tok)
         return out

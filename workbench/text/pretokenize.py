@@ -1,80 +1,27 @@
-"""Byte-level BPE pre-tokenization, as llama.cpp's `unicode_regex_split` (src/unicode.cpp).
+"""BPE pre-tokenization, as llama.cpp's `unicode_regex_split` (src/unicode.cpp).
 
 Text is cut into "words" before BPE merges run, by a list of regexes chosen by `tokenizer.ggml.pre`.
-llama.cpp does not run those regexes with a Unicode regex engine: the three most common patterns
-(GPT-2, Llama-3, Qwen2) have hand-written splitters (`unicode_regex_split_custom_*`), and every
-other pattern runs through std::regex on a *collapsed* text where each non-ASCII codepoint is
-replaced by one byte standing for its Unicode category (0xD1 = \\p{N}, 0xD2 = \\p{L}, ...).
-Both are reproduced here, so the split matches llama.cpp, quirks included (e.g. `\\s` never
-matches U+001C..U+001F, categories come from llama.cpp's Unicode 15.1 table).
+llama.cpp does not run those regexes with a Unicode regex engine: the most common patterns
+(GPT-2, Llama-3, Qwen2, Qwen3.5, Gemma-4's newline split) have hand-written splitters
+(`unicode_regex_split_custom_*`); a pattern with \\p{..} classes runs through std::regex on a
+*collapsed* text where each non-ASCII codepoint is replaced by one byte standing for its Unicode
+category (0xD1 = \\p{N}, 0xD2 = \\p{L}, ...); any other pattern (DeepSeek's spelled-out ranges)
+runs through std::wregex on the codepoints, non-ASCII spaces turned into \\v. All three are
+reproduced here, so the split matches llama.cpp, quirks included (e.g. `\\s` never matches
+U+001C..U+001F, categories come from llama.cpp's Unicode 15.1 table: workbench.text.unicode_data).
 
 A split is a list of lengths in codepoints ("offsets"); each regex refines the previous split.
 """
 from __future__ import annotations
 
 import re
-import unicodedata
+from typing import NamedTuple
 
-# --- codepoint flags (unicode.h: unicode_cpt_flags) -------------------------------------------
-UNDEFINED, NUMBER, LETTER, SEPARATOR = 0x0001, 0x0002, 0x0004, 0x0008
-MARK, PUNCTUATION, SYMBOL, CONTROL = 0x0010, 0x0020, 0x0040, 0x0080
-MASK_CATEGORIES, WHITESPACE = 0x00FF, 0x0100
+from workbench.text.unicode_data import (LETTER, MARK, MASK_CATEGORIES, NUMBER, PUNCTUATION, SYMBOL,
+                                         WHITESPACE, cpt_flags, cpt_tolower)
 
-_CATEGORY_FLAG = {"C": CONTROL, "L": LETTER, "M": MARK, "N": NUMBER, "P": PUNCTUATION,
-                  "S": SYMBOL, "Z": SEPARATOR}
-
-# unicode-data.cpp's `unicode_set_whitespace`: note U+001C..U+001F are *not* whitespace there
-# (Python's str.isspace says they are), U+0085 and U+00A0 are.
-WHITESPACE_CPTS = frozenset([0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680,
-                             *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
-
-# llama.cpp's table was generated from Unicode 15.1; Python 3.11's unicodedata is 14.0. These are
-# the codepoints assigned between the two (unassigned "Cn" in 14.0), with their 15.1 category.
-_UNICODE_15_1_ADDITIONS = (
-    (0x00CF3, 0x00CF3, "M"), (0x00ECE, 0x00ECE, "M"), (0x02FFC, 0x02FFF, "S"),
-    (0x031EF, 0x031EF, "S"), (0x10EFD, 0x10EFF, "M"), (0x1123F, 0x11240, "L"),
-    (0x11241, 0x11241, "M"), (0x11B00, 0x11B09, "P"), (0x11F00, 0x11F01, "M"),
-    (0x11F02, 0x11F02, "L"), (0x11F03, 0x11F03, "M"), (0x11F04, 0x11F10, "L"),
-    (0x11F12, 0x11F33, "L"), (0x11F34, 0x11F3A, "M"), (0x11F3E, 0x11F42, "M"),
-    (0x11F43, 0x11F4F, "P"), (0x11F50, 0x11F59, "N"), (0x1342F, 0x1342F, "L"),
-    (0x13439, 0x1343F, "C"), (0x13440, 0x13440, "M"), (0x13441, 0x13446, "L"),
-    (0x13447, 0x13455, "M"), (0x1B132, 0x1B132, "L"), (0x1B155, 0x1B155, "L"),
-    (0x1D2C0, 0x1D2D3, "N"), (0x1DF25, 0x1DF2A, "L"), (0x1E030, 0x1E06D, "L"),
-    (0x1E08F, 0x1E08F, "M"), (0x1E4D0, 0x1E4EB, "L"), (0x1E4EC, 0x1E4EF, "M"),
-    (0x1E4F0, 0x1E4F9, "N"), (0x1F6DC, 0x1F6DC, "S"), (0x1F774, 0x1F776, "S"),
-    (0x1F77B, 0x1F77F, "S"), (0x1F7D9, 0x1F7D9, "S"), (0x1FA75, 0x1FA77, "S"),
-    (0x1FA87, 0x1FA88, "S"), (0x1FAAD, 0x1FAAF, "S"), (0x1FABB, 0x1FABD, "S"),
-    (0x1FABF, 0x1FABF, "S"), (0x1FACE, 0x1FACF, "S"), (0x1FADA, 0x1FADB, "S"),
-    (0x1FAE8, 0x1FAE8, "S"), (0x1FAF7, 0x1FAF8, "S"), (0x2B739, 0x2B739, "L"),
-    (0x2EBF0, 0x2EE5D, "L"), (0x31350, 0x323AF, "L"),
-)
-
-_flag_cache: dict[int, int] = {}
-
-
-def cpt_flags(cpt: int) -> int:
-    """Category flag (+ WHITESPACE bit) of one codepoint, as `unicode_cpt_flags_from_cpt`."""
-    f = _flag_cache.get(cpt)
-    if f is None:
-        cat = unicodedata.category(chr(cpt)) if cpt < 0x110000 else "Cn"
-        if cat == "Cn":
-            f = UNDEFINED
-            for lo, hi, c in _UNICODE_15_1_ADDITIONS:
-                if lo <= cpt <= hi:
-                    f = _CATEGORY_FLAG[c]
-                    break
-        else:
-            f = _CATEGORY_FLAG[cat[0]]
-        if cpt in WHITESPACE_CPTS:
-            f |= WHITESPACE
-        _flag_cache[cpt] = f
-    return f
-
-
-def cpt_tolower(cpt: int) -> int:
-    """Simple (one-codepoint) lowercase mapping, as `unicode_tolower`."""
-    low = chr(cpt).lower()
-    return ord(low) if len(low) == 1 else cpt
+__all__ = ["BYTE_TO_UNICODE", "UNICODE_TO_BYTE", "PRE_TOKENIZERS", "PreTokenizer", "byte_encode",
+           "cpt_flags", "regex_split", "GPT2", "LLAMA3", "QWEN2", "QWEN35", "NEWLINES"]
 
 
 # --- GPT-2 byte <-> unicode mapping (unicode_byte_to_utf8_map) --------------------------------
@@ -161,9 +108,12 @@ def _split_gpt2(cpts: list[int], flg: list[int], offsets: list[int]) -> list[int
     return out
 
 
-def _split_llama3(cpts: list[int], flg: list[int], offsets: list[int], max_digits: int) -> list[int]:
+def _split_llama3(cpts: list[int], flg: list[int], offsets: list[int], max_digits: int,
+                  letters: int = LETTER) -> list[int]:
     """(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,max_digits}|
-    ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+   (Llama-3: 3 digits, Qwen2: 1)"""
+    ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+   (Llama-3: 3 digits, Qwen2: 1)
+
+    With letters=LETTER|MARK, \\p{L} reads [\\p{L}\\p{M}] (Qwen3.5: unicode_regex_split_custom_qwen35)."""
     out: list[int] = []
     start = 0
     for n in offsets:
@@ -188,9 +138,9 @@ def _split_llama3(cpts: list[int], flg: list[int], offsets: list[int], max_digit
                     out.append(3); pos += 3; continue
             # '[^\r\n\p{L}\p{N}]?\p{L}+'
             if not (cpt == _CR or cpt == _LF or flags & NUMBER):
-                if flags & LETTER or F(pos + 1) & LETTER:
+                if flags & letters or F(pos + 1) & letters:
                     pos += 1
-                    while F(pos) & LETTER:
+                    while F(pos) & letters:
                         pos += 1
                     out.append(pos - first); continue
             if flags & NUMBER:  # '\p{N}{1,max_digits}'
@@ -203,11 +153,11 @@ def _split_llama3(cpts: list[int], flg: list[int], offsets: list[int], max_digit
                 continue
             # ' ?[^\s\p{L}\p{N}]+[\r\n]*' (the "any flag" test looks at the current char)
             f2 = F(pos + 1) if cpt == _SP else flags
-            if flags and not f2 & (WHITESPACE | LETTER | NUMBER):
+            if flags and not f2 & (WHITESPACE | letters | NUMBER):
                 pos += cpt == _SP
                 while True:
                     f = F(pos)
-                    if not f or f & (WHITESPACE | LETTER | NUMBER):
+                    if not f or f & (WHITESPACE | letters | NUMBER):
                         break
                     pos += 1
                 while C(pos) in (_CR, _LF):
@@ -274,13 +224,20 @@ def _collapsed_text(cpts: list[int], flg: list[int]) -> str:
 
 
 _compiled: dict[str, re.Pattern] = {}
+_BARE_DOLLAR = re.compile(r"(?<!\\)((?:\\\\)*)\$")
+
+
+def _ecma_to_python(expr: str) -> str:
+    """ECMAScript `$` (no multiline) matches only at the very end; Python's also matches before a
+    final newline, so it becomes `\\Z`. (No pattern in the table puts a `$` inside [...].)"""
+    return _BARE_DOLLAR.sub(lambda m: m.group(1) + r"\Z", expr)
 
 
 def _split_regex(text: str, expr: str, offsets: list[int]) -> list[int]:
     """Matches and the gaps between them become words, within each existing word."""
     pat = _compiled.get(expr)
     if pat is None:
-        pat = _compiled[expr] = re.compile(expr, re.ASCII)
+        pat = _compiled[expr] = re.compile(_ecma_to_python(expr), re.ASCII)
     out: list[int] = []
     start = 0
     for n in offsets:
@@ -296,22 +253,74 @@ def _split_regex(text: str, expr: str, offsets: list[int]) -> list[int]:
     return out
 
 
+def _split_newlines(cpts: list[int], flg: list[int], offsets: list[int]) -> list[int]:
+    """[^\n]+|[\n]+ : runs of newlines and runs of anything else (unicode_regex_split_custom_newlines)."""
+    out: list[int] = []
+    start = 0
+    for n in offsets:
+        pos, end = start, start + n
+        while pos < end:
+            first, is_nl = pos, cpts[pos] == _LF
+            while pos < end and (cpts[pos] == _LF) == is_nl:
+                pos += 1
+            out.append(pos - first)
+        start = end
+    return out
+
+
 # --- the pattern lists per pre-tokenizer (llm_tokenizer_bpe constructor) -----------------------
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
           r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|"
          r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN35 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|"
+          r"\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+NEWLINES = r"[^\n]+|[\n]+"
 
 _CUSTOM = {GPT2: _split_gpt2,
            LLAMA3: lambda c, f, o: _split_llama3(c, f, o, 3),
-           QWEN2: lambda c, f, o: _split_llama3(c, f, o, 1)}
+           QWEN2: lambda c, f, o: _split_llama3(c, f, o, 1),
+           QWEN35: lambda c, f, o: _split_llama3(c, f, o, 1, LETTER | MARK),
+           NEWLINES: _split_newlines}
 
 _DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]
 _FALCON = [r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"]
+# DeepSeek's letter class is spelled out range by range (no \p{..}): std::wregex runs it on the
+# codepoints themselves, comparing range bounds by value, as Python's re does.
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af"
+    "\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1"
+    "\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5"
+    "\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a"
+    "\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d"
+    "\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3"
+    "\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115"
+    "\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f"
+    "\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3"
+    "\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f"
+    "\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2"
+    "\U000118a0-\U000118df\U0001e900-\U0001e943")
+_CJK_HANGUL = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+_DEEPSEEK_LLM = ["[\r\n]", "\\s?[" + _DEEPSEEK_LETTERS + "]+",
+                 "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+                 "\\s+$", _CJK_HANGUL, "\\p{N}+"]
+_DEEPSEEK_CODER = ["[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", _CJK_HANGUL, "\\p{N}"]
 
-# tokenizer.ggml.pre -> (regexes, clean_spaces, ignore_merges, add_bos default) (llama_vocab::load)
-PRE_TOKENIZERS: dict[str, tuple[list[str], bool, bool, bool | None]] = {}
+
+class PreTokenizer(NamedTuple):
+    """What `tokenizer.ggml.pre` selects (llama_vocab::impl::load + llm_tokenizer_bpe)."""
+    regexes: list[str]                 # applied in turn, each refining the previous split
+    clean_spaces: bool                 # detokenize drops " ," etc.
+    ignore_merges: bool                # a word that is a token is taken whole
+    add_bos: bool | None               # default for add_bos (None: the BPE default, False)
+    byte_encode: bool = True           # words in GPT-2 byte-level form (False: raw UTF-8)
+    escape_whitespaces: bool = False   # spaces become U+2581 before splitting (SPM-style BPE)
+
+
+# tokenizer.ggml.pre -> PreTokenizer
+PRE_TOKENIZERS: dict[str, PreTokenizer] = {}
 for _names, _cfg in [
     (["default"], (_DEFAULT, True, False, None)),
     (["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
@@ -328,10 +337,14 @@ for _names, _cfg in [
      ([r"\p{N}", GPT2], True, False, None)),
     (["smollm", "command-r"], ([r"\p{N}", GPT2], False, False, None)),
     (["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan"], ([QWEN2], False, False, None)),
+    (["qwen35"], ([QWEN35], False, False, None)),
     (["stablelm2", "megrez"], ([QWEN2], True, False, None)),
+    (["deepseek-llm"], (_DEEPSEEK_LLM, False, False, None)),
+    (["deepseek-coder"], (_DEEPSEEK_CODER, False, False, None)),
+    (["gemma4", "granite-embed-multi-311m"], ([NEWLINES], True, False, True, False, True)),
 ]:
     for _n in _names:
-        PRE_TOKENIZERS[_n] = _cfg
+        PRE_TOKENIZERS[_n] = PreTokenizer(*_cfg)
 
 
 def regex_split(text: str, exprs: list[str], encode_bytes: bool = True) -> list[str]:

@@ -4,10 +4,10 @@
     ids = tok.tokenize("Hello world")                  # llama_tokenize(add_special=True)
     text = tok.detokenize(ids)                         # llama_detokenize
 
-Two vocabulary types: SentencePiece-style ("llama", workbench.text.spm) and byte-level BPE ("gpt2",
-workbench.text.bpe with workbench.text.pretokenize). Special tokens are cut out of the text first
-(`_partition`, as tokenizer_st_partition); token attributes, EOG set and defaults follow
-`llama_vocab::impl::load`.
+Three vocabulary types: SentencePiece-style ("llama", workbench.text.spm), BPE ("gpt2" byte-level, and
+"gemma4" SPM-style on raw UTF-8: workbench.text.bpe with workbench.text.pretokenize) and WordPiece
+("bert", workbench.text.wpm). Special tokens are cut out of the text first (`_partition`, as
+tokenizer_st_partition); token attributes, EOG set and defaults follow `llama_vocab::impl::load`.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from workbench.gguf import Keys
 from workbench.text.bpe import BPEWordCache
 from workbench.text.pretokenize import BYTE_TO_UNICODE, PRE_TOKENIZERS, UNICODE_TO_BYTE, regex_split
 from workbench.text.spm import SPACE, bridge_chars, split_words, spm_tokenize
+from workbench.text.unicode_data import cpts_from_utf8
+from workbench.text.wpm import WordPiece
 
 
 class TokenizerError(ValueError):
@@ -48,18 +50,28 @@ _EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "
               "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>",
               "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[")
 _FIM_TEXTS = {
+    "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+            "<|code_prefix|>", "<|prefix|>"),
+    "suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+            "<|code_suffix|>", "<|suffix|>"),
+    "mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+            "<|code_middle|>", "<|middle|>"),
     "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
     "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
     "sep": ("<|file_sep|>",),
 }
+_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 _C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale
 _INVALID_BYTE = re.compile("[\udc80-\udcff]")  # surrogateescape'd bytes of invalid UTF-8
+# pre-tokenizer names llama.cpp maps to its Gemma-4 type: add_bos forced on, whatever the metadata
+# says, and a word of newlines that is a token is taken whole
+_GEMMA4_PRE = ("gemma4", "granite-embed-multi-311m")
 
 
 @dataclass
 class Tokenizer:
-    kind: str                           # "spm" or "bpe"
-    tokens: list[str] = field(repr=False)  # token texts (GPT-2 byte-level form for BPE)
+    kind: str                           # "spm", "bpe" or "wpm"
+    tokens: list[str] = field(repr=False)  # token texts (GPT-2 byte-level form for byte-level BPE)
     scores: list[float] = field(repr=False)
     attrs: list[int] = field(repr=False)  # ATTR_* bits per token
     bos_id: int | None
@@ -74,6 +86,9 @@ class Tokenizer:
     eog_ids: frozenset[int] = frozenset()
     merges: list[str] = field(default_factory=list, repr=False)
     ignore_merges: bool = False
+    sep_id: int | None = None           # WPM: appended after the text when add_special
+    lowercase: bool = True              # WPM normalizer (tokenizer.ggml.normalizer.*)
+    strip_accents: bool = True
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -92,25 +107,32 @@ class Tokenizer:
         if len(scores) < n or len(attrs) < n:
             raise TokenizerError(f"tokenizer scores/token_type shorter than the {n} tokens")
         pre, merges, ignore_merges, clean_spaces = "default", [], False, False
+        sep = None
         if model == "llama":
             kind, bos, eos, unk = "spm", 1, 2, 0
             add_space_prefix, add_bos, add_eos = True, True, False
-        elif model == "gpt2":
-            kind, bos, eos, unk = "bpe", 11, 11, None
+        elif model in ("gpt2", "gemma4"):
+            kind, bos, eos, unk = ("bpe", 11, 11, None) if model == "gpt2" else ("bpe", None, None, None)
             add_space_prefix, add_bos, add_eos = False, False, False
-            pre = md.get(Keys.Tokenizer.PRE) or "default"
+            # gemma4 always means the "gemma4" pre-tokenizer (llama_vocab::impl::load)
+            pre = (md.get(Keys.Tokenizer.PRE) or "default") if model == "gpt2" else "gemma4"
             if pre not in PRE_TOKENIZERS:
                 raise TokenizerError(f"unsupported {Keys.Tokenizer.PRE} = {pre!r} "
                                      f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
-            _, clean_spaces, ignore_merges, pre_add_bos = PRE_TOKENIZERS[pre]
-            if pre_add_bos is not None:
-                add_bos = pre_add_bos
+            cfg = PRE_TOKENIZERS[pre]
+            clean_spaces, ignore_merges = cfg.clean_spaces, cfg.ignore_merges
+            if cfg.add_bos is not None:
+                add_bos = cfg.add_bos
             merges = md.get(Keys.Tokenizer.MERGES)
             if merges is None:
                 raise TokenizerError(f"BPE tokenizer without {Keys.Tokenizer.MERGES!r}")
+        elif model == "bert":
+            kind, bos, eos, unk, sep = "wpm", 101, None, 100, 102
+            add_space_prefix, add_bos, add_eos, clean_spaces = False, True, False, True
         else:
-            raise TokenizerError(f"unsupported {Keys.Tokenizer.MODEL} = {model!r} "
-                                 "(supported: 'llama' (SentencePiece), 'gpt2' (byte-level BPE))")
+            raise TokenizerError(f"unsupported {Keys.Tokenizer.MODEL} = {model!r} (supported: 'llama' "
+                                 "(SentencePiece), 'gpt2' (byte-level BPE), 'gemma4' (SPM-style BPE), "
+                                 "'bert' (WordPiece))")
         add_space_prefix = bool(md.get(Keys.Tokenizer.ADD_SPACE_PREFIX, add_space_prefix))
 
         def special_id(key, default):
@@ -121,40 +143,24 @@ class Tokenizer:
         bos, eos, unk = (special_id(Keys.Tokenizer.BOS_ID, bos), special_id(Keys.Tokenizer.EOS_ID, eos),
                          special_id(Keys.Tokenizer.UNK_ID, unk))
         eot, eom = special_id(Keys.Tokenizer.EOT_ID, None), special_id(Keys.Tokenizer.EOM_ID, None)
+        sep = special_id(Keys.Tokenizer.SEP_ID, sep)
         fim = {k: special_id(key, None) for k, key in _FIM_KEYS.items()}
-        add_bos = bool(md.get(Keys.Tokenizer.ADD_BOS, add_bos))
+        add_bos = bool(md.get(Keys.Tokenizer.ADD_BOS, add_bos)) or pre in _GEMMA4_PRE
         add_eos = bool(md.get(Keys.Tokenizer.ADD_EOS, add_eos))
-
-        # text-based detection of EOT / FIM / EOG tokens; they are forced to CONTROL. llama.cpp
-        # walks a hash map here; we walk ids in order (only matters if several texts match).
-        index = {t: i for i, t in enumerate(tokens)}
-        if eot is None:
-            eot = next((index[t] for t in sorted((t for t in _EOT_TEXTS if t in index),
-                                                  key=index.get)), None)
-        if eot is not None:
-            attrs[eot] |= ATTR_CONTROL
-        if eom is None and "<|eom_id|>" in index:
-            eom = index["<|eom_id|>"]
-            attrs[eom] |= ATTR_CONTROL
-        for k, texts in _FIM_TEXTS.items():
-            if fim[k] is None:
-                hits = sorted(index[t] for t in texts if t in index)
-                if hits:
-                    fim[k] = hits[0]
-                    attrs[hits[0]] |= ATTR_CONTROL
-        for i, t in enumerate(tokens):  # control tokens named "unused" are unused
-            if attrs[i] & ATTR_CONTROL and "unused" in t:
-                attrs[i] |= ATTR_UNUSED
-        eog = {i for i in (fim["pad"], fim["rep"], fim["sep"]) if i is not None}
-        for t in _EOG_TEXTS:
-            if t in index:
-                eog.add(index[t])
-                attrs[index[t]] |= ATTR_CONTROL
-        eog |= {i for i in (eos, eot, eom) if i is not None}
+        # BertNormalizer options (on unless the metadata says no): strip_accents follows lowercase
+        lowercase = bool(md.get(Keys.Tokenizer.NORMALIZER_LOWERCASE, True))
+        strip_accents = bool(md.get(Keys.Tokenizer.NORMALIZER_STRIP_ACCENTS, lowercase))
+        if kind == "wpm" and unk is None:
+            raise TokenizerError(f"{Keys.Tokenizer.MODEL} = 'bert' (WordPiece) needs an unknown token for "
+                                 f"words it cannot spell: {Keys.Tokenizer.UNK_ID} is missing or out of range "
+                                 f"and token 100 does not exist")
+        eot, eog = _special_by_text(tokens, attrs, eos, eot, eom, fim)
+        _special_by_model_name(md, tokens, attrs)
         return cls(kind=kind, tokens=tokens, scores=scores, attrs=attrs, bos_id=bos, eos_id=eos,
                    eot_id=eot, unk_id=unk, add_bos=add_bos, add_eos=add_eos,
                    add_space_prefix=add_space_prefix, clean_spaces=clean_spaces, pre=pre,
-                   eog_ids=frozenset(eog), merges=list(merges), ignore_merges=ignore_merges)
+                   eog_ids=frozenset(eog), merges=list(merges), ignore_merges=ignore_merges,
+                   sep_id=sep, lowercase=lowercase, strip_accents=strip_accents)
 
     def __post_init__(self):
         self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
@@ -163,6 +169,7 @@ class Tokenizer:
         special = [i for i, a in enumerate(self.attrs)
                    if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
         self._special = sorted(special, key=lambda i: -len(self._text_bytes(i)))
+        self._escape_spaces = self.kind == "bpe" and PRE_TOKENIZERS[self.pre].escape_whitespaces
         self._pieces = [self._piece_uncached(i) for i in range(len(self.tokens))]
         if self.kind == "spm":
             self._bridges = bridge_chars(self.tokens)
@@ -173,8 +180,19 @@ class Tokenizer:
                 pos = m.find(" ", 1)
                 pair = (m[:pos], m[pos + 1:]) if pos >= 0 else ("", "")
                 ranks.setdefault(pair, rank)  # first occurrence wins (unordered_map::emplace)
-            self._regexes = PRE_TOKENIZERS[self.pre][0]
-            self._words = BPEWordCache(self.token_to_id, self.bytes_to_id, ranks, self.ignore_merges)
+            cfg = PRE_TOKENIZERS[self.pre]
+            self._regexes, self._byte_encode = cfg.regexes, cfg.byte_encode
+            if cfg.byte_encode:  # a symbol outside the vocabulary: its raw bytes as 1-byte tokens
+                byte_tokens = [self.bytes_to_id.get(bytes([b])) for b in range(256)]
+            else:  # raw UTF-8 (SPM-style BPE): byte tokens are <0xXX>
+                byte_tokens = [self.token_to_id.get(f"<0x{b:02X}>") for b in range(256)]
+            self._words = BPEWordCache(self.token_to_id, ranks, self.ignore_merges, byte_tokens,
+                                       whole_newlines=self.pre in _GEMMA4_PRE)
+        if self.kind == "wpm":
+            if self.unk_id is None:
+                raise TokenizerError("a WordPiece tokenizer needs unk_id")
+            longest = max((len(b) for b in self.bytes_to_id), default=0)
+            self._wordpiece = WordPiece(self.bytes_to_id, self.unk_id, longest)
 
     def _text_bytes(self, i: int) -> bytes:
         return self.tokens[i].encode("utf-8", "surrogateescape")
@@ -243,11 +261,13 @@ class Tokenizer:
         """llama_tokenize: BOS/EOS as the metadata says when add_special; special-token texts
         become their tokens only with parse_special."""
         if isinstance(text, (bytes, bytearray)):
-            # SPM works on raw bytes (invalid ones become byte tokens); BPE decodes codepoints
-            # first, each invalid byte becoming U+FFFD (unicode_cpts_from_utf8)
+            # SPM works on raw bytes (invalid ones become byte tokens); BPE and WPM decode
+            # codepoints first, each invalid byte becoming U+FFFD (unicode_cpts_from_utf8)
             text = (bytes(text).decode("utf-8", "surrogateescape") if self.kind == "spm"
-                    else _decode_like_llama(bytes(text)))
+                    else "".join(map(chr, cpts_from_utf8(bytes(text)))))
         frags = self._partition(text, parse_special) if text else []
+        if self.kind == "wpm":
+            return self._tokenize_wpm(frags, add_special)
         out: list[int] = []
         if add_special and self.add_bos:
             if self.bos_id is None:
@@ -279,12 +299,29 @@ class Tokenizer:
                 if isinstance(frag, int):
                     out.append(frag)
                     continue
-                for word in regex_split(frag, self._regexes):
+                if self._escape_spaces:  # SPM-style BPE (llama_escape_whitespace)
+                    frag = frag.replace(" ", SPACE)
+                for word in regex_split(frag, self._regexes, self._byte_encode):
                     out.extend(self._words(word))
         if add_special and self.add_eos:
             if self.eos_id is None:
                 raise TokenizerError("add_eos is set but the vocabulary has no EOS token")
             out.append(self.eos_id)
+        return out
+
+    def _tokenize_wpm(self, frags: list[str | int], add_special: bool) -> list[int]:
+        """The WPM branch of llama_vocab::impl::tokenize: with add_special the text is framed by
+        BOS ([CLS]) and SEP, whatever add_bos says."""
+        if add_special and (self.bos_id is None or self.sep_id is None):
+            raise TokenizerError("a WordPiece vocabulary needs BOS ([CLS]) and SEP tokens for add_special")
+        out = [self.bos_id] if add_special else []
+        for frag in frags:
+            if isinstance(frag, int):
+                out.append(frag)
+            else:
+                out.extend(self._wordpiece.tokenize(frag, self.lowercase, self.strip_accents))
+        if add_special:
+            out.append(self.sep_id)
         return out
 
     # ---- ids -> text -----------------------------------------------------------------------
@@ -294,7 +331,7 @@ class Tokenizer:
         if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED):
             return text.encode("utf-8", "surrogateescape")
         if attr & ATTR_NORMAL:
-            if self.kind == "spm":
+            if self.kind != "bpe" or self._escape_spaces:  # llama_unescape_whitespace
                 return text.replace("\u2581", " ").encode("utf-8", "surrogateescape")
             out = bytearray()
             for ch in text:  # llama_decode_text: GPT-2 characters back to bytes
@@ -345,6 +382,74 @@ class Tokenizer:
         return self.detokenize_bytes(ids, remove_special, unparse_special).decode("utf-8", "replace")
 
 
+def _special_by_text(tokens: list[str], attrs: list[int], eos: int | None, eot: int | None,
+                     eom: int | None, fim: dict[str, int | None]) -> tuple[int | None, set[int]]:
+    """EOT / EOM / FIM / EOG tokens found by their text, as llama_vocab::impl::load: they are forced
+    to CONTROL (attrs and fim are updated in place). Returns the EOT token and the end-of-generation
+    set. llama.cpp walks a hash map here; we walk ids in order (only matters if several texts match)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    if eot is None:
+        eot = next((index[t] for t in sorted((t for t in _EOT_TEXTS if t in index),
+                                              key=index.get)), None)
+    if eot is not None:
+        attrs[eot] |= ATTR_CONTROL
+    if eom is None and "<|eom_id|>" in index:
+        eom = index["<|eom_id|>"]
+        attrs[eom] |= ATTR_CONTROL
+    for k, texts in _FIM_TEXTS.items():
+        if fim[k] is None:
+            hits = sorted(index[t] for t in texts if t in index)
+            if hits:
+                fim[k] = hits[0]
+                attrs[hits[0]] |= ATTR_CONTROL
+    for i, t in enumerate(tokens):  # control tokens named "unused" are unused
+        if attrs[i] & ATTR_CONTROL and "unused" in t:
+            attrs[i] |= ATTR_UNUSED
+    eog = {i for i in (fim["pad"], fim["rep"], fim["sep"]) if i is not None}
+    for t in _EOG_TEXTS:
+        if t in index:
+            eog.add(index[t])
+            attrs[index[t]] |= ATTR_CONTROL
+    for t in _ALWAYS_RENDERED:  # gpt-oss: these are always rendered
+        if t in index:
+            attrs[index[t]] = ATTR_USER_DEFINED
+    eog |= {i for i in (eos, eot, eom) if i is not None}
+    texts = {tokens[i]: i for i in sorted(eog)}
+    has_call = "<|call|>" in texts or "<|calls|>" in texts
+    if "<|end|>" in texts and has_call and ("<|return|>" in texts or "<|flush|>" in texts):
+        end = texts["<|end|>"]  # o200k_harmony / solar-open: <|end|> ends no generation there
+        eog.discard(end)
+        attrs[end] = ATTR_USER_DEFINED
+    if "</s>" in texts and ("<|tool_response>" in texts or "<|plamo:eos|>" in texts):
+        eog.discard(texts["</s>"])  # Gemma-4, PLaMo: "</s>" is a normal token there
+        attrs[texts["</s>"]] = ATTR_NORMAL
+    return eot, eog
+
+
+def _special_by_model_name(md: Mapping, tokens: list[str], attrs: list[int]) -> None:
+    """LSTRIP / RSTRIP set by model, pre-tokenizer or architecture name (the end of
+    llama_vocab::impl::load), in place."""
+    index = {t: i for i, t in enumerate(tokens)}
+    name = str(md.get(Keys.General.NAME) or "").lower()
+    pre = str(md.get(Keys.Tokenizer.PRE) or "")
+    arch = str(md.get(Keys.General.ARCHITECTURE) or "")
+    if (any(k in pre for k in ("jina-v2-de", "jina-v2-es", "jina-v2-code"))
+            or any(k in arch for k in ("nomic-bert-moe", "jina-bert-v3"))):
+        if "<mask>" in index:
+            attrs[index["<mask>"]] |= ATTR_LSTRIP
+    elif "phi-3" in name or "phi3" in name:
+        for i, a in enumerate(attrs):  # every special token eats the spaces after it ...
+            if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN):
+                attrs[i] |= ATTR_RSTRIP
+        if "</s>" in index:
+            attrs[index["</s>"]] |= ATTR_RSTRIP
+        for t in ("<unk>", "<s>", "<|endoftext|>"):  # ... except these
+            if t in index:
+                attrs[index[t]] &= ~ATTR_RSTRIP
+    elif "modern-bert" in name and "[MASK]" in index:
+        attrs[index["[MASK]"]] |= ATTR_LSTRIP
+
+
 def _clean_up_spaces(text: bytes) -> bytes:
     """The three in-place passes of llama_vocab::impl::detokenize when clean_spaces is set."""
     t = bytearray(text)
@@ -383,29 +488,6 @@ def _clean_up_spaces(text: bytes) -> bytes:
         total += 1
     del t[total:]
     return bytes(t)
-
-
-def _decode_like_llama(raw: bytes) -> str:
-    """UTF-8 -> str as unicode_cpts_from_utf8: each byte of an invalid sequence becomes U+FFFD."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    out, i = [], 0
-    while i < len(raw):
-        b = raw[i]
-        need = 0 if b < 0x80 else 1 if b & 0xE0 == 0xC0 else 2 if b & 0xF0 == 0xE0 else \
-            3 if b & 0xF8 == 0xF0 else -1
-        if need >= 0 and i + need < len(raw) and all(raw[i + k] & 0xC0 == 0x80 for k in range(1, need + 1)):
-            cp = b if need == 0 else (b & (0x3F >> need)) << (6 * need)
-            for k in range(1, need + 1):
-                cp |= (raw[i + k] & 0x3F) << (6 * (need - k))
-            out.append(chr(cp) if cp <= 0x10FFFF else "\ufffd")
-            i += need + 1
-        else:
-            out.append("\ufffd")
-            i += 1
-    return "".join(out)
 
 
 class StreamDecoder:
