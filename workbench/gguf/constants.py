@@ -284,6 +284,7 @@ class Keys:
         FEED_FORWARD_LENGTH = "{arch}.feed_forward_length"
         EXPERT_COUNT = "{arch}.expert_count"
         EXPERT_USED_COUNT = "{arch}.expert_used_count"
+        POOLING_TYPE = "{arch}.pooling_type"
 
     class Attention:
         HEAD_COUNT = "{arch}.attention.head_count"

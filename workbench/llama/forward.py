@@ -59,10 +59,12 @@ class RopeTables:
 
 def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache, tokens: np.ndarray,
             out_rows: np.ndarray | None = None, routing: list | None = None,
-            flash_attn: bool = False) -> np.ndarray:
+            flash_attn: bool = False, hidden: bool = False) -> np.ndarray:
     """Run T tokens at positions cache.n_past .. +T-1, append their K/V to the cache, return the logits
     (len(out_rows) or T, V) of the rows `out_rows` (default all). `routing` collects (experts, weights) per layer.
-    flash_attn: attention as llama.cpp's flash-attention graph (its command-line tools' default on CPU)."""
+    flash_attn: attention as llama.cpp's flash-attention graph (its command-line tools' default on CPU).
+    hidden=True returns the output-normed hidden states (rows, E) instead of the logits: llama.cpp's
+    `result_norm` (res->t_embd), the tensor its embeddings are pooled from (llm_graph_context::build_pooling)."""
     T = len(tokens)
     n_past = cache.n_past
     cache.check_room(T)
@@ -99,5 +101,7 @@ def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache,
 
     if out_rows is not None:
         x = x[out_rows]
-    h = ops.rms_norm(np.ascontiguousarray(x), w.output_norm, cfg.rms_eps)
+    h = ops.rms_norm(np.ascontiguousarray(x), w.output_norm, cfg.rms_eps)   # (rows, E) result_norm
+    if hidden:
+        return h
     return w.output.mul(h)                                  # (rows, V) logits

@@ -2,6 +2,7 @@
 
     m = load("SmolLM2-135M-Instruct.Q4_1.gguf", n_ctx=1024)
     m.logits(tokens)            # (n, n_vocab) at every position, fresh context (the cache is untouched)
+    m.hidden_states(tokens)     # (n, n_embd) output-normed hidden states, fresh context (what embeddings pool)
     m.eval(prompt)              # incremental: appends to the cache, returns the last token's logits
     m.eval([next_tok]); m.truncate(n); m.reset(); m.n_past
 
@@ -125,6 +126,17 @@ class Model:
                             for il in range(L)])
         return out, Routing(experts=experts, weights=weights)
 
+    def hidden_states(self, tokens) -> np.ndarray:
+        """The output-normed hidden states (n, n_embd) float32 at every position of `tokens` from a fresh context
+        (the cache is untouched): llama.cpp's `result_norm`, what its embeddings are read or pooled from."""
+        tokens = self._check_tokens(tokens)
+        if len(tokens) == 0:
+            raise ValueError("hidden_states: no tokens")
+        if len(tokens) > self.n_ctx:
+            raise ContextError(f"prompt of {len(tokens)} tokens is longer than the context (n_ctx={self.n_ctx})")
+        cache = KVCache(self.config.n_layer, len(tokens), self.config.n_embd_kv, self.cache_type)
+        return self._run(cache, tokens, True, None, hidden=True)
+
     # --- internals --------------------------------------------------------------------------------
     def _check_tokens(self, tokens) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -134,7 +146,8 @@ class Model:
             raise ValueError(f"token {int(tokens[i])} at index {i} is outside the vocabulary (n_vocab={self.config.n_vocab})")
         return tokens
 
-    def _run(self, cache: KVCache, tokens: np.ndarray, all_logits: bool, routing, first_output: int = 0) -> np.ndarray:
+    def _run(self, cache: KVCache, tokens: np.ndarray, all_logits: bool, routing, first_output: int = 0,
+             hidden: bool = False) -> np.ndarray:
         if self.n_threads:
             numba.set_num_threads(self.n_threads)
         outs = []
@@ -147,7 +160,7 @@ class Model:
             if not all_logits and not last:
                 rows = np.zeros(0, np.int64)        # no logits needed for this ubatch
             outs.append(forward(self.config, self.weights, self.rope, cache, chunk, rows, routing,
-                                self.flash_attn))
+                                self.flash_attn, hidden))
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
