@@ -4,6 +4,8 @@
 clear they are not the start of one), then a final event with the stop reason and timings. It reuses a common
 prompt prefix already in the model's KV cache (llama-server's cache_prompt), and either refuses a prompt that
 does not fit the context or, when asked, drops the oldest tokens after `n_keep` (llama.cpp's context shift).
+With a `grammar` (workbench.text.grammar.Grammar) every token is sampled as common_sampler_sample does with
+a grammar, and generation stops (stop_type "eos") once the grammar can take nothing but end-of-generation.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from workbench.cpu.libm import log_softmax_64
 from workbench.llama.sampling import LlamaRNG, Sampler, SamplingParams
 from workbench.text.chat import render_chat, stop_strings
+from workbench.text.grammar import Grammar
 from workbench.text.tokenizer import StreamDecoder
 
 
@@ -106,7 +109,8 @@ def token_probs(tokenizer, logits: np.ndarray, tok: int, n: int) -> list[dict]:
 def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, params: SamplingParams | None = None,
              seed: int = 0xFFFFFFFF, stop: Sequence[str] = (), cancel: threading.Event | None = None,
              cache_prompt: bool = True, context_shift: bool = False, n_keep: int = 0,
-             history: Sequence[int] | None = None, n_probs: int = 0) -> Iterator[Event]:
+             history: Sequence[int] | None = None, n_probs: int = 0,
+             grammar: Grammar | None = None) -> Iterator[Event]:
     """Generate up to n_predict tokens (-1: until the context is full or a stop) after `prompt`."""
     params = params or SamplingParams()
     prompt = [int(t) for t in prompt]
@@ -126,6 +130,7 @@ def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, para
     if seed == 0xFFFFFFFF or seed < 0:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     sampler = Sampler(params, LlamaRNG(seed))
+    matcher = grammar.matcher(tokenizer) if grammar is not None else None
     timings = Timings()
 
     # reuse the cached prefix (at least the last prompt token is evaluated to get fresh logits)
@@ -151,8 +156,10 @@ def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, para
         if cancel is not None and cancel.is_set():
             stop_type = "cancelled"
             break
-        tok = sampler.sample(logits, tokens)
+        tok = sampler.sample(logits, tokens, matcher)
         probs = token_probs(tokenizer, logits, tok, n_probs) if n_probs > 0 else None
+        if matcher is not None:
+            matcher.accept(tok)
         if tokenizer.is_eog(tok):
             stop_type = "eos"
             break
@@ -167,6 +174,9 @@ def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, para
         emit, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
         if emit or probs:
             yield Event(text=emit, token=tok, probs=probs)
+        if matcher is not None and matcher.is_finished():
+            stop_type = "eos"  # (llama.cpp would sample the only allowed token next: an EOG)
+            break
         if len(out_tokens) >= limit:
             break
         if model.n_past >= n_ctx:
@@ -197,11 +207,12 @@ def generate(model, tokenizer, prompt: Sequence[int], n_predict: int = 128, para
 
 def chat(model, messages, template: str = "gguf", stream: bool = True, max_tokens: int = 256,
          seed: int = 0xFFFFFFFF, stop: Sequence[str] = (), cancel: threading.Event | None = None,
-         modelfile=None, **sampling) -> Iterator[Event] | tuple[str, Event]:
+         modelfile=None, grammar: Grammar | None = None, **sampling) -> Iterator[Event] | tuple[str, Event]:
     """Render `messages` with the chat template, generate the assistant's answer.
 
     stream=True yields Events (text pieces, then the final one with timings); stream=False returns
-    (text, final event). `sampling`: SamplingParams fields (temperature, top_k, top_p, min_p, ...)."""
+    (text, final event). `sampling`: SamplingParams fields (temperature, top_k, top_p, min_p, ...).
+    `grammar` constrains the answer (e.g. Grammar.from_json_schema(schema) for JSON mode)."""
     md = model.gguf.metadata
     if modelfile is not None and modelfile.template:
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
@@ -218,7 +229,7 @@ def chat(model, messages, template: str = "gguf", stream: bool = True, max_token
     if history is not None and len(history) != model.n_past:  # the cache was used elsewhere meanwhile
         history = None
     events = generate(model, model.tokenizer, prompt, n_predict=max_tokens, params=SamplingParams(**sampling),
-                      seed=seed, stop=stops, cancel=cancel, history=history)
+                      seed=seed, stop=stops, cancel=cancel, history=history, grammar=grammar)
 
     def run():
         for ev in events:

@@ -10,6 +10,12 @@ candidate list (ids, logits) that shrinks and may get sorted by logit, exactly l
 llama_token_data_array; arithmetic is float32 where llama.cpp uses float, float64 where it uses
 double (the final draw). Ties in logits are ordered by token id (llama.cpp's std::partial_sort
 leaves them unspecified).
+
+With a grammar (a workbench.text.grammar.GrammarMatcher) the chain runs as common_sampler_sample with
+grammar_first=false: sample from the unconstrained chain first; if the grammar accepts that token it
+is the answer; otherwise start again from the original logits with the grammar's disallowed tokens at
+-inf and run the whole chain again (a second RNG draw). The caller accepts the chosen token into the
+matcher (common_sampler_accept).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from workbench.cpu.libm import expf_array, logf, logf_array
+from workbench.text.grammar import GrammarError, GrammarMatcher
 
 
 class SamplingError(ValueError):
@@ -200,10 +207,20 @@ class Sampler:
         self.params = params or SamplingParams()
         self.rng = rng if rng is not None else LlamaRNG(0)
 
-    def sample(self, logits, history: Sequence[int] = ()) -> int:
+    def sample(self, logits, history: Sequence[int] = (), grammar: GrammarMatcher | None = None) -> int:
         logits = np.asarray(logits)
         if logits.ndim != 1 or logits.size == 0:
             raise SamplingError(f"logits must be a non-empty 1-D array, got shape {logits.shape}")
+        token = self._chain(logits, history)
+        if grammar is None or grammar.is_allowed(token):
+            return token
+        # rejection: resample with the grammar applied first (common_sampler_sample)
+        allowed = grammar.allowed()
+        if not allowed.any():
+            raise GrammarError("the grammar allows no token here (not even end-of-generation)")
+        return self._chain(np.where(allowed, np.asarray(logits, np.float32), np.float32(-np.inf)), history)
+
+    def _chain(self, logits: np.ndarray, history: Sequence[int]) -> int:
         sp = self.params
         c = Candidates(logits)
         apply_penalties(c, history, sp.repeat_last_n, sp.repeat_penalty, sp.frequency_penalty,

@@ -3,6 +3,7 @@ prompt, chat-template selector, sampling controls and tokens/s.
 
     from workbench.ui import ChatWidget
     ChatWidget(model)          # displays itself in a notebook
+    ChatWidget(model, grammar=Grammar.from_json_schema(schema))   # every answer is JSON of that schema
 
 Generation runs in a background thread so the kernel stays responsive (Stop works mid-stream);
 `threaded=False` runs it inline, which is what headless tests use.
@@ -15,14 +16,17 @@ import threading
 import ipywidgets as W
 
 from workbench.llama.generate import chat
+from workbench.text.grammar import Grammar
 
 TEMPLATES = [("from GGUF", "gguf"), ("ChatML", "chatml"), ("llama-2", "llama2"), ("llama-3", "llama3"),
              ("Mistral / Mixtral", "mistral")]
 
 
 class ChatWidget(W.VBox):
-    def __init__(self, model, system_prompt: str = "You are a helpful assistant.", threaded: bool = True, **kwargs):
+    def __init__(self, model, system_prompt: str = "You are a helpful assistant.", threaded: bool = True,
+                 grammar: Grammar | None = None, **kwargs):
         self.model = model
+        self.grammar = grammar  # constrains every answer (workbench.text.grammar.Grammar), None: free text
         self.threaded = threaded
         self.history: list[dict] = []
         self._cancel = threading.Event()
@@ -107,7 +111,8 @@ class ChatWidget(W.VBox):
     def _generate(self) -> None:
         try:
             for ev in chat(self.model, self.messages(), template=self.template.value, stream=True,
-                           max_tokens=self.max_tokens.value, cancel=self._cancel, **self.sampling()):
+                           max_tokens=self.max_tokens.value, cancel=self._cancel, grammar=self.grammar,
+                           **self.sampling()):
                 if ev.done:
                     t = ev.timings
                     self.last_stats = ev
