@@ -128,7 +128,7 @@ def test_openai_client_chat(toy_server):
     (json.dumps({"prompt": "x", "temperature": [1]}).encode(), 400),
     (json.dumps({"prompt": 42}).encode(), 400),
     (json.dumps({"prompt": "word " * 400}).encode(), 400),
-    (json.dumps({"prompt": "x", "model": "gpt-17"}).encode(), 404),
+    (json.dumps({"prompt": "x", "grammar": "root ::= [a-z"}).encode(), 400),
 ])
 def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(toy_server, body, status):
     url, _ = toy_server
@@ -137,6 +137,17 @@ def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(toy_server, bo
     err = r.json()["error"]
     assert err["code"] == status and err["message"] and err["type"]
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_any_model_name_is_served(toy_server):
+    """As llama-server serving one model: clients that name another model (LangChain's "gpt-3.5-turbo")
+    get the loaded one, and /v1/models still lists it."""
+    url, _ = toy_server
+    for name in ("gpt-3.5-turbo", "tiny-mixtral", ""):
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": name, "max_tokens": 2, "temperature": 0,
+                                                            "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "tiny-mixtral", (name, r.text)
+    assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["tiny-mixtral"]
 
 
 def test_concurrent_requests_and_disconnect_frees_the_slot(toy_server):

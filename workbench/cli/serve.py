@@ -1,5 +1,5 @@
 """python -m workbench serve -m MODEL.gguf -c 4096 [--host 127.0.0.1] [--port 8080] [--api-key KEY]
-[--parallel N] [--chat-template NAME] [--modelfile Modelfile]   (flags as llama-server)"""
+[--parallel N] [--chat-template NAME] [--modelfile Modelfile] [--pooling mean]   (flags as llama-server)"""
 from __future__ import annotations
 
 import sys
@@ -22,6 +22,8 @@ def configure(p) -> None:
     p.add_argument("--chat-template", default="gguf", help="gguf (from the file), chatml, llama2, llama3, mistral")
     p.add_argument("--alias", help="model name reported by /v1/models")
     p.add_argument("--threads", "-t", type=int)
+    p.add_argument("--pooling", choices=["none", "mean", "cls", "last"],
+                   help="embedding pooling (default: the model's own; /v1/embeddings needs one other than none)")
 
 
 def run(args) -> int:
@@ -37,6 +39,7 @@ def run(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding to {args.host}: the server is reachable from other machines"
               + ("" if args.api_key else " and has no --api-key"), file=sys.stderr)
-    engine = Engine(model, n_parallel=args.parallel, chat_template=args.chat_template, alias=args.alias, modelfile=mf)
+    engine = Engine(model, n_parallel=args.parallel, chat_template=args.chat_template, alias=args.alias, modelfile=mf,
+                    pooling=args.pooling)
     uvicorn.run(build_app(engine, api_key=args.api_key), host=args.host, port=args.port, log_level="info")
     return 0
