@@ -1,4 +1,4 @@
-"""The five numbered notebooks run top to bottom in small mode (what `make demo` does), in a fresh kernel,
+"""The numbered notebooks run top to bottom in small mode (what `make demo` does), in a fresh kernel,
 against a temporary data folder (the cached model and texts are linked in, so nothing is downloaded), and
 leave their tables and plots in <data>/reports/."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ EXPECTED = {
     "04_moe": ["moe_routing.png", "moe_token_routing.png", "ppl_vs_experts.png"],
     "05_chat": [],
     "06_plan": ["plan_mixtral.csv", "memory_vs_context.png"],
+    "07_arena": ["arena_summary.csv"],
 }
 
 

@@ -1,4 +1,5 @@
-"""Notebook widgets."""
+"""Notebook widgets: the chat, and the blind A/B arena of two files."""
+from workbench.ui.arena_widget import ArenaWidget
 from workbench.ui.chat_widget import ChatWidget
 
-__all__ = ["ChatWidget"]
+__all__ = ["ArenaWidget", "ChatWidget"]
