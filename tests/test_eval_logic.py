@@ -115,3 +115,26 @@ def test_kld_rejects_other_vocabulary(tmp_path):
     (tmp_path / "bad.kld").write_bytes(b"_logits_" + b"\x00" * 5)
     with pytest.raises(PerplexityError):
         read_kld(tmp_path / "bad.kld")
+
+
+def test_llama_cpp_logits_follow_the_model_interface(toy_dir):
+    pytest.importorskip("llama_cpp")
+    from workbench.eval.kl import LlamaCppLogits
+    from workbench.llama import load
+
+    path = toy_dir / "tiny-mixtral-f16.gguf"
+    ours = load(path, n_ctx=32)
+    tokens = np.arange(3, 35, dtype=np.int32)
+    ref = LlamaCppLogits(path, 32, ours.add_bos, ours.bos_id, flash_attn=False)
+    try:
+        assert ref.n_vocab == ours.n_vocab
+        got = ref.logits(tokens, first_output=16)
+        again = ref.logits(tokens, first_output=16)                 # each call starts from an empty context
+        with pytest.raises(PerplexityError, match="shorter than the batch"):
+            ref.logits(np.arange(3, 40))
+    finally:
+        ref.close()
+    want = ours.logits(tokens, first_output=16)
+    assert got.shape == want.shape == (16, ours.n_vocab) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, again)
+    assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()

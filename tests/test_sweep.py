@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -41,3 +42,26 @@ def test_sweep_on_dask_local_cluster(setup, tmp_path):
         on_dask = perplexity_by_context(models, text, contexts=[32, 64], max_tokens=128, executor=client,
                                         cache_dir=tmp_path / "d")
     pd.testing.assert_frame_equal(plain[COLS], on_dask[COLS])
+
+
+def test_ppl_vs_context_draws_error_bars_one_panel_per_text():
+    from matplotlib.container import ErrorbarContainer
+
+    from workbench.eval import plots
+
+    rows = [{"model": m, "text": t, "n_ctx": c, "ppl": p * (1 + 0.1 * i), "ppl_err": 0.02 * p * (i + 1)}
+            for m, p in (("Q4_1", 20.0), ("Q2_K", 60.0)) for t in ("en", "zh") for i, c in enumerate((128, 256, 512))]
+    df = pd.DataFrame(rows)
+    fig = plots.ppl_vs_context(df)
+    axes = [ax for ax in fig.axes if ax.containers]
+    assert len(axes) == 2                                            # one panel per text
+    for ax, text in zip(axes, ("en", "zh")):
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert [c.get_label() for c in bars] == ["Q4_1", "Q2_K"] and all(c.has_yerr for c in bars)
+        for c, model in zip(bars, ("Q4_1", "Q2_K")):
+            want = df[(df.model == model) & (df.text == text)].sort_values("n_ctx")
+            segs = c.lines[2][0].get_segments()                         # one vertical segment per point
+            np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segs], 2 * want.ppl_err.to_numpy())
+            np.testing.assert_allclose([s[0, 0] for s in segs], want.n_ctx.to_numpy())
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["128", "256", "512"]
+    plots.pyplot().close(fig)

@@ -9,6 +9,7 @@ own logits with these (perplexity.cpp `log_softmax(..., base_log_prob, ..., kld)
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +179,32 @@ def kl_divergence(model, base, progress: bool = True) -> KLDResult:
                      ln_ppl_ratio_err=math.sqrt(max(lp_u * lp_u + lpb_u * lpb_u - 2 * cov, 0.0)),
                      ppl_minus_base=ppl - ppl_b, kld_mean=kl_m, kld_err=kl_u, kld_percentiles=pct, dp_mean=dp_m,
                      dp_rms=math.sqrt(mse), same_top_p=same_top / count, n_scored=count, kld_values=kv, dp_values=dv)
+
+
+class LlamaCppLogits:
+    """llama.cpp's own build on this host (llama-cpp-python, the `bench` extra) behind the interface that
+    kl_divergence and perplexity call (`logits(batch, first_output)`, n_vocab, add_bos, bos_id), to measure how
+    far this host's llama.cpp is from our logits. Each call evaluates the batch from an empty context with every
+    position's logits kept (llama_batch with logits on, as perplexity.cpp asks for). add_bos / bos_id: those of
+    the workbench model that made the base file, so both see the same batches."""
+
+    def __init__(self, path, n_ctx: int, add_bos: bool, bos_id: int, flash_attn: bool = True,
+                 n_threads: int | None = None):
+        from llama_cpp import Llama   # optional (bench extra): imported only when this comparison is asked for
+
+        threads = n_threads or len(os.sched_getaffinity(0))
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=min(n_ctx, 512), logits_all=True,
+                         flash_attn=flash_attn, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.n_vocab = int(self.llm.n_vocab())
+        self.add_bos, self.bos_id, self.n_ctx = bool(add_bos), int(bos_id), int(n_ctx)
+
+    def logits(self, tokens, first_output: int = 0) -> np.ndarray:
+        tokens = [int(t) for t in tokens]
+        if len(tokens) > self.n_ctx:
+            raise PerplexityError(f"llama.cpp context {self.n_ctx} is shorter than the batch of {len(tokens)}")
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[first_output:len(tokens)], dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()

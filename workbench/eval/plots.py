@@ -1,10 +1,13 @@
 """Every figure the notebooks show: PPL vs context, quant Pareto, per-tensor error heatmap, MoE routing.
 
-Chinese labels are used only when a CJK-capable font is installed (e.g. Debian's fonts-noto-cjk), so that no
-plot ever draws boxes or prints missing-glyph warnings.
+Chinese labels are added only when a CJK-capable font is installed (e.g. Debian's fonts-noto-cjk), so that no
+plot ever draws boxes or prints missing-glyph warnings. A font installed after matplotlib built its font cache
+is found too (cjk_font registers it). Figures are sized for a notebook column (<= 10 inches wide) with text of
+at least 9 pt.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +16,11 @@ import pandas as pd
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Serif CJK SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
              "Source Han Sans SC", "SimHei", "Microsoft YaHei", "PingFang SC", "AR PL UMing CN")
+CJK_FILES = re.compile(r"cjk|wqy|wenquanyi|sourcehan|simhei|msyh|pingfang|uming", re.IGNORECASE)
+FONT_PT = 9                 # smallest text in a figure
+# the order of a llama block's tensors (llm_build_llama): attention, then the feed-forward (dense or MoE)
+TENSOR_KINDS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate_inp", "ffn_gate",
+                "ffn_up", "ffn_down", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 
 def pyplot():
@@ -37,10 +45,19 @@ def _interactive() -> bool:
 
 @lru_cache(maxsize=1)
 def cjk_font() -> str | None:
-    """The first installed CJK-capable font family, or None."""
+    """The first installed CJK-capable font family, or None. matplotlib reads its font list from a cache built
+    once; CJK font files installed after that are registered here first."""
     from matplotlib import font_manager
 
     names = {f.name for f in font_manager.fontManager.ttflist}
+    if not names.intersection(CJK_FONTS):
+        for path in font_manager.findSystemFonts():
+            if CJK_FILES.search(Path(path).name):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):   # an unreadable font file: skip it
+                    continue
+        names = {f.name for f in font_manager.fontManager.ttflist}
     return next((n for n in CJK_FONTS if n in names), None)
 
 
@@ -70,35 +87,60 @@ def save_figure(fig, path):
     return fig
 
 
-def ppl_vs_context(df: pd.DataFrame, path=None, title: str | None = None):
-    """One curve per model/format: PPL (± error bars) vs n_ctx on a log2 axis (Chinese-Mixtral's figure)."""
+def ppl_vs_context(df: pd.DataFrame, path=None, title: str | None = None, facet: str = "text"):
+    """PPL (± llama-perplexity's error bar: PPL times the standard error of the mean token NLL) vs n_ctx on a
+    log2 axis, one curve per model/format (Chinese-Mixtral's figure). With a `facet` column (default "text")
+    holding several values, one panel per value, each with its own y axis (English and Chinese PPL differ
+    by orders of magnitude)."""
     plt = pyplot()
     _setup_fonts()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    group = "label" if "label" in df.columns else "model"
-    for name, g in df.groupby(group, sort=False):
-        g = g.sort_values("n_ctx")
-        ax.errorbar(g.n_ctx, g.ppl, yerr=g.get("ppl_err"), marker="o", capsize=3, label=str(name))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(df.n_ctx.unique()), [str(c) for c in sorted(df.n_ctx.unique())])
-    ax.set_xlabel(label("context length (tokens)", "上下文长度"))
-    ax.set_ylabel(label("perplexity", "困惑度"))
-    ax.set_title(title or label("Perplexity vs context length", "困惑度与上下文长度"))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = list(dict.fromkeys(df[facet])) if facet in df.columns else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.8 * len(panels), 10), 4.2), squeeze=False,
+                             layout="constrained")
+    group = "model" if facet in df.columns and "model" in df.columns else (
+        "label" if "label" in df.columns else "model")
+    contexts = sorted(df.n_ctx.unique())
+    for ax, panel in zip(axes[0], panels):
+        part = df if panel is None else df[df[facet] == panel]
+        for name, g in part.groupby(group, sort=False):
+            g = g.sort_values("n_ctx")
+            yerr = g["ppl_err"] if "ppl_err" in g.columns else None
+            ax.errorbar(g.n_ctx, g.ppl, yerr=yerr, marker="o", ms=4, capsize=4, elinewidth=1.2, label=str(name))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.minorticks_off()
+        ax.tick_params(labelsize=FONT_PT)
+        ax.set_xlabel(label("context length (tokens)", "上下文长度（词元）"), fontsize=FONT_PT + 1)
+        ax.set_ylabel(label("perplexity", "困惑度"), fontsize=FONT_PT + 1)
+        if panel is not None:
+            ax.set_title(_text_label(panel), fontsize=FONT_PT + 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=FONT_PT)
+    fig.suptitle(title or label("Perplexity vs context length (± 1 s.e.)", "困惑度与上下文长度（± 1 标准误）"),
+                 fontsize=FONT_PT + 2)
     return save_figure(fig, path)
 
 
+def _text_label(name) -> str:
+    return {"en": label("English text", "英文文本"), "zh": label("Chinese text", "中文文本")}.get(name, str(name))
+
+
 def pareto(df: pd.DataFrame, path=None, y: str = "kld_mean"):
-    """File size vs KLD (or PPL) per ftype, with the Pareto front highlighted."""
+    """File size vs KLD (or PPL) per ftype, with the Pareto front highlighted. Rows of `kind` "noise floor"
+    (quant_table's) are drawn as one dashed line at their highest mean + 2 s.e., not as points; points marked `within_noise` are hollow."""
     plt = pyplot()
     _setup_fonts()
-    d = df[df.ftype != "base"].sort_values("file_bytes") if "ftype" in df else df
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    kind = df["kind"] if "kind" in df.columns else pd.Series("quant", index=df.index)
+    d = df[(kind == "quant") & (df.ftype != "base")].sort_values("file_bytes") if "ftype" in df else df
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     size_mb = d.file_bytes / 2**20
-    ax.scatter(size_mb, d[y], zorder=3)
+    noise = d["within_noise"].astype(bool) if "within_noise" in d.columns else pd.Series(False, index=d.index)
+    ax.scatter(size_mb[~noise], d[y][~noise], zorder=3, label=label("quantized file", "量化文件"))
+    if noise.any():
+        ax.scatter(size_mb[noise], d[y][noise], zorder=3, facecolors="none", edgecolors="tab:blue",
+                   label=label("within noise", "在噪声内"))
     for _, r in d.iterrows():
-        ax.annotate(r.ftype, (r.file_bytes / 2**20, r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(r.ftype, (r.file_bytes / 2**20, r[y]), fontsize=FONT_PT, xytext=(3, 3), textcoords="offset points")
     front, best = [], np.inf
     for _, r in d.iterrows():
         if r[y] < best:
@@ -106,32 +148,94 @@ def pareto(df: pd.DataFrame, path=None, y: str = "kld_mean"):
             front.append((r.file_bytes / 2**20, r[y]))
     if front:
         fx, fy = zip(*front)
-        ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, label="Pareto front")
+        ax.step(fx, fy, where="post", color="tab:red", alpha=0.6, label=label("Pareto front", "帕累托前沿"))
+    floor = df[kind == "noise floor"]
+    if y == "kld_mean" and len(floor):
+        top = float((floor.kld_mean + 2 * floor.kld_err).max())
+        if top > 0:
+            ax.axhline(top, color="gray", ls="--", label=label("noise floor (mean + 2 s.e.)", "噪声底（均值 + 2 标准误）"))
     if y == "kld_mean":
         ax.set_yscale("log")
-    ax.set_xlabel(label("file size (MiB)", "文件大小"))
-    ax.set_ylabel({"kld_mean": "mean KL divergence vs base", "ppl": "perplexity"}.get(y, y))
-    ax.set_title(label("Size vs quality per quantization type", "各量化格式的大小与质量"))
+    ax.tick_params(labelsize=FONT_PT)
+    ax.set_xlabel(label("file size (MiB)", "文件大小 (MiB)"), fontsize=FONT_PT + 1)
+    ax.set_ylabel({"kld_mean": label("mean KL divergence vs base", "相对基准模型的平均 KL 散度"),
+                   "ppl": label("perplexity", "困惑度")}.get(y, y), fontsize=FONT_PT + 1)
+    ax.set_title(label("Size vs quality per quantization type", "各量化格式的大小与质量"), fontsize=FONT_PT + 2)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=FONT_PT)
     return save_figure(fig, path)
 
 
-def tensor_error_heatmap(errors: pd.DataFrame, path=None, value: str = "rel_rmse"):
-    """Heatmap of per-tensor relative quantization error: rows = tensors, columns = ftypes.
-    `errors`: long table with columns name, ftype, rel_rmse (quantize_model's reports concatenated)."""
+_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
+GLOBAL_ROW = "other"   # the heatmap row of tensors outside the blocks (token_embd, output)
+
+
+def tensor_grid(errors: pd.DataFrame, value: str = "rel_rmse") -> dict[str, pd.DataFrame]:
+    """{ftype: table} with rows blk.0, blk.1, ... in numeric order (then "other" for tensors outside the
+    blocks) and columns the tensor kinds in a block's order (attn_q, attn_k, attn_v, attn_output, ffn_gate,
+    ffn_up, ffn_down, ...), then the other tensors (token_embd, output). NaN: no such tensor, or one left
+    unquantized (value <= 0). Kinds without any value in any ftype are dropped."""
+    if errors.empty:
+        raise ValueError("tensor_grid: the error table is empty")
+    missing = {"name", "ftype", value} - set(errors.columns)
+    if missing:
+        raise ValueError(f"tensor_grid: the error table lacks the column(s) {sorted(missing)}")
+    e = errors[["name", "ftype", value]].copy()
+    parsed = e.name.map(lambda n: _BLOCK_TENSOR.match(str(n)))
+    e["layer"] = [int(m.group(1)) if m else -1 for m in parsed]
+    e["kind"] = [m.group(2) if m else re.sub(r"\.weight$", "", str(n)) for m, n in zip(parsed, e.name)]
+    e[value] = e[value].where(e[value] > 0)
+    layers = sorted(e.layer[e.layer >= 0].unique())
+    rows = [f"blk.{i}" for i in layers] + ([GLOBAL_ROW] if (e.layer < 0).any() else [])
+    e["row"] = [f"blk.{i}" if i >= 0 else GLOBAL_ROW for i in e.layer]
+    block_kinds = set(e.kind[e.layer >= 0])
+    order = [k for k in TENSOR_KINDS if k in block_kinds] + sorted(block_kinds - set(TENSOR_KINDS))
+    order += sorted(set(e.kind[e.layer < 0]) - set(order))
+    present = set(e.kind[e[value].notna()])
+    cols = [k for k in order if k in present]
+    return {ft: g.pivot_table(index="row", columns="kind", values=value, aggfunc="first", dropna=False)
+            .reindex(index=rows, columns=cols) for ft, g in e.groupby("ftype", sort=False)}
+
+
+def tensor_error_heatmap(errors: pd.DataFrame, path=None, value: str = "rel_rmse", max_cols: int = 4):
+    """Small multiples of per-tensor quantization error: one panel per ftype (order of appearance), rows = layers
+    in numeric order, columns = tensor kinds (tensor_grid), colour = log10 of `value` on one scale shared by
+    all panels. Gray: tensor absent or kept in float. `errors`: quantize_model's reports concatenated (columns
+    name, ftype, rel_rmse)."""
     plt = pyplot()
     _setup_fonts()
-    pivot = errors.pivot_table(index="name", columns="ftype", values=value, aggfunc="first")
-    pivot = pivot.loc[:, pivot.mean().sort_values().index]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * pivot.shape[1], 1.0 + 0.12 * pivot.shape[0]))
-    im = ax.imshow(np.log10(pivot.to_numpy(dtype=float) + 1e-12), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(pivot.shape[1]), pivot.columns, rotation=60, fontsize=7)
-    ax.set_yticks(range(pivot.shape[0]), pivot.index, fontsize=5)
-    fig.colorbar(im, ax=ax, label="log10 relative RMSE")
-    ax.set_title(label("Per-tensor quantization error", "逐张量量化误差"))
+    grids = tensor_grid(errors, value)
+    logs = {ft: np.log10(g.to_numpy(dtype=float)) for ft, g in grids.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-3.0, 0.0)
+    first = next(iter(grids.values()))
+    n_rows, n_cols = first.shape
+    ncols = min(len(grids), max_cols)
+    nrows = -(-len(grids) // ncols)
+    cell_h = 0.15 if n_rows <= 40 else 0.1                      # >= 9 pt per layer label
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharey=True, layout="constrained",
+                             figsize=(min(1.6 + ncols * (0.3 * n_cols + 0.4), 10), nrows * (n_rows * cell_h + 1.4)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    step = 1 if n_rows <= 40 else 2
+    im = None
+    for ax, (ft, g) in zip(axes.ravel(), grids.items()):
+        im = ax.imshow(np.ma.masked_invalid(logs[ft]), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(str(ft), fontsize=FONT_PT + 1, fontweight="bold")
+        ax.set_xticks(range(n_cols), list(g.columns), rotation=90, fontsize=FONT_PT)
+        ax.set_yticks(range(0, n_rows, step), list(g.index)[::step], fontsize=FONT_PT)
+        ax.tick_params(length=2)
+    for ax in axes.ravel()[len(grids):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(label("layer", "层"), fontsize=FONT_PT + 1)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
+                 label=label("log10 relative RMSE", "相对均方根误差 (log10)") if value == "rel_rmse"
+                 else f"log10 {value}")
+    fig.supxlabel(label("tensor kind (gray: absent or kept in float)", "张量类型（灰色：不存在或保留浮点）"),
+                  fontsize=FONT_PT + 1)
+    fig.suptitle(label("Per-tensor quantization error", "逐张量量化误差"), fontsize=FONT_PT + 2)
     return save_figure(fig, path)
-
 
 def moe_routing(stats: dict, path=None):
     """Expert load per layer (heatmap), router entropy per layer, top-1 vs top-2 weight histogram."""
