@@ -51,13 +51,14 @@ def test_notebooks_are_stripped_and_thin():
 
 
 def test_numeric_stack_is_the_pinned_one():
-    """The exact results were verified with constraints.txt's numpy / numba / llvmlite: make and CI install
-    with it, and a run on another version fails here instead of drifting silently."""
+    """The exact results were verified with constraints.txt's numpy / numba / llvmlite (and the grammar masks
+    with its llguidance): make and CI install with it, and a run on another version fails here instead of
+    drifting silently."""
     from importlib.metadata import version
 
     pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
-    assert set(pins) == {"numpy", "numba", "llvmlite"}
+    assert set(pins) == {"numpy", "numba", "llvmlite", "llguidance"}
     assert "-c constraints.txt" in (REPO / "Makefile").read_text()
     installed = {name: version(name) for name in pins}
     assert installed == pins, f"installed {installed}, verified {pins}: update constraints.txt deliberately"
