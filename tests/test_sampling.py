@@ -162,3 +162,21 @@ def test_bad_inputs():
         Sampler().sample(np.zeros((2, 2), np.float32))
     with pytest.raises(SamplingError, match="repeat_last_n"):
         SamplingParams(repeat_last_n=-1)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "mostly_masked", "signed_zeros"])
+def test_top_k_by_partition_equals_the_full_stable_sort(kind):
+    """apply_top_k finds the k best by partition; the ids and order must be those of sorting everything."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n, k = int(rng.integers(1, 3000)), int(rng.integers(1, 100))
+        lg = {"normal": lambda: rng.normal(0, 3, n),
+              "ties": lambda: rng.integers(-3, 3, n),
+              "mostly_masked": lambda: np.where(rng.random(n) < 0.9, -np.inf, rng.normal(0, 1, n)),
+              "signed_zeros": lambda: np.where(rng.random(n) < 0.5, 0.0, -0.0)}[kind]().astype(np.float32)
+        fast, full = Candidates(lg), Candidates(lg)
+        apply_top_k(fast, k)
+        full.sort()
+        full.keep(slice(0, min(k, n)))
+        assert np.array_equal(fast.ids, full.ids), (n, k)
+        assert np.array_equal(fast.logits.view(np.uint32), full.logits.view(np.uint32))

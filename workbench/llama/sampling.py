@@ -113,10 +113,22 @@ def apply_penalties(c: Candidates, history: Sequence[int], last_n: int, repeat: 
 
 
 def apply_top_k(c: Candidates, k: int) -> None:
+    """llama_sampler_top_k_impl: the k highest logits, in descending order (ties by token id).
+
+    Same order as sorting everything (Candidates.sort) but in O(n): the k-th highest logit is found by
+    partition, only the logits at or above it are sorted (stably, so ties keep token order)."""
     if k <= 0:
         return
-    c.sort()
-    c.keep(slice(0, min(k, len(c.ids))))
+    n = len(c.ids)
+    if c.sorted or k >= n or np.isnan(c.logits).any():
+        c.sort()
+        c.keep(slice(0, min(k, n)))
+        return
+    neg = -c.logits
+    kth = np.partition(neg, k - 1)[k - 1]
+    sub = np.flatnonzero(neg <= kth)          # every token that can be among the first k, in id order
+    c.keep(sub[np.argsort(neg[sub], kind="stable")][:k])
+    c.sorted = True
 
 
 def apply_typical(c: Candidates, p: float, min_keep: int) -> None:
