@@ -4,6 +4,7 @@ data/reports/chat_browser.png. Skipped unless /usr/bin/chromium and the playwrig
 (CI: `apt-get install -y chromium fonts-noto-cjk` and `pip install playwright`; no `playwright install`)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -48,12 +49,15 @@ def wait_for_http(url: str, proc, log_path, timeout: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, smollm2_path):
-    """JupyterLab serving a scratch copy of notebooks/05_chat.ipynb (so that autosave never writes outputs into
-    the repository), with private settings/workspace folders and no news or update checks."""
+LAUNCH_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def jupyter_lab(notebook: Path, tmp_path_factory, env: dict, token: str):
+    """JupyterLab serving a scratch copy of `notebook` (so that autosave never writes outputs into the repository),
+    with private settings/workspace folders and no news or update checks; yields (base url, token, root)."""
     root = tmp_path_factory.mktemp("lab")
-    shutil.copy(REPO / "notebooks" / "05_chat.ipynb", root / "05_chat.ipynb")
+    shutil.copy(notebook, root / notebook.name)
     cfg = tmp_path_factory.mktemp("jupyter_config")
     # offline and quiet: no news feed, no update check, no PyPI extension manager
     settings = ("c.LabApp.news_url = None\n"
@@ -68,10 +72,9 @@ def lab(tmp_path_factory, smollm2_path):
     notify = cfg / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notify.parent.mkdir(parents=True)
     notify.write_text('{"fetchNews": "false", "checkForUpdates": false}')  # no "Jupyter news?" toast
-    port, token = free_port(), "wb-test-token"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(cfg), "JUPYTER_RUNTIME_DIR": str(cfg / "runtime"),
+    port = free_port()
+    env = {**env, "JUPYTER_CONFIG_DIR": str(cfg), "JUPYTER_RUNTIME_DIR": str(cfg / "runtime"),
            "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2")}
-    env.pop("WORKBENCH_DATA", None)
     log = open(root / "jupyterlab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--IdentityProvider.token={token}", f"--port={port}",
@@ -90,15 +93,20 @@ def lab(tmp_path_factory, smollm2_path):
         log.close()
 
 
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, smollm2_path):
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_DATA"}
+    with jupyter_lab(REPO / "notebooks" / "05_chat.ipynb", tmp_path_factory, env, "wb-test-token") as served:
+        yield served
+
+
 def test_chat_notebook_in_chromium(lab):
     from playwright import sync_api
     base, token, root = lab
     shot = REPO / "data" / "reports" / "chat_browser.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-background-networking",
-                                          "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, locale="zh-CN")
         try:
             page.goto(f"{base}/lab/tree/05_chat.ipynb?token={token}")

@@ -6,14 +6,12 @@ data/reports/arena_browser.png. Skipped unless /usr/bin/chromium, playwright and
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 
 import pytest
 
-from test_browser import CHROMIUM, REPO, free_port, pytestmark, wait_for_http  # noqa: F401 (the same skips)
-
-LAUNCH_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from test_browser import CHROMIUM, LAUNCH_ARGS, REPO, jupyter_lab, pytestmark  # noqa: F401 (the same skips)
 BROWSER_ROUNDS = [("Name a famous painter.", "left"), ("说一种水果。", "right")]
 
 
@@ -38,45 +36,9 @@ def arena_data(tmp_path_factory, smollm2_path):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, arena_data):
-    import os
-    import subprocess
-    import sys
-
-    root = tmp_path_factory.mktemp("lab_arena")
-    shutil.copy(REPO / "notebooks" / "07_arena.ipynb", root / "07_arena.ipynb")
-    cfg = tmp_path_factory.mktemp("jupyter_config_arena")
-    settings = ("c.LabApp.news_url = None\n"
-                "c.LabApp.extension_manager = 'readonly'\n"
-                "c.LabApp.expose_app_in_browser = True\n"
-                "from jupyterlab.handlers.announcements import NeverCheckForUpdate\n"
-                "c.LabApp.check_for_updates_class = NeverCheckForUpdate\n"
-                f"c.LabApp.workspaces_dir = {str(cfg / 'workspaces')!r}\n"
-                f"c.LabApp.user_settings_dir = {str(cfg / 'settings')!r}\n")
-    for name in ("jupyter_lab_config.py", "jupyter_server_config.py"):
-        (cfg / name).write_text(settings)
-    notify = cfg / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notify.parent.mkdir(parents=True)
-    notify.write_text('{"fetchNews": "false", "checkForUpdates": false}')
-    port, token = free_port(), "wb-arena-token"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(cfg), "JUPYTER_RUNTIME_DIR": str(cfg / "runtime"),
-           "NUMBA_NUM_THREADS": os.environ.get("NUMBA_NUM_THREADS", "2"), "WORKBENCH_DATA": str(arena_data),
-           "WORKBENCH_FULL": "0"}
-    log = open(root / "jupyterlab.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--IdentityProvider.token={token}", f"--port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0"]
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/status?token={token}", proc, root / "jupyterlab.log")
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    env = {**os.environ, "WORKBENCH_DATA": str(arena_data), "WORKBENCH_FULL": "0"}
+    with jupyter_lab(REPO / "notebooks" / "07_arena.ipynb", tmp_path_factory, env, "wb-arena-token") as served:
+        yield served[:2]
 
 
 SUMMARY = ".jp-OutputArea-output table"

@@ -17,19 +17,12 @@ from workbench.text.grammar import Grammar, GrammarError
 from workbench.text.json_schema import JSONSchemaError, int_range, json_schema_to_gbnf
 from workbench.text.tokenizer import Tokenizer
 
+from test_grammar import accepts
+
 
 @pytest.fixture(scope="module")
 def tok(smollm2_path) -> Tokenizer:
     return Tokenizer.from_metadata(read_gguf(smollm2_path).metadata)
-
-
-def accepts(grammar: Grammar, tok: Tokenizer, text: str) -> bool:
-    m = grammar.matcher(tok)
-    for t in tok.tokenize(text, add_special=False):
-        if not m.is_allowed(t):
-            return False
-        m.accept(t)
-    return m.is_accepting()
 
 
 PERSON = {"type": "object", "properties": {
