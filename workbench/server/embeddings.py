@@ -17,21 +17,16 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from workbench.llama.embed import EmbeddingError, embed
-from workbench.server.engine import APIError, Engine, read_json, run_in_slot
+from workbench.server.engine import APIError, Engine, read_json, run_in_slot, tokens_of
 
 
 def input_prompts(engine: Engine, value) -> list[list[int]]:
     """Token lists of an input: a string, a list of token ids, or a list of strings / token-id lists."""
     def one(p, where: str) -> list[int]:
-        if isinstance(p, str):
-            return engine.tokenizer.tokenize(p, add_special=True, parse_special=True)
-        if isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-            bad = [t for t in p if not 0 <= t < engine.tokenizer.n_vocab]
-            if bad:
-                raise APIError(400, f"{where}: token id {bad[0]} is outside the vocabulary "
-                                    f"(n_vocab={engine.tokenizer.n_vocab})")
-            return list(p)
-        raise APIError(400, f"{where} must be a string or a list of token ids")
+        tokens = tokens_of(engine, p, where)
+        if tokens is None:
+            raise APIError(400, f"{where} must be a string or a list of token ids")
+        return tokens
 
     if isinstance(value, list) and value and not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         prompts = [one(p, f"input[{i}]") for i, p in enumerate(value)]

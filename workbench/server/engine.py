@@ -137,14 +137,24 @@ def grammar_from(grammar: str | None = None, json_schema=None) -> Grammar | None
     return None
 
 
-def prompt_tokens(engine: Engine, prompt) -> list[int]:
-    if isinstance(prompt, str):
-        return engine.tokenizer.tokenize(prompt, add_special=True, parse_special=True)
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        bad = [t for t in prompt if not 0 <= t < engine.tokenizer.n_vocab]
+def tokens_of(engine: Engine, value, where: str = "") -> list[int] | None:
+    """A string (tokenized as llama-server does) or a list of in-vocabulary token ids; None for anything else.
+    An out-of-vocabulary id is a 400 (prefixed with `where`)."""
+    if isinstance(value, str):
+        return engine.tokenizer.tokenize(value, add_special=True, parse_special=True)
+    if isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        bad = [t for t in value if not 0 <= t < engine.tokenizer.n_vocab]
         if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (n_vocab={engine.tokenizer.n_vocab})")
-        return list(prompt)
+            raise APIError(400, (f"{where}: " if where else "") + f"token id {bad[0]} is outside the vocabulary "
+                                f"(n_vocab={engine.tokenizer.n_vocab})")
+        return list(value)
+    return None
+
+
+def prompt_tokens(engine: Engine, prompt) -> list[int]:
+    tokens = tokens_of(engine, prompt)
+    if tokens is not None:
+        return tokens
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         return prompt_tokens(engine, prompt[0])
     raise APIError(400, "field 'prompt' must be a string or a list of token ids")
