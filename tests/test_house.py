@@ -26,7 +26,7 @@ ALLOWED = {
     "toy_models": {"gguf", "hf", "assets"},
     "workspace": {"gguf", "text", "assets", "toy_models"},
     "server": {"gguf", "text", "llama"},
-    "ui": {"gguf", "text", "llama"},
+    "ui": {"gguf", "text", "llama", "assets"},  # assets: where data/ is (votes of the arena)
 }
 MAX_LINES = 600
 # function-level imports of our own modules allowed (the package root keeps `import workbench` light)

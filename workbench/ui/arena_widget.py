@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import ipywidgets as W
 import numpy as np
 
+from workbench.assets import data_dir
 from workbench.llama.generate import chat
 from workbench.llama.sampling import SamplingParams
 from workbench.text.chat import render_chat
@@ -43,12 +43,8 @@ class ArenaError(ValueError):
 
 
 def default_votes_path() -> Path:
-    """data/arena/votes.jsonl: `$WORKBENCH_DATA`, else the checkout's data/ (workbench.assets.data_dir's rule;
-    the ui layer may not import workbench.assets)."""
-    if os.environ.get("WORKBENCH_DATA"):
-        return Path(os.environ["WORKBENCH_DATA"]) / "arena" / "votes.jsonl"
-    repo_data = Path(__file__).resolve().parent.parent.parent / "data"
-    return (repo_data if repo_data.is_dir() else Path.cwd() / "data") / "arena" / "votes.jsonl"
+    """data/arena/votes.jsonl under workbench.assets.data_dir()."""
+    return data_dir() / "arena" / "votes.jsonl"
 
 
 def model_file(model) -> tuple[str, str]:
