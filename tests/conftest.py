@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("WORKBENCH_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
 TOY = GOLDEN / "toy"
+# llama.cpp's source (its own test suites are fair peers; read at test time, never copied into the repository)
+LLAMA_CPP_HINT = "set LLAMA_CPP_SRC or unpack the llama-cpp-python sdist under /tmp/sdist"
+
+
+def llama_cpp_source(relative: str) -> Path | None:
+    """`relative` (a file or folder) inside llama.cpp's source: $LLAMA_CPP_SRC, else an unpacked
+    llama-cpp-python sdist under /tmp/sdist (its vendor/llama.cpp); None when neither has it."""
+    cands = [os.environ.get("LLAMA_CPP_SRC", "")] + sorted(str(p) for p in Path("/tmp/sdist").glob("*/vendor/llama.cpp"))
+    for c in cands:
+        if c and (Path(c) / relative).exists():
+            return Path(c) / relative
+    return None
 
 
 def pytest_collection_modifyitems(config, items):

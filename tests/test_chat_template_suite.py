@@ -8,26 +8,24 @@ model (so no BOS/EOS stripping), no tools.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA_CPP_HINT, llama_cpp_source
 
-from workbench.text.chat import (ChatTemplateError, TemplateCaps, render_chat, render_jinja, template_caps,
-                                 template_messages)
+from workbench.text.chat import (
+    ChatTemplateError,
+    TemplateCaps,
+    render_chat,
+    render_jinja,
+    template_caps,
+    template_messages,
+)
 
 SUITE = "tests/test-chat-template.cpp"
 N_JINJA_CASES = 35  # cases in the reference commit's suite with supported_with_jinja = true
-
-
-def _suite_path() -> Path | None:
-    cands = [os.environ.get("LLAMA_CPP_SRC", "")] + sorted(str(p) for p in Path("/tmp/sdist").glob("*/vendor/llama.cpp"))
-    for c in cands:
-        if c and (Path(c) / SUITE).is_file():
-            return Path(c) / SUITE
-    return None
 
 
 # --- a small reader for the C++ aggregate initialisers: string literals, bools and {lists} ---
@@ -137,11 +135,10 @@ def read_cases(path: Path) -> tuple[list[dict[str, str]], list[Case]]:
     return conversation, [Case(*fields) for fields in raw]
 
 
-_PATH = _suite_path()
+_PATH = llama_cpp_source(SUITE)
 _CONV, _CASES = read_cases(_PATH) if _PATH else ([], [])
 _JINJA = [c for c in _CASES if c.supported_with_jinja]
-needs_suite = pytest.mark.skipif(_PATH is None, reason=f"llama.cpp source with {SUITE} not found (set "
-                                 "LLAMA_CPP_SRC or unpack the llama-cpp-python sdist under /tmp/sdist)")
+needs_suite = pytest.mark.skipif(_PATH is None, reason=f"llama.cpp source with {SUITE} not found ({LLAMA_CPP_HINT})")
 
 
 def _render(case: Case) -> str:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA_CPP_HINT, llama_cpp_source
 
 from workbench.plan import PlanError, Shape, best_ftype, max_context, plan, plan_table
 
@@ -17,14 +17,6 @@ LLAMA31_70B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hi
                "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                 "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
 MIXTRAL_8X7B = "n_embd=4096,n_ff=14336,n_layer=32,n_head=32,n_head_kv=8,n_vocab=32000,n_expert=8,n_expert_used=2"
-
-
-def _schema_path() -> Path | None:
-    cands = [os.environ.get("LLAMA_CPP_SRC", "")] + sorted(str(p) for p in Path("/tmp/sdist").glob("*/vendor/llama.cpp"))
-    for c in cands:
-        if c and (Path(c) / SCHEMA).is_file():
-            return Path(c) / SCHEMA
-    return None
 
 
 def _read_schema(path: Path) -> dict[str, tuple[str, dict[str, str]]]:
@@ -42,10 +34,9 @@ def _read_schema(path: Path) -> dict[str, tuple[str, dict[str, str]]]:
 
 
 def test_types_match_llama_cpp_snapshot_for_llama31_70b(tmp_path):
-    path = _schema_path()
+    path = llama_cpp_source(SCHEMA)
     if path is None:
-        pytest.skip(f"llama.cpp source with {SCHEMA} not found (set LLAMA_CPP_SRC or unpack the "
-                    "llama-cpp-python sdist under /tmp/sdist)")
+        pytest.skip(f"llama.cpp source with {SCHEMA} not found ({LLAMA_CPP_HINT})")
     (tmp_path / "config.json").write_text(json.dumps(LLAMA31_70B))
     sections = {k: v for k, v in _read_schema(path).items() if k != "MXFP4_MOE"}
     results = plan(tmp_path / "config.json", list(sections), n_ctx=512)

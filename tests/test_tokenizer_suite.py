@@ -7,15 +7,25 @@ its last ids), and each input is tokenized with add_special=false, parse_special
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import pytest
+from conftest import LLAMA_CPP_HINT, llama_cpp_source
 
 from workbench.gguf import read_gguf
-from workbench.text.pretokenize import (LLAMA3, NEWLINES, PRE_TOKENIZERS, QWEN2, QWEN35, _collapse_regex,
-                                        _collapsed_text, _split_llama3, _split_regex, cpt_flags,
-                                        regex_split)
+from workbench.text.pretokenize import (
+    LLAMA3,
+    NEWLINES,
+    PRE_TOKENIZERS,
+    QWEN2,
+    QWEN35,
+    _collapse_regex,
+    _collapsed_text,
+    _split_llama3,
+    _split_regex,
+    cpt_flags,
+    regex_split,
+)
 from workbench.text.tokenizer import Tokenizer, TokenizerError
 from workbench.text.unicode_data import LETTER, MARK, cpt_nfd, cpt_tolower
 from workbench.text.wpm import wpm_preprocess
@@ -24,18 +34,11 @@ SEP = "\n__ggml_vocab_test__\n"
 N_CASES = 694  # the suite at the reference commit: 15 vocabs, 46 cases each, qwen35 50
 
 
-def _llama_cpp_src() -> Path | None:
-    cands = [os.environ.get("LLAMA_CPP_SRC", "")] + sorted(str(p) for p in Path("/tmp/sdist").glob("*/vendor/llama.cpp"))
-    for c in cands:
-        if c and (Path(c) / "models").is_dir():
-            return Path(c)
-    return None
-
-
-SRC = _llama_cpp_src()
+MODELS = llama_cpp_source("models")
+SRC = MODELS.parent if MODELS else None
 VOCABS = sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in (SRC / "models").glob("ggml-vocab-*.gguf")
                 if p.with_name(p.name + ".inp").is_file() and p.with_name(p.name + ".out").is_file()) if SRC else []
-NO_SRC = "llama.cpp source not found (set LLAMA_CPP_SRC or unpack the llama-cpp-python sdist under /tmp/sdist)"
+NO_SRC = f"llama.cpp source not found ({LLAMA_CPP_HINT})"
 
 
 def read_cases(vocab: Path) -> dict[str, list[int]]:
