@@ -12,11 +12,11 @@ import math
 import numpy as np
 
 from workbench.cpu import ops
+from workbench.cpu.flash_attn import flash_attention
+from workbench.cpu.libm import logf, powf
 from workbench.llama.config import LlamaConfig
 from workbench.llama.experts import moe_ffn
-from workbench.cpu.flash_attn import flash_attention
 from workbench.llama.kv_cache import KVCache
-from workbench.cpu.libm import logf, powf
 from workbench.llama.weights import LayerWeights, ModelWeights
 
 
@@ -57,6 +57,37 @@ class RopeTables:
                               np.float32(c.yarn_attn_factor))
 
 
+def layer_forward(cfg: LlamaConfig, lw: LayerWeights, il: int, x: np.ndarray, cs: np.ndarray, cache: KVCache,
+                  n_past: int, scale, attention, routing: list | None = None) -> np.ndarray:
+    """One transformer block on x (T, E) at positions n_past.. (cos/sin `cs`), its K/V stored in layer il of the
+    cache; returns the block's output (T, E). Every weight is called through `.mul` (and `.expert(e).mul`), so a
+    stand-in with that interface sees exactly what enters each matrix (llama-imatrix's and GPTQ's collectors)."""
+    T = len(x)
+    H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
+    # attention
+    h = ops.rms_norm(x, lw.attn_norm, cfg.rms_eps)          # (T, E)
+    q = lw.wq.mul(h).reshape(T, H, D)                       # (T, H, D)
+    k = lw.wk.mul(h).reshape(T, Hkv, D)                     # (T, Hkv, D)
+    v = lw.wv.mul(h)                                        # (T, Hkv*D)
+    ops.rope(q, cs)
+    ops.rope(k, cs)
+    cache.store(il, n_past, k.reshape(T, Hkv * D), v)
+    kc, vc = cache.layer(il, n_past + T)                    # (n_kv, Hkv*D) each
+    att = np.empty((T, H * D), np.float32)                  # (T, H*D)
+    attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, att)
+    x = x + lw.wo.mul(att)                                  # residual
+
+    # feed-forward: dense SwiGLU or the mixture of experts
+    h = ops.rms_norm(x, lw.ffn_norm, cfg.rms_eps)           # (T, E)
+    if lw.gate_inp is not None:
+        f, selected, weights = moe_ffn(lw, h, cfg.n_expert_used)
+        if routing is not None:
+            routing.append((selected, weights))
+    else:
+        f = swiglu_ffn(lw, h)
+    return x + f                                            # residual
+
+
 def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache, tokens: np.ndarray,
             out_rows: np.ndarray | None = None, routing: list | None = None,
             flash_attn: bool = False, hidden: bool = False) -> np.ndarray:
@@ -68,35 +99,13 @@ def forward(cfg: LlamaConfig, w: ModelWeights, rope: RopeTables, cache: KVCache,
     T = len(tokens)
     n_past = cache.n_past
     cache.check_room(T)
-    H, Hkv, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
     cs = rope.cos_sin(np.arange(n_past, n_past + T))        # (T, n_rot/2, 2)
     scale = np.float32(cfg.kq_scale)
     attention = flash_attention if flash_attn else ops.attention
 
     x = w.token_embd.get_rows(tokens)                       # (T, E) token embeddings
     for il, lw in enumerate(w.layers):
-        # attention
-        h = ops.rms_norm(x, lw.attn_norm, cfg.rms_eps)      # (T, E)
-        q = lw.wq.mul(h).reshape(T, H, D)                   # (T, H, D)
-        k = lw.wk.mul(h).reshape(T, Hkv, D)                 # (T, Hkv, D)
-        v = lw.wv.mul(h)                                    # (T, Hkv*D)
-        ops.rope(q, cs)
-        ops.rope(k, cs)
-        cache.store(il, n_past, k.reshape(T, Hkv * D), v)
-        kc, vc = cache.layer(il, n_past + T)                # (n_kv, Hkv*D) each
-        att = np.empty((T, H * D), np.float32)              # (T, H*D)
-        attention(q, kc, vc, n_past, Hkv, scale, cache.is_f16, att)
-        x = x + lw.wo.mul(att)                              # residual
-
-        # feed-forward: dense SwiGLU or the mixture of experts
-        h = ops.rms_norm(x, lw.ffn_norm, cfg.rms_eps)       # (T, E)
-        if lw.gate_inp is not None:
-            f, selected, weights = moe_ffn(lw, h, cfg.n_expert_used)
-            if routing is not None:
-                routing.append((selected, weights))
-        else:
-            f = swiglu_ffn(lw, h)
-        x = x + f                                           # residual
+        x = layer_forward(cfg, lw, il, x, cs, cache, n_past, scale, attention, routing)
     cache.n_past = n_past + T
 
     if out_rows is not None:
