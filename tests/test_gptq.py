@@ -1,0 +1,245 @@
+"""GPTQ into ggml blocks: the code layouts read off the dequantizers, the kernels against their numpy specs bit for
+bit, the error compensation doing its job, valid and reproducible blocks, a whole (toy MoE) model, and bad input
+refused before anything is written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workbench.quant import dequantize, quantize
+from workbench.quant.code_bits import CodeLayoutError, code_layout
+from workbench.quant.gptq import (
+    GPTQError,
+    _cholesky_upper,
+    _upper_inverse_rows,
+    accumulate_hessian,
+    accumulate_hessian_ref,
+    cholesky_upper_ref,
+    gptq_quantize,
+    inverse_cholesky,
+    lazy_update,
+    lazy_update_ref,
+    quantize_columns,
+    quantize_columns_ref,
+    upper_inverse_ref,
+)
+
+PRIVATE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5,
+        "Q6_K": 6, "IQ4_NL": 4, "IQ4_XS": 4}
+
+
+def correlated(rows, n, tokens, seed=0):
+    """A weight and the H of correlated inputs (what makes error feedback worth it)."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((n, n)) / np.sqrt(n) + np.eye(n)
+    x = (rng.standard_normal((tokens, n)) @ mix * (1 + 3 * rng.random(n))).astype(np.float32)
+    w = rng.standard_normal((rows, n)).astype(np.float32)
+    return w, x
+
+
+def hessian(x):
+    h = np.zeros((x.shape[1], x.shape[1]))
+    accumulate_hessian(h, x)
+    return np.triu(h) + np.triu(h, 1).T
+
+
+def output_error(blocks, t, w, h):
+    d = dequantize(blocks, t, w.shape[1]).astype(np.float64) - w
+    return float(((d @ h) * d).sum())
+
+
+@pytest.mark.parametrize("t", PRIVATE)
+def test_code_layout_reads_writes_and_predicts_every_code(t):
+    lay = code_layout(t)
+    assert lay.n_bits == BITS[t]
+    n = 512
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, n)).astype(np.float32)
+    blocks = quantize(x, t, imatrix=np.ones(n, np.float32))
+    assert np.array_equal(lay.with_codes(blocks, lay.codes(blocks, n), n), blocks)
+    codes = rng.integers(0, 2 ** lay.n_bits, (6, n))
+    changed = lay.with_codes(blocks, codes, n)
+    assert np.array_equal(lay.codes(changed, n), codes)
+    a, b = lay.affine(blocks, n)
+    got = dequantize(changed, t, n)
+    np.testing.assert_allclose(a * lay.levels[codes] + b, got, rtol=1e-6, atol=1e-7 * np.abs(got).max())
+    # the scale bits are untouched: requantizing the codes leaves every other byte as it was
+    same_scales = lay.with_codes(changed, lay.codes(blocks, n), n)
+    assert np.array_equal(same_scales, blocks)
+
+
+def test_code_layout_of_q4_0_is_its_nibbles():
+    lay = code_layout("Q4_0")
+    # block_q4_0: fp16 d (bytes 0-1), then weight j < 16 in the low nibble of byte 2 + j, j >= 16 in the high one
+    assert lay.byte[:16].tolist() == [[2 + j] * 4 for j in range(16)]
+    assert lay.bit[:16].tolist() == [[0, 1, 2, 3]] * 16 and lay.bit[16:].tolist() == [[4, 5, 6, 7]] * 16
+    np.testing.assert_allclose(lay.levels, np.arange(16) / 15)
+
+
+@pytest.mark.parametrize("t", ["IQ3_S", "IQ2_XXS", "TQ1_0", "F16"])
+def test_formats_with_shared_codes_have_no_layout(t):
+    with pytest.raises(CodeLayoutError):
+        code_layout(t)
+
+
+def test_kernels_equal_their_numpy_specs_bit_for_bit():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 37)).astype(np.float32)
+    a, b = np.zeros((37, 37)), np.zeros((37, 37))
+    for _ in range(2):
+        accumulate_hessian(a, x)
+        accumulate_hessian_ref(b, x)
+    assert np.array_equal(np.triu(a), np.triu(b))
+    h = np.triu(a) + np.triu(a, 1).T + np.eye(37)
+    r = h.copy()
+    assert _cholesky_upper(r)
+    assert np.array_equal(r, cholesky_upper_ref(h))
+    inv = np.zeros_like(r)
+    _upper_inverse_rows(r, inv)
+    assert np.array_equal(inv, upper_inverse_ref(r))
+    u = inverse_cholesky(h, 0.0)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(h), rtol=1e-9, atol=1e-12)
+    assert np.array_equal(u, np.triu(u))
+
+    lay = code_layout("Q4_0")
+    w = rng.standard_normal((5, 64)).astype(np.float32)
+    blocks = quantize(w, "Q4_0")
+    aa, bb = lay.affine(blocks, 64)
+    codes = lay.codes(blocks, 64)
+    aa[0, 3] = 0.0                                              # a block with a zero scale keeps its code
+    u32 = u[:32, :32].astype(np.float32).copy()
+    ws = [np.ascontiguousarray(w[:, :32]) for _ in range(2)]
+    cs = [codes[:, :32].copy() for _ in range(2)]
+    errs = [np.zeros((5, 32), np.float32) for _ in range(2)]
+    args = (lay.levels, lay.levels[lay.order], lay.order.astype(np.int64))
+    quantize_columns(ws[0], u32, aa, bb, cs[0], *args, 0, 32, 0, 32, errs[0])
+    quantize_columns_ref(ws[1], u32, aa, bb, cs[1], *args, 0, 32, 0, 32, errs[1])
+    assert np.array_equal(ws[0], ws[1]) and np.array_equal(cs[0], cs[1]) and np.array_equal(errs[0], errs[1])
+    assert cs[0][0, 3] == codes[0, 3]
+    w2 = [rng.standard_normal((5, 37)).astype(np.float32) for _ in range(1)] * 2
+    w2 = [w2[0].copy(), w2[0].copy()]
+    e2 = rng.standard_normal((5, 8)).astype(np.float32)
+    lazy_update(w2[0], e2, u.astype(np.float32), 4, 12)
+    lazy_update_ref(w2[1], e2, u.astype(np.float32), 4, 12)
+    assert np.array_equal(w2[0], w2[1])
+
+
+@pytest.mark.parametrize("t", ["Q4_0", "Q5_1", "Q4_K", "Q3_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
+def test_gptq_lowers_the_output_error_and_writes_valid_blocks(t):
+    w, x = correlated(24, 256, 1024)
+    h = hessian(x)
+    imp = np.diag(h).astype(np.float32)
+    rtn = quantize(w, t, imatrix=imp)
+    ours = gptq_quantize(w, h, t)
+    assert ours.shape == rtn.shape and ours.dtype == np.uint8
+    assert np.isfinite(dequantize(ours, t, 256)).all()
+    assert output_error(ours, t, w, h) < 0.9 * output_error(rtn, t, w, h)
+    again = gptq_quantize(w, h, t)
+    assert np.array_equal(ours, again)                          # deterministic
+    ordered = gptq_quantize(w, h, t, act_order=True, block_size=64)
+    assert output_error(ordered, t, w, h) < output_error(rtn, t, w, h)
+
+
+def test_gptq_with_a_zero_error_budget_is_rounding_on_the_first_grid():
+    # a weight already on a Q8_0 grid comes back unchanged: nothing to compensate
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((8, 64)).astype(np.float32)
+    blocks = quantize(w0, "Q8_0")
+    w = dequantize(blocks, "Q8_0", 64)
+    h = hessian(rng.standard_normal((256, 64)).astype(np.float32))
+    assert np.array_equal(gptq_quantize(w, h, "Q8_0"), quantize(w, "Q8_0"))
+
+
+def test_bad_inputs_are_refused_with_the_problem_named():
+    w, x = correlated(4, 64, 256)
+    h = hessian(x)
+    dead = h.copy()
+    dead[5, :] = dead[:, 5] = 0.0
+    with pytest.raises(GPTQError, match="never activated"):
+        gptq_quantize(w, dead, "Q4_0", name="blk.0.attn_q.weight")
+    with pytest.raises(GPTQError, match="shape"):
+        gptq_quantize(w, h[:32, :32], "Q4_0")
+    with pytest.raises(GPTQError, match="NaN"):
+        gptq_quantize(w, h * np.nan, "Q4_0")
+    with pytest.raises(GPTQError, match="block size"):
+        gptq_quantize(w[:, :48], h[:48, :48], "Q4_0")
+    with pytest.raises(GPTQError, match="damp"):
+        gptq_quantize(w, h, "Q4_0", damp=-1)
+    with pytest.raises(GPTQError, match="positive definite"):
+        inverse_cholesky(-np.eye(4), 0.0)
+    with pytest.raises(CodeLayoutError):
+        gptq_quantize(w, h, "IQ2_XXS")
+
+
+# ------------------------------------------------------------------------------------ a whole model
+
+@pytest.fixture(scope="module")
+def toy_moe(toy_dir):
+    return toy_dir / "tiny-mixtral-f16.gguf"
+
+
+@pytest.fixture(scope="module")
+def calibration(shared_data_dir):
+    from workbench.text.files import read_prompt_file
+
+    return read_prompt_file(shared_data_dir / "botchan.txt")[:20000]
+
+
+def test_gptq_model_has_llama_quantizes_types_and_runs(toy_moe, calibration, tmp_path):
+    from workbench.eval.gptq_model import gptq_quantize_model
+    from workbench.gguf import read_gguf
+    from workbench.llama import load
+    from workbench.quant.imatrix import Imatrix
+    from workbench.quant.quantize_model import quantize_model
+
+    dst = tmp_path / "gptq.Q4_0.gguf"
+    report = gptq_quantize_model(toy_moe, dst, "Q4_0", calibration, n_ctx=64, n_chunks=4, progress=False,
+                                 dataset="botchan")
+    rtn = tmp_path / "rtn.Q4_0.gguf"
+    fake = Imatrix({t.name: np.ones(t.shape[-1] * (t.shape[0] if len(t.shape) == 3 else 1), np.float32)
+                    for t in read_gguf(toy_moe).tensors if t.name.startswith("blk.") and len(t.shape) >= 2})
+    quantize_model(toy_moe, rtn, "Q4_0", imatrix=fake, progress=False)
+    ours, ref = read_gguf(dst), read_gguf(rtn)
+    assert [(t.name, t.type, tuple(t.shape)) for t in ours.tensors] == \
+        [(t.name, t.type, tuple(t.shape)) for t in ref.tensors]
+    assert ours.metadata["quantize.gptq.n_tokens"] == 256 and ours.metadata["quantize.gptq.dataset"] == "botchan"
+    assert set(report.method) <= {"gptq", "gptq+rtn", "rtn"} and (report.method.str.contains("gptq")).sum() >= 10
+    m = load(dst, n_ctx=64)
+    logits = m.logits(np.arange(3, 20))
+    assert np.isfinite(logits).all()
+
+
+def test_gptq_model_refuses_bad_input_before_writing(toy_moe, calibration, tmp_path):
+    from workbench.eval.gptq_model import gptq_quantize_model
+    from workbench.quant.quantize_model import QuantizeError, quantize_model
+
+    dst = tmp_path / "out.gguf"
+    with pytest.raises(QuantizeError, match="calibration text gives"):
+        gptq_quantize_model(toy_moe, dst, "Q4_0", calibration[:300], n_ctx=64, progress=False)
+    with pytest.raises(QuantizeError, match="damp"):
+        gptq_quantize_model(toy_moe, dst, "Q4_0", calibration, n_ctx=64, damp=float("nan"), progress=False)
+    with pytest.raises(QuantizeError, match="ftype|file type|Q9"):
+        gptq_quantize_model(toy_moe, dst, "Q9_X", calibration, n_ctx=64, progress=False)
+    q8 = tmp_path / "q8.gguf"
+    quantize_model(toy_moe, q8, "Q8_0", progress=False)
+    with pytest.raises(QuantizeError, match="float weights"):
+        gptq_quantize_model(q8, dst, "Q4_0", calibration, n_ctx=64, progress=False)
+    assert not dst.exists()
+
+
+def test_cli_quantize_method_gptq(toy_moe, calibration, tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.gguf import read_gguf
+
+    text = tmp_path / "calib.txt"
+    text.write_text(calibration, encoding="utf-8")
+    dst = tmp_path / "cli.gguf"
+    assert main(["quantize", str(toy_moe), str(dst), "IQ4_NL", "--method", "gptq", "--calibration", str(text),
+                 "--chunks", "4", "--ctx", "64", "--act-order", "--damp", "0.05"]) == 0
+    gf = read_gguf(dst)
+    assert gf.metadata["quantize.gptq.act_order"] and abs(gf.metadata["quantize.gptq.damp"] - 0.05) < 1e-6
+    assert "by GPTQ" in capsys.readouterr().out
+    assert main(["quantize", str(toy_moe), str(tmp_path / "x.gguf"), "Q4_0", "--method", "gptq"]) != 0
+    assert "--calibration" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()

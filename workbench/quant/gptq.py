@@ -1,0 +1,328 @@
+"""Error-compensating quantization (GPTQ, Frantar et al. 2022) into ggml's own block formats.
+
+For a weight W (rows, n) whose inputs have second moment H = sum_t x_t x_t^T (n, n), GPTQ quantizes the n input
+columns one at a time and spreads each column's rounding error over the columns not yet quantized, weighted by
+the inverse Hessian, so that the layer's output error ||(W - Q) X|| stays small rather than each weight's own:
+
+    U = upper Cholesky factor of (H + damp * mean(diag H) * I)^-1          (H^-1 = U^T U)
+    for each column j:   q_j = round(w_j);  e_j = (w_j - q_j) / U[j, j];  w_k -= e_j * U[j, k]  for k > j
+
+(the "lazy batch" form: updates inside a block of `block_size` columns at once, the rest of the matrix once per
+block). What is new here is the rounding: each column is rounded on the grid of the ggml block it belongs to.
+When the first column of a block comes up, the block's scales are chosen by the format's own quantizer (its scale
+search and importance weighting, on the weights as the error feedback has left them), and from then on each
+column of the block is rounded to the nearest value those scales allow (workbench.quant.code_bits gives every
+weight's value as a * level[code] + b). The result is an ordinary block of the type: llama.cpp reads it as any
+other. With act_order the columns go by decreasing H[j, j]; the blocks' scales are then fixed up front from the
+original weights (GPTQ's static groups), since a block's columns no longer come up together.
+
+Every floating-point operation runs in a fixed order (numba kernels without fastmath, rows in parallel, each
+element's sums in one sequence), so the same inputs give the same bytes on every host; no BLAS or LAPACK call
+(whose kernels and summation order depend on the CPU) is on this path. Each kernel has its numpy spec beside it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from workbench.gguf.constants import GGMLType
+from workbench.quant import quantize
+from workbench.quant.code_bits import CodeLayout, code_layout
+from workbench.quant.formats import parse_type
+
+
+class GPTQError(ValueError):
+    """GPTQ cannot run on these inputs (dead input columns, an H that is not positive definite, bad shapes)."""
+
+
+# ------------------------------------------------------------------------------------ the Hessian
+
+HESS_ROWS, HESS_COLS = 4, 512       # the tile of H one thread updates for every token
+
+
+@njit(parallel=True, cache=True)
+def accumulate_hessian(h, x):
+    """h[i, j] += x[t, i] * x[t, j] for every token t in order, float64, for j >= i (the upper triangle; a few
+    elements below it are updated too and never read). Tiles of HESS_ROWS x HESS_COLS of h stay in cache while
+    the tokens stream by; each element still adds its products in token order."""
+    n = h.shape[0]
+    T = x.shape[0]
+    xd = x.astype(np.float64)
+    n_it = (n + HESS_ROWS - 1) // HESS_ROWS
+    for it in prange(n_it):
+        i0 = it * HESS_ROWS
+        i1 = min(n, i0 + HESS_ROWS)
+        for j0 in range(i0, n, HESS_COLS):
+            j1 = min(n, j0 + HESS_COLS)
+            for t in range(T):
+                for i in range(i0, i1):
+                    xi = xd[t, i]
+                    for j in range(j0, j1):
+                        h[i, j] += xi * xd[t, j]
+
+
+def accumulate_hessian_ref(h, x):
+    """numpy spec of accumulate_hessian: the same products, added token by token."""
+    x = x.astype(np.float64)
+    for t in range(len(x)):
+        for i in range(h.shape[0]):
+            i0 = i - i % HESS_ROWS
+            h[i, i0:] += x[t, i] * x[t, i0:]
+
+
+def symmetric(h_upper: np.ndarray) -> np.ndarray:
+    """The full matrix from its upper triangle."""
+    return np.triu(h_upper) + np.triu(h_upper, 1).T
+
+
+# ------------------------------------------------------------------------------------ U = chol(H^-1), upper
+
+PANEL = 32
+
+
+@njit(parallel=True, cache=True)
+def _cholesky_upper(a):
+    """In place: a (upper triangle read) -> R upper with a = R^T R, by row panels of PANEL; each element's
+    updates are applied in k order, as the unblocked algorithm does. Returns False if a is not positive definite."""
+    n = a.shape[0]
+    for k0 in range(0, n, PANEL):
+        k1 = min(n, k0 + PANEL)
+        for k in range(k0, k1):                         # the panel's rows, one after another
+            d = a[k, k]
+            if not d > 0.0:
+                return False
+            d = np.sqrt(d)
+            a[k, k] = d
+            for j in range(k + 1, n):
+                a[k, j] /= d
+            for i in range(k + 1, k1):
+                f = a[k, i]
+                for j in range(i, n):
+                    a[i, j] -= f * a[k, j]
+        for i in prange(k1, n):                         # the trailing rows: the panel's updates, k in order
+            for k in range(k0, k1):
+                f = a[k, i]
+                for j in range(i, n):
+                    a[i, j] -= f * a[k, j]
+    for i in range(n):
+        for j in range(i):
+            a[i, j] = 0.0
+    return True
+
+
+def cholesky_upper_ref(a: np.ndarray) -> np.ndarray | None:
+    """numpy spec of _cholesky_upper (unblocked: the same operations per element, in the same order)."""
+    a = a.copy()
+    n = len(a)
+    for k in range(n):
+        if not a[k, k] > 0.0:
+            return None
+        a[k, k] = np.sqrt(a[k, k])
+        a[k, k + 1:] /= a[k, k]
+        for i in range(k + 1, n):
+            a[i, i:] -= a[k, i] * a[k, i:]
+    return np.triu(a)
+
+
+@njit(parallel=True, cache=True)
+def _upper_inverse_rows(r, x):
+    """x = r^-1 for upper-triangular r, row by row from the bottom: x[i] = (e_i - sum_k>i r[i,k] x[k]) / r[i,i].
+    Rows depend on the rows below them, so the parallel loop runs over column tiles."""
+    n = r.shape[0]
+    tile = 64
+    for jt in prange((n + tile - 1) // tile):
+        j0 = jt * tile
+        j1 = min(n, j0 + tile)
+        for i in range(n - 1, -1, -1):
+            for j in range(max(i, j0), j1):
+                x[i, j] = 1.0 if i == j else 0.0
+            for k in range(i + 1, j1):
+                f = r[i, k]
+                for j in range(max(k, j0), j1):
+                    x[i, j] -= f * x[k, j]
+            for j in range(max(i, j0), j1):
+                x[i, j] /= r[i, i]
+
+
+def upper_inverse_ref(r: np.ndarray) -> np.ndarray:
+    """numpy spec of _upper_inverse_rows."""
+    n = len(r)
+    x = np.zeros_like(r)
+    for i in range(n - 1, -1, -1):
+        x[i, i] = 1.0
+        for k in range(i + 1, n):
+            x[i, k:] -= r[i, k] * x[k, k:]
+        x[i, i:] /= r[i, i]
+    return x
+
+
+def damped(h: np.ndarray, damp: float) -> np.ndarray:
+    """H + damp * mean(diag H) * I (GPTQ's dampening, `damp_percent`), float64."""
+    h = np.array(h, np.float64)
+    h[np.diag_indices(len(h))] += damp * np.mean(np.diag(h))
+    return h
+
+
+def inverse_cholesky(h: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """U (float64, upper) with U^T U = (H + damp * mean(diag H) I)^-1, without forming the inverse: the upper
+    factor of the reversed matrix, Hr = Ur^T Ur, gives H = R R^T with R = J Ur^T J upper, so U = R^-1 =
+    J Ur^-T J."""
+    hr = np.ascontiguousarray(damped(h, damp)[::-1, ::-1])
+    if not _cholesky_upper(hr):
+        raise GPTQError("H + damp * mean(diag H) * I is not positive definite: use a larger damp or more "
+                        "calibration tokens")
+    inv = np.zeros_like(hr)
+    _upper_inverse_rows(hr, inv)
+    return np.ascontiguousarray(inv.T[::-1, ::-1])
+
+
+# ------------------------------------------------------------------------------------ rounding on the grid
+
+@njit(cache=True)
+def _nearest_code(u, sorted_levels, order):
+    """The code whose level is nearest to u (the lower one on a tie)."""
+    lo, hi = 0, len(sorted_levels) - 1
+    if u <= sorted_levels[0]:
+        return order[0]
+    if u >= sorted_levels[hi]:
+        return order[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if sorted_levels[mid] <= u:
+            lo = mid
+        else:
+            hi = mid
+    return order[lo] if u - sorted_levels[lo] <= sorted_levels[hi] - u else order[hi]
+
+
+@njit(parallel=True, cache=True)
+def quantize_columns(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err):
+    """Columns j0..j1-1 (in processing order) of w (rows, n) float32: round each on its grid (a, b: float64
+    (rows, n)), record the code, the scaled error err[:, j - s] = (w_j - q_j) / u[j, j], and update columns
+    j+1..e-1 at once (the lazy block [s, e))."""
+    for r in prange(w.shape[0]):
+        for j in range(j0, j1):
+            x = w[r, j]
+            ar = a[r, j]
+            if ar != 0.0:
+                c = _nearest_code((x - b[r, j]) / ar, sorted_levels, order)
+                codes[r, j] = c
+            q = np.float32(ar * levels[codes[r, j]] + b[r, j])
+            g = (x - q) / u[j, j]
+            err[r, j - s] = g
+            for k in range(j + 1, e):
+                w[r, k] -= g * u[j, k]
+
+
+def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err):
+    """numpy spec of quantize_columns (all rows at once)."""
+    for j in range(j0, j1):
+        x = w[:, j]
+        live = a[:, j] != 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            target = np.where(live, (x - b[:, j]) / np.where(live, a[:, j], 1.0), 0.0)
+        hi = np.clip(np.searchsorted(sorted_levels, target, side="right"), 1, len(sorted_levels) - 1)
+        lo = hi - 1
+        pick = np.where(target - sorted_levels[lo] <= sorted_levels[hi] - target, lo, hi)
+        codes[:, j] = np.where(live, order[pick], codes[:, j])
+        q = (a[:, j] * levels[codes[:, j]] + b[:, j]).astype(np.float32)
+        g = (x - q) / u[j, j]
+        err[:, j - s] = g
+        w[:, j + 1:e] -= g[:, None] * u[j, j + 1:e][None, :]
+
+
+@njit(parallel=True, cache=True)
+def lazy_update(w, err, u, s, e):
+    """w[:, e:] -= err @ u[s:e, e:], each element's terms added in k order."""
+    n = w.shape[1]
+    for r in prange(w.shape[0]):
+        for k in range(e - s):
+            g = err[r, k]
+            for j in range(e, n):
+                w[r, j] -= g * u[s + k, j]
+
+
+def lazy_update_ref(w, err, u, s, e):
+    """numpy spec of lazy_update."""
+    for k in range(e - s):
+        w[:, e:] -= err[:, k:k + 1] * u[s + k, e:][None, :]
+
+
+# ------------------------------------------------------------------------------------ one tensor
+
+def check_hessian(h: np.ndarray, n: int, name: str = "weight") -> None:
+    """Shape, finiteness and dead columns (never activated by the calibration text: GPTQ has nothing to
+    compensate with there and H is singular), before any work."""
+    if h.shape != (n, n):
+        raise GPTQError(f"{name}: H has shape {h.shape}, the weight has {n} input columns")
+    if not np.isfinite(h).all():
+        raise GPTQError(f"{name}: H contains NaN or Inf")
+    dead = np.nonzero(np.diag(h) <= 0)[0]
+    if len(dead):
+        raise GPTQError(f"{name}: {len(dead)} of {n} input columns were never activated by the calibration "
+                        f"text (H is singular; first: column {dead[0]}): use a longer or more varied text")
+
+
+def _grids(layout: CodeLayout, blocks: np.ndarray, n: int):
+    a, b = layout.affine(blocks, n)
+    return a, b, layout.codes(blocks, n)
+
+
+def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(perm, U): the column order and the inverse Cholesky factor of the permuted, damped H, float32. Matrices
+    that read the same input (q, k, v) share one."""
+    if not (0.0 <= damp and np.isfinite(damp)):
+        raise GPTQError(f"damp={damp}: must be a finite number >= 0")
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
+    return perm, inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
+
+
+def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | None = None, damp: float = 0.01,
+                  act_order: bool = False, block_size: int = 128, name: str = "weight",
+                  prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
+    under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
+    llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), rounded
+    up to whole blocks of the type. prepared: `prepare(h, damp, act_order)` when several matrices share h."""
+    t: GGMLType = parse_type(type_)
+    layout = code_layout(t)
+    w = np.asarray(w)
+    if w.dtype != np.float32 or w.ndim != 2:
+        raise GPTQError(f"{name}: expected float32 (rows, n_per_row), got {w.dtype} {w.shape}")
+    rows, n = w.shape
+    bs = t.block_size
+    if n % bs:
+        raise GPTQError(f"{name}: rows of {n} are not a multiple of the {t.name} block size {bs}")
+    check_hessian(h, n, name)
+    imp = (np.diag(h) / max(np.diag(h).max(), 1e-30)).astype(np.float32) if imatrix is None else \
+        np.ascontiguousarray(imatrix, np.float32)
+    perm, u = prepared if prepared is not None else prepare(h, damp, act_order)
+    work = np.ascontiguousarray(w[:, perm])
+    a = np.zeros((rows, n))
+    b = np.zeros((rows, n))
+    codes = np.zeros((rows, n), np.uint16)
+    out = np.empty((rows, t.row_bytes(n)), np.uint8)
+    levels, order = layout.levels, layout.order.astype(np.int64)
+    sorted_levels = levels[order]
+    if act_order:                                       # static grids: every block's scales from the original w
+        out[:] = quantize(np.ascontiguousarray(w), t, imatrix=imp)
+        ga, gb, gc = _grids(layout, out, n)
+        a[:], b[:], codes[:] = ga[:, perm], gb[:, perm], gc[:, perm]
+        step, unit = max(1, block_size), 1
+    else:
+        step, unit = max(bs, -(-block_size // bs) * bs), bs
+    err = np.empty((rows, step), np.float32)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        for j0 in range(s, e, unit):
+            j1 = min(e, j0 + unit)
+            if not act_order:                           # a block starts: its scales from the current weights
+                blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
+                out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
+                a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
+            quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err)
+        if e < n:
+            lazy_update(work, err, u, s, e)
+    final = np.empty_like(codes)
+    final[:, perm] = codes
+    return layout.with_codes(out, final, n)
