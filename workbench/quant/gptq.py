@@ -268,6 +268,23 @@ def _grids(layout: CodeLayout, blocks: np.ndarray, n: int):
     return a, b, layout.codes(blocks, n)
 
 
+def run_columns(work, u, a, b, codes, levels, order, step: int, unit: int, block_start) -> None:
+    """GPTQ's loop over the (permuted) columns of `work`: lazy blocks of `step` columns, inside them grid units of
+    `unit` columns; block_start(j0, j1) fills a, b (and the codes kept where a == 0) of a unit from the current
+    weights just before its columns are rounded on levels[code] (sorted by `order`)."""
+    rows, n = work.shape
+    sorted_levels = levels[order]
+    err = np.empty((rows, step), np.float32)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        for j0 in range(s, e, unit):
+            j1 = min(e, j0 + unit)
+            block_start(j0, j1)
+            quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err)
+        if e < n:
+            lazy_update(work, err, u, s, e)
+
+
 def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(perm, U): the column order and the inverse Cholesky factor of the permuted, damped H, float32. Matrices
     that read the same input (q, k, v) share one."""
@@ -303,7 +320,6 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     codes = np.zeros((rows, n), np.uint16)
     out = np.empty((rows, t.row_bytes(n)), np.uint8)
     levels, order = layout.levels, layout.order.astype(np.int64)
-    sorted_levels = levels[order]
     if act_order:                                       # static grids: every block's scales from the original w
         out[:] = quantize(np.ascontiguousarray(w), t, imatrix=imp)
         ga, gb, gc = _grids(layout, out, n)
@@ -311,18 +327,14 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
         step, unit = max(1, block_size), 1
     else:
         step, unit = max(bs, -(-block_size // bs) * bs), bs
-    err = np.empty((rows, step), np.float32)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        for j0 in range(s, e, unit):
-            j1 = min(e, j0 + unit)
-            if not act_order:                           # a block starts: its scales from the current weights
-                blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
-                out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
-                a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
-            quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err)
-        if e < n:
-            lazy_update(work, err, u, s, e)
+
+    def block_start(j0, j1):                            # a block starts: its scales from the current weights
+        if not act_order:
+            blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
+            out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
+            a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
+
+    run_columns(work, u, a, b, codes, levels, order, step, unit, block_start)
     final = np.empty_like(codes)
     final[:, perm] = codes
     return layout.with_codes(out, final, n)

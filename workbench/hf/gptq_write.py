@@ -1,0 +1,87 @@
+"""GPTQ onto AutoGPTQ's own grid: one linear quantized by our GPTQ (workbench.quant.gptq's column loop and
+kernels) into the uniform `bits`-bit grid of a GPTQ checkpoint, as AutoGPTQ's GPTQ.fasterquant does:
+
+    per group of `group_size` input columns (in processing order), when its first column comes up, per output row:
+    xmin = min(0, min w), xmax = max(0, max w) (sym: xmax = max(|xmin|, xmax), xmin = -xmax); both 0 -> -1, +1
+    scale = (xmax - xmin) / maxq  stored as fp16;  zero = round(-xmin / scale) (sym: (maxq + 1) / 2)
+    q = clamp(round(w / scale) + zero, 0, maxq), w ~ scale * (q - zero)
+
+The scale is rounded to fp16 before the columns are rounded on it, so the checkpoint holds the grid the error
+feedback used (AutoGPTQ rounds with the float32 scale and stores its fp16). A real zero of 0 is stored as 1: the
+v1 format cannot hold 0 (workbench.hf.gptq_checkpoint.GPTQTensor.from_codes). `q4_1_exact=True` (4 bits,
+group 32, asymmetric, no act-order) also moves each scale to the nearest fp16 value whose Q4_1 conversion is
+exact (q4_1_exact_scales), so the checkpoint converts to GGUF Q4_1 blocks without a change of value.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.hf.gptq_checkpoint import (
+    GPTQCheckpointError,
+    GPTQTensor,
+    q4_1_exact_scales,
+)
+from workbench.quant.gptq import check_hessian, prepare, run_columns
+
+
+def find_params(x: np.ndarray, maxq: int, sym: bool) -> tuple[np.ndarray, np.ndarray]:
+    """AutoGPTQ's Quantizer.find_params per row of x (rows, cols): (scale float16, zero int)."""
+    xmin = np.minimum(x.min(axis=1), 0).astype(np.float32)
+    xmax = np.maximum(x.max(axis=1), 0).astype(np.float32)
+    if sym:
+        xmax = np.maximum(np.abs(xmin), xmax)
+        xmin = np.where(xmin < 0, -xmax, xmin)
+    both = (xmin == 0) & (xmax == 0)
+    xmin, xmax = np.where(both, -1, xmin), np.where(both, 1, xmax)
+    scale = ((xmax - xmin) / maxq).astype(np.float16)
+    scale = np.where(scale == 0, np.float16(6e-8), scale)           # below fp16's range: the smallest subnormal
+    if sym:
+        zero = np.full(len(x), (maxq + 1) // 2)
+    else:
+        zero = np.clip(np.round(-xmin / scale.astype(np.float32)), 1, maxq).astype(np.int64)
+    return scale, zero
+
+
+def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, *, sym: bool = False,
+                act_order: bool = False, damp: float = 0.01, block_size: int = 128, q4_1_exact: bool = False,
+                name: str = "weight") -> GPTQTensor:
+    """Quantize w (out, in) float32 under H (in, in) into a GPTQTensor (bits 2/3/4/8, group_size or -1)."""
+    w = np.asarray(w, np.float32)
+    rows, n = w.shape
+    if bits not in (2, 3, 4, 8):
+        raise GPTQCheckpointError(f"{name}: bits={bits} is not one of 2, 3, 4, 8")
+    group = n if group_size == -1 else int(group_size)
+    if group <= 0 or n % group:
+        raise GPTQCheckpointError(f"{name}: group_size {group_size} does not divide in_features {n}")
+    if q4_1_exact and not (bits == 4 and group == 32 and not sym and not act_order):
+        raise GPTQCheckpointError(f"{name}: q4_1_exact needs 4 bits, group 32, asymmetric, no act-order")
+    check_hessian(h, n, name)
+    maxq = (1 << bits) - 1
+    perm, u = prepare(h, damp, act_order)
+    work = np.ascontiguousarray(w[:, perm])
+    a, b = np.zeros((rows, n)), np.zeros((rows, n))
+    codes = np.zeros((rows, n), np.uint16)
+    scales = np.empty((n // group, rows), np.float16)
+    zeros = np.empty((n // group, rows), np.int64)
+    step = max(1, block_size)
+    unit = min(group, step)
+
+    def block_start(j0, j1):
+        if j0 % group:
+            return
+        g = j0 // group
+        scale, zero = find_params(work[:, j0:j0 + group], maxq, sym)
+        if q4_1_exact:
+            scale = q4_1_exact_scales(scale, zero)
+        scales[g], zeros[g] = scale, zero
+        s32 = scale.astype(np.float64)
+        a[:, j0:j0 + group] = s32[:, None]
+        b[:, j0:j0 + group] = (-s32 * zero)[:, None]
+
+    levels = np.arange(maxq + 1, dtype=np.float64)
+    run_columns(work, u, a, b, codes, levels, np.arange(maxq + 1), step, unit, block_start)
+    final = np.empty_like(codes)
+    final[:, perm] = codes
+    g_idx = np.empty(n, np.int32)
+    g_idx[perm] = np.arange(n) // group
+    return GPTQTensor.from_codes(final, scales, zeros, g_idx, bits, group_size, name=name)
