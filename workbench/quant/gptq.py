@@ -37,7 +37,7 @@ class GPTQError(ValueError):
 
 # ------------------------------------------------------------------------------------ the Hessian
 
-HESS_ROWS, HESS_COLS = 4, 512       # the tile of H one thread updates for every token
+HESS_ROWS, HESS_COLS = 32, 128     # the tile of H one thread updates for every token
 
 
 @njit(parallel=True, cache=True)
