@@ -21,6 +21,7 @@ EXPECTED = {
     "05_chat": [],
     "06_plan": ["plan_mixtral.csv", "memory_vs_context.png"],
     "07_arena": ["arena_summary.csv"],
+    "08_gptq": ["gptq_vs_gguf.csv", "gptq_pareto.png"],
 }
 
 

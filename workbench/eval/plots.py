@@ -166,6 +166,29 @@ def pareto(df: pd.DataFrame, path=None, y: str = "kld_mean"):
     return save_figure(fig, path)
 
 
+def pareto_by_method(df: pd.DataFrame, path=None):
+    """File size vs mean KLD, one colour per method, one panel per evaluation set (log KLD, error bars 2 s.e.)."""
+    plt = pyplot()
+    _setup_fonts()
+    evals = list(dict.fromkeys(df["eval"]))
+    fig, axes = plt.subplots(1, len(evals), figsize=(5.0 * len(evals), 4.2), layout="constrained", squeeze=False)
+    for ax, ev in zip(axes[0], evals):
+        d = df[df["eval"] == ev]
+        for method, g in d.groupby("method", sort=False):
+            g = g.sort_values("file_bytes")
+            ax.errorbar(g.file_bytes / 2**20, g.kld_mean, yerr=2 * g.kld_err, marker="o", capsize=3, label=method)
+            for _, r in g.iterrows():
+                ax.annotate(r.ftype, (r.file_bytes / 2**20, r.kld_mean), fontsize=8, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_title(ev, fontsize=10)
+        ax.set_xlabel(label("file size (MiB)", "文件大小 (MiB)"))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(label("mean KL divergence vs F16", "相对 F16 的平均 KL 散度"))
+    axes[0][0].legend(fontsize=9)
+    return save_figure(fig, path)
+
+
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight|\.bias)?$")
 GLOBAL_ROW = "other"   # the heatmap row of tensors outside the blocks (token_embd, output)
 
