@@ -47,7 +47,7 @@ class CodeLayout:
     type: GGMLType
     byte: np.ndarray        # (block_size, n_bits) int64
     bit: np.ndarray         # (block_size, n_bits) int64
-    levels: np.ndarray      # (2**n_bits,) float64
+    levels: np.ndarray      # (1 << n_bits,) float64
 
     @property
     def n_bits(self) -> int:
@@ -132,11 +132,11 @@ def code_layout(type_) -> CodeLayout:
         raise CodeLayoutError(f"{t.name}: weights do not have private code bits of equal width "
                               f"(counts {sorted({len(b) for b in bits_of})}): its codes are shared")
     pos = np.array(bits_of)                              # (n, n_bits) bit index in the block
-    layout = CodeLayout(t, pos // 8, pos % 8, np.zeros(2 ** n_bits))
+    layout = CodeLayout(t, pos // 8, pos % 8, np.zeros(1 << n_bits))
     # level table from the first probe row's weight 0 (any weight with a nonzero scale gives the same, up to the
     # affine map); then every weight of every probe must be affine in it
     table = np.stack([dequantize(layout.with_codes(blocks, np.full((1, n), c), n), t, n)
-                      for c in range(2 ** n_bits)], axis=-1).astype(np.float64)   # (rows, n, 2**n_bits)
+                      for c in range(1 << n_bits)], axis=-1).astype(np.float64)   # (rows, n, 2**n_bits)
     ref = None
     for r in range(len(blocks)):
         for p in range(n):
