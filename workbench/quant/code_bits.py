@@ -133,20 +133,15 @@ def code_layout(type_) -> CodeLayout:
                               f"(counts {sorted({len(b) for b in bits_of})}): its codes are shared")
     pos = np.array(bits_of)                              # (n, n_bits) bit index in the block
     layout = CodeLayout(t, pos // 8, pos % 8, np.zeros(1 << n_bits))
-    # level table from the first probe row's weight 0 (any weight with a nonzero scale gives the same, up to the
-    # affine map); then every weight of every probe must be affine in it
+    # level table from the first probe weight whose codes give different values (any such weight gives the same
+    # table up to the affine map); then every weight of every probe must be affine in it
     table = np.stack([dequantize(layout.with_codes(blocks, np.full((1, n), c), n), t, n)
                       for c in range(1 << n_bits)], axis=-1).astype(np.float64)   # (rows, n, 2**n_bits)
-    ref = None
-    for r in range(len(blocks)):
-        for p in range(n):
-            if np.ptp(table[r, p]) > 0:
-                ref = table[r, p]
-                break
-        if ref is not None:
-            break
-    if ref is None:
+    flat = table.reshape(-1, table.shape[-1])
+    live = np.nonzero(np.ptp(flat, axis=1) > 0)[0]
+    if not len(live):
         raise CodeLayoutError(f"{t.name}: the probe blocks dequantize to constants")
+    ref = flat[live[0]]
     levels = (ref - ref.min()) / np.ptp(ref)
     layout = CodeLayout(t, layout.byte, layout.bit, levels)
     a, b = layout.affine(blocks, n)
