@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from workbench.cpu.tile import tile, tile_ref
 from workbench.quant import dequantize, quantize
 from workbench.quant.code_bits import CodeLayoutError, code_layout
 from workbench.quant.gptq import (
@@ -21,6 +22,7 @@ from workbench.quant.gptq import (
     lazy_update_ref,
     quantize_columns,
     quantize_columns_ref,
+    symmetric,
     upper_inverse_ref,
 )
 
@@ -123,6 +125,48 @@ def test_kernels_equal_their_numpy_specs_bit_for_bit():
     lazy_update(w2[0], e2, u.astype(np.float32), 4, 12)
     lazy_update_ref(w2[1], e2, u.astype(np.float32), 4, 12)
     assert np.array_equal(w2[0], w2[1])
+
+
+@pytest.mark.parametrize("n,tokens,rows", [(8, 9, 4), (104, 300, 21), (300, 70, 37)])
+def test_tiled_kernels_equal_their_specs_across_panels_chunks_and_edges(n, tokens, rows):
+    """Sizes that cross the kernels' blockings: several Cholesky panels and inverse blocks, more tokens than one
+    H pass (T_CHUNK), more columns than one lazy-update slab (LAZY_COLS), and partial 4 x 8 tiles at the edges."""
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((tokens, n)) * rng.uniform(0.1, 4, n)).astype(np.float32)
+    a, b = np.full((n, n), 0.5), np.full((n, n), 0.5)
+    accumulate_hessian(a, x)
+    accumulate_hessian_ref(b, x)
+    assert np.array_equal(np.triu(a), np.triu(b))
+    h = symmetric(a) + n * np.eye(n)
+    r = h.copy()
+    assert _cholesky_upper(r)
+    assert np.array_equal(r, cholesky_upper_ref(h))
+    inv = np.zeros_like(r)
+    _upper_inverse_rows(r, inv)
+    assert np.array_equal(inv, upper_inverse_ref(r))
+    u = inverse_cholesky(h, 0.01).astype(np.float32)
+    w = rng.standard_normal((rows, n)).astype(np.float32)
+    err = rng.standard_normal((rows, 8)).astype(np.float32)
+    w1, w2 = w.copy(), w.copy()
+    lazy_update(w1, err, u, 0, min(8, n))
+    lazy_update_ref(w2, err, u, 0, min(8, n))
+    assert np.array_equal(w1, w2) and (n == 8 or not np.array_equal(w1, w))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_register_tile_equals_its_spec_with_negative_strides_and_mixed_types(dtype):
+    rng = np.random.default_rng(7)
+    c = rng.standard_normal((6, 19)).astype(dtype)
+    a = rng.standard_normal((9, 11)).astype(np.float32)
+    b = rng.standard_normal((9, 13)).astype(dtype)
+    for sub in (False, True):
+        c1, c2 = c.copy(), c.copy()
+        tile(c1, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, sub)   # k from the last row up
+        tile_ref(c2, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, sub)
+        assert np.array_equal(c1, c2) and not np.array_equal(c1, c)
+        untouched = np.ones(c.shape, bool)
+        untouched[1:5, 3:11] = False
+        assert np.array_equal(c1[untouched], c[untouched])
 
 
 @pytest.mark.parametrize("t", ["Q4_0", "Q5_1", "Q4_K", "Q3_K", "Q6_K", "IQ4_NL", "IQ4_XS"])

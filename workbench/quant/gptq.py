@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from workbench.cpu.tile import MR, NR, tile_add, tile_sub
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, code_layout
@@ -37,28 +38,60 @@ class GPTQError(ValueError):
 
 # ------------------------------------------------------------------------------------ the Hessian
 
-HESS_ROWS, HESS_COLS = 32, 128     # the tile of H one thread updates for every token
+HESS_ROWS = 32      # the rows of H one thread owns; H[i, j] is accumulated for j >= i - i % HESS_ROWS
+T_CHUNK = 256       # tokens per pass over a row block (its packed panels stay in cache)
+
+
+@njit(cache=True)
+def _edge(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols, sub):
+    """A partial tile (rows x cols of it) in scalar code, the same operations as workbench.cpu.tile's: the
+    product of the widened operands rounded once to c's type, then added or subtracted, k in order."""
+    cf, af, bf = c.reshape(-1), a.reshape(-1), b.reshape(-1)
+    p = np.empty(1, c.dtype)
+    for r in range(rows):
+        for col in range(cols):
+            s = cf[ci + r * ldc + col]
+            for k in range(nk):
+                p[0] = np.float64(af[ai + k * a_k + r * a_r]) * np.float64(bf[bi + k * b_k + col])
+                s = s - p[0] if sub else s + p[0]
+            cf[ci + r * ldc + col] = s
 
 
 @njit(parallel=True, cache=True)
+def _hess_tiles(h, xp, n):
+    """h[i, j] += x[t, i] * x[t, j] for t in order, with x packed as xp[j // 8, t, j % 8] (float32)."""
+    T = xp.shape[1]
+    nib = (n + HESS_ROWS - 1) // HESS_ROWS
+    ldp = T * NR
+    for pp in prange((nib + 1) // 2):                   # row blocks paired top with bottom: equal work
+        for side in range(2):
+            ib = np.int64(pp) if side == 0 else nib - 1 - np.int64(pp)
+            if side == 1 and ib == pp:
+                continue
+            i0 = ib * HESS_ROWS
+            for t0 in range(0, T, T_CHUNK):
+                nt = min(T, t0 + T_CHUNK) - t0
+                for j0 in range(i0, n, NR):
+                    for r0 in range(i0, min(n, i0 + HESS_ROWS), MR):
+                        ai = r0 // NR * ldp + t0 * NR + r0 % NR
+                        bi = j0 // NR * ldp + t0 * NR
+                        if r0 + MR <= n and j0 + NR <= n:
+                            tile_add(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt)
+                        else:
+                            _edge(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt,
+                                      min(MR, n - r0), min(NR, n - j0), False)
+
+
 def accumulate_hessian(h, x):
-    """h[i, j] += x[t, i] * x[t, j] for every token t in order, float64, for j >= i (the upper triangle; a few
-    elements below it are updated too and never read). Tiles of HESS_ROWS x HESS_COLS of h stay in cache while
-    the tokens stream by; each element still adds its products in token order."""
+    """h[i, j] += x[t, i] * x[t, j] for every token t in order, float64, for j >= i - i % HESS_ROWS (the upper
+    triangle and a few elements below it, never read). The products of float32 values are exact in float64;
+    the sums run token by token (workbench.cpu.tile: 4 x 8 tiles of h in registers while the tokens stream by)."""
     n = h.shape[0]
     T = x.shape[0]
-    xd = x.astype(np.float64)
-    n_it = (n + HESS_ROWS - 1) // HESS_ROWS
-    for it in prange(n_it):
-        i0 = it * HESS_ROWS
-        i1 = min(n, i0 + HESS_ROWS)
-        for j0 in range(i0, n, HESS_COLS):
-            j1 = min(n, j0 + HESS_COLS)
-            for t in range(T):
-                for i in range(i0, i1):
-                    xi = xd[t, i]
-                    for j in range(j0, j1):
-                        h[i, j] += xi * xd[t, j]
+    nb = (n + NR - 1) // NR
+    xp = np.zeros((nb * NR, T), np.float32)             # panels of 8 columns, token-major inside
+    xp[:n] = x.T
+    _hess_tiles(h, np.ascontiguousarray(xp.reshape(nb, NR, T).transpose(0, 2, 1)), n)
 
 
 def accumulate_hessian_ref(h, x):
@@ -83,7 +116,8 @@ PANEL = 32
 @njit(parallel=True, cache=True)
 def _cholesky_upper(a):
     """In place: a (upper triangle read) -> R upper with a = R^T R, by row panels of PANEL; each element's
-    updates are applied in k order, as the unblocked algorithm does. Returns False if a is not positive definite."""
+    updates are applied in k order, as the unblocked algorithm does (the trailing rows by 4 x 8 tiles).
+    Returns False if a is not positive definite."""
     n = a.shape[0]
     for k0 in range(0, n, PANEL):
         k1 = min(n, k0 + PANEL)
@@ -99,11 +133,19 @@ def _cholesky_upper(a):
                 f = a[k, i]
                 for j in range(i, n):
                     a[i, j] -= f * a[k, j]
-        for i in prange(k1, n):                         # the trailing rows: the panel's updates, k in order
-            for k in range(k0, k1):
-                f = a[k, i]
-                for j in range(i, n):
-                    a[i, j] -= f * a[k, j]
+        nb = (n - k1 + MR - 1) // MR                   # the trailing rows: a[i, j] -= a[k, i] * a[k, j], k in order
+        for pp in prange((nb + 1) // 2):
+            for side in range(2):
+                ib = np.int64(pp) if side == 0 else nb - 1 - np.int64(pp)
+                if side == 1 and ib == pp:
+                    continue
+                i0 = k1 + ib * MR
+                for j0 in range(i0, n, NR):
+                    if i0 + MR <= n and j0 + NR <= n:
+                        tile_sub(a, i0 * n + j0, n, a, k0 * n + i0, n, 1, a, k0 * n + j0, n, k1 - k0)
+                    else:
+                        _edge(a, i0 * n + j0, n, a, k0 * n + i0, n, 1, a, k0 * n + j0, n, k1 - k0,
+                                  min(MR, n - i0), min(NR, n - j0), True)
     for i in range(n):
         for j in range(i):
             a[i, j] = 0.0
@@ -126,22 +168,38 @@ def cholesky_upper_ref(a: np.ndarray) -> np.ndarray | None:
 
 @njit(parallel=True, cache=True)
 def _upper_inverse_rows(r, x):
-    """x = r^-1 for upper-triangular r, row by row from the bottom: x[i] = (e_i - sum_k>i r[i,k] x[k]) / r[i,i].
-    Rows depend on the rows below them, so the parallel loop runs over column tiles."""
+    """x = r^-1 for upper-triangular r (x zero on entry), by blocks of PANEL rows from the bottom:
+    x[i] = (e_i - sum over k = n-1 down to i+1 of r[i, k] x[k]) / r[i, i]. A block first takes the rows below it
+    (4 x 8 tiles, k descending), then its own rows from its last one up; columns in parallel."""
     n = r.shape[0]
-    tile = 64
-    for jt in prange((n + tile - 1) // tile):
-        j0 = jt * tile
-        j1 = min(n, j0 + tile)
-        for i in range(n - 1, -1, -1):
-            for j in range(max(i, j0), j1):
-                x[i, j] = 1.0 if i == j else 0.0
-            for k in range(i + 1, j1):
-                f = r[i, k]
-                for j in range(max(k, j0), j1):
-                    x[i, j] -= f * x[k, j]
-            for j in range(max(i, j0), j1):
-                x[i, j] /= r[i, i]
+    for i1 in range(n, 0, -PANEL):
+        i0 = max(0, i1 - PANEL)
+        for i in range(i0, i1):
+            x[i, i] = 1.0
+        n_tiles = (n - i0 + NR - 1) // NR
+        if i1 < n:
+            for jt in prange(n_tiles):
+                j0 = i0 + jt * NR
+                for r0 in range(i0, i1, MR):
+                    rows, cols = min(MR, i1 - r0), min(NR, n - j0)
+                    if rows == MR and cols == NR:
+                        tile_sub(x, r0 * n + j0, n, r, r0 * n + n - 1, -1, n, x, (n - 1) * n + j0, -n, n - i1)
+                    else:
+                        _edge(x, r0 * n + j0, n, r, r0 * n + n - 1, -1, n, x, (n - 1) * n + j0, -n, n - i1,
+                                  rows, cols, True)
+        for jt in prange(n_tiles):
+            j0 = i0 + jt * NR
+            j1 = min(n, j0 + NR)
+            for i in range(i1 - 1, i0 - 1, -1):
+                for k in range(i1 - 1, i, -1):
+                    f = r[i, k]
+                    for j in range(j0, j1):
+                        x[i, j] -= f * x[k, j]
+                for j in range(j0, j1):
+                    x[i, j] /= r[i, i]
+    for i in range(n):
+        for j in range(i):
+            x[i, j] = 0.0
 
 
 def upper_inverse_ref(r: np.ndarray) -> np.ndarray:
@@ -150,8 +208,8 @@ def upper_inverse_ref(r: np.ndarray) -> np.ndarray:
     x = np.zeros_like(r)
     for i in range(n - 1, -1, -1):
         x[i, i] = 1.0
-        for k in range(i + 1, n):
-            x[i, k:] -= r[i, k] * x[k, k:]
+        for k in range(n - 1, i, -1):
+            x[i, i:] -= r[i, k] * x[k, i:]
         x[i, i:] /= r[i, i]
     return x
 
@@ -231,15 +289,24 @@ def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1
         w[:, j + 1:e] -= g[:, None] * u[j, j + 1:e][None, :]
 
 
+LAZY_COLS = 256    # columns of u one task's rows sweep at a time
+
+
 @njit(parallel=True, cache=True)
 def lazy_update(w, err, u, s, e):
-    """w[:, e:] -= err @ u[s:e, e:], each element's terms added in k order."""
-    n = w.shape[1]
-    for r in prange(w.shape[0]):
-        for k in range(e - s):
-            g = err[r, k]
-            for j in range(e, n):
-                w[r, j] -= g * u[s + k, j]
+    """w[:, e:] -= err @ u[s:e, e:], each element's terms added in k order (4 x 8 tiles; 16 rows a task,
+    LAZY_COLS columns at a time so the slab of u stays in cache)."""
+    rows, n = w.shape
+    ld_err = err.shape[1]
+    for rb in prange((rows + 15) // 16):
+        for c0 in range(e, n, LAZY_COLS):
+            for r0 in range(rb * 16, min(rows, rb * 16 + 16), MR):
+                for j0 in range(c0, min(n, c0 + LAZY_COLS), NR):
+                    if r0 + MR <= rows and j0 + NR <= n:
+                        tile_sub(w, r0 * n + j0, n, err, r0 * ld_err, 1, ld_err, u, s * n + j0, n, e - s)
+                    else:
+                        _edge(w, r0 * n + j0, n, err, r0 * ld_err, 1, ld_err, u, s * n + j0, n, e - s,
+                                  min(MR, rows - r0), min(NR, n - j0), True)
 
 
 def lazy_update_ref(w, err, u, s, e):

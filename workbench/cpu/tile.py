@@ -1,0 +1,104 @@
+"""A 4 x 8 register tile of a rank-k update, in a fixed order: vector code for GPTQ's float64/float32 products.
+
+    C[r, c] = C[r, c] + A(k, r) * B(k, c)      for k = 0, 1, ..., nk - 1 in that order   (tile_add)
+    C[r, c] = C[r, c] - A(k, r) * B(k, c)                                                  (tile_sub)
+
+for r < 4, c < 8: one multiply, then one add or subtract, rounded each time (no fma contraction, no reordering),
+so each element gets exactly the operations of the scalar loop `for k: c -= a * b`, on every host whatever its
+vector width. Written as plain numba loops, LLVM keeps such a tile in memory and runs it in scalar code (numba's
+local arrays live on the heap); here the 4 rows of C are 4 <8 x T> values in registers for the whole k loop,
+each step one broadcast of A(k, r) and one load of the 8 B(k, c).
+
+All arrays are addressed as flat element offsets into C-contiguous buffers, so one kernel serves the strided
+views GPTQ needs (a packed panel of activations, rows of a triangular factor read backwards):
+
+    C[r, c]  = c_arr.flat[ci + r * ldc + c]
+    A(k, r)  = a_arr.flat[ai + k * a_k + r * a_r]
+    B(k, c)  = b_arr.flat[bi + k * b_k + c]
+
+A and B may be float32 under a float64 C (widened exactly before the product).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from workbench.cpu.ir import I64, splat
+
+MR, NR = 4, 8        # rows x columns of one tile
+
+
+def _llvm_float(dtype) -> ir.Type:
+    return ir.DoubleType() if dtype == types.float64 else ir.FloatType()
+
+
+def _tile(sub: bool):
+    @intrinsic
+    def kernel(typingctx, c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk):
+        sig = types.void(c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk)
+
+        def codegen(context, builder, sig, args):
+            c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk = args
+            ct = _llvm_float(sig.args[0].dtype)
+            vec = ir.VectorType(ct, NR)
+            c_data = context.make_array(sig.args[0])(context, builder, c_arr).data
+            a_data = context.make_array(sig.args[3])(context, builder, a_arr).data
+            b_data = context.make_array(sig.args[7])(context, builder, b_arr).data
+            b_vec = ir.VectorType(_llvm_float(sig.args[7].dtype), NR)
+
+            def widen(v, to):
+                return v if v.type == to else builder.fpext(v, to)
+
+            rows = []
+            for r in range(MR):
+                at = builder.add(ci, builder.mul(ir.Constant(I64, r), ldc))
+                p = builder.bitcast(builder.gep(c_data, [at]), vec.as_pointer())
+                slot = cgutils.alloca_once(builder, vec)          # promoted to a register by LLVM
+                builder.store(builder.load(p, align=4), slot)
+                rows.append((p, slot))
+            with cgutils.for_range(builder, nk) as loop:
+                k = loop.index
+                bp = builder.gep(b_data, [builder.add(bi, builder.mul(k, b_k))])
+                y = widen(builder.load(builder.bitcast(bp, b_vec.as_pointer()), align=4), vec)
+                a_row = builder.add(ai, builder.mul(k, a_k))
+                for r, (_, slot) in enumerate(rows):
+                    x = builder.load(builder.gep(a_data, [builder.add(a_row, builder.mul(ir.Constant(I64, r), a_r))]))
+                    prod = builder.fmul(splat(builder, widen(x, ct), NR), y)
+                    acc = builder.load(slot)
+                    builder.store(builder.fsub(acc, prod) if sub else builder.fadd(acc, prod), slot)
+            for p, slot in rows:
+                builder.store(builder.load(slot), p, align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return kernel
+
+
+tile_add = _tile(sub=False)
+tile_sub = _tile(sub=True)
+
+
+@njit(cache=True)
+def tile(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub):
+    """tile_sub if sub else tile_add, callable from Python."""
+    if sub:
+        tile_sub(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+    else:
+        tile_add(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+
+
+def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
+    """numpy spec of tile_add / tile_sub: the same operations per element, k in order."""
+    cf, af, bf = c.reshape(-1), a.reshape(-1), b.reshape(-1)
+    idx = ci + np.arange(MR)[:, None] * ldc + np.arange(NR)[None, :]
+    acc = cf[idx]
+    for k in range(nk):
+        x = af[ai + k * a_k + np.arange(MR) * a_r].astype(c.dtype)[:, None]
+        y = bf[bi + k * b_k + np.arange(NR)].astype(c.dtype)[None, :]
+        acc = acc - x * y if sub else acc + x * y
+    cf[idx] = acc
+
+
+__all__ = ["MR", "NR", "tile", "tile_add", "tile_ref", "tile_sub"]
