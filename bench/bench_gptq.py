@@ -8,6 +8,7 @@ Chinese text). Prints the table and writes it to data/reports/gptq_vs_rtn.csv. W
 workbench's own logits are used (they equal llama.cpp's AVX2 build), and the table says so.
 
     python bench/bench_gptq.py [--base F16.gguf] [--ftypes Q4_K_M Q3_K_M Q4_0 IQ4_XS] [--chunks 16]
+        [--shrink 1] [--damp 0.01] [--act-order]
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from workbench.eval.imatrix import compute_imatrix
 from workbench.eval.kl import LlamaCppLogits, kl_divergence, save_base
 from workbench.gguf import read_gguf
 from workbench.llama import load
+from workbench.quant.gptq import SHRINK
 from workbench.quant.quantize_model import quantize_model
 from workbench.text.files import read_prompt_file
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--eval-chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--damp", type=float, default=0.01)
+    ap.add_argument("--shrink", type=float, default=SHRINK, help="weight of diag H added to H (0: plain GPTQ)")
     ap.add_argument("--act-order", action="store_true")
     ap.add_argument("--out", default=str(data_dir() / "gptq"))
     args = ap.parse_args()
@@ -72,7 +75,8 @@ def main() -> None:
     if use_lc:
         ref.close()
 
-    tag = f"c{args.chunks}" + ("_ao" if args.act_order else "") + (f"_d{args.damp:g}" if args.damp != 0.01 else "")
+    tag = f"c{args.chunks}" + ("_ao" if args.act_order else "") + (f"_d{args.damp:g}" if args.damp != 0.01 else "") + \
+        f"_s{args.shrink:g}"
     t0 = time.perf_counter()
     imat = compute_imatrix(args.base, calib, n_ctx=n_ctx, n_chunks=args.chunks, dataset=Path(args.calibration).name,
                            progress=False)
@@ -86,6 +90,7 @@ def main() -> None:
         t_rtn = time.perf_counter() - t0
         t0 = time.perf_counter()
         gptq_quantize_model(args.base, files["gptq"], ft, calib, n_ctx=n_ctx, n_chunks=args.chunks, damp=args.damp,
+                            shrink=args.shrink,
                             act_order=args.act_order, dataset=Path(args.calibration).name, progress=False)
         t_gptq = time.perf_counter() - t0
         types = {m: [(t.name, t.type.name) for t in read_gguf(f).tensors] for m, f in files.items()}

@@ -287,3 +287,49 @@ def test_cli_quantize_method_gptq(toy_moe, calibration, tmp_path, capsys):
     assert main(["quantize", str(toy_moe), str(tmp_path / "x.gguf"), "Q4_0", "--method", "gptq"]) != 0
     assert "--calibration" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_shrink_moves_gptq_toward_rounding_with_the_importance_matrix():
+    """shrink = 0 is plain GPTQ; a huge shrink leaves almost no off-diagonal H, hence almost no error feedback:
+    the blocks become those of the format's own quantizer weighted by diag H (rtn + imatrix)."""
+    w, x = correlated(16, 256, 1024, seed=3)
+    h = hessian(x)
+    imp = (np.diag(h) / np.diag(h).max()).astype(np.float32)
+    rtn = quantize(w, "Q4_K", imatrix=imp)
+    plain, far = (gptq_quantize(w, h, "Q4_K", shrink=s) for s in (0.0, 1e9))
+    assert np.mean(far == rtn) > 0.999 and np.mean(plain == rtn) < 0.9
+    with pytest.raises(GPTQError, match="shrink"):
+        gptq_quantize(w, h, "Q4_K", shrink=-1.0)
+
+
+def test_gptq_checkpoint_model_holds_the_checkpoint_grid_and_its_size(toy_moe, calibration, tmp_path):
+    """A whole (toy MoE) model onto a 4-bit group-32 checkpoint grid: every matrix row takes at most 16 values
+    per group of 32 columns (per group of g_idx with act-order), the rest of the model is the source's, the
+    reported size is the packed checkpoint's, and the dequantized model runs."""
+    from workbench.eval.gptq_checkpoint_model import gptq_checkpoint_model
+    from workbench.gguf import read_gguf
+    from workbench.llama import load
+
+    for ao in (False, True):
+        dst = tmp_path / f"ck{ao}.gguf"
+        ck = gptq_checkpoint_model(toy_moe, dst, calibration, bits=4, group_size=32, act_order=ao, n_ctx=64,
+                                   n_chunks=4, progress=False)
+        src, out = read_gguf(toy_moe), read_gguf(dst)
+        want = 0
+        for s, o in zip(src.tensors, out.tensors):
+            assert (s.name, tuple(s.shape)) == (o.name, tuple(o.shape))
+            if s.name in set(ck.report.name):
+                w = o.numpy().astype(np.float32).reshape(-1, s.shape[-1])
+                n_in, n_out = w.shape[1], w.shape[0]
+                if not ao:
+                    per_group = [len(np.unique(g)) for g in w.reshape(n_out, n_in // 32, 32).reshape(-1, 32)]
+                    assert max(per_group) <= 16
+                assert max(len(np.unique(r)) for r in w) <= 16 * n_in // 32
+                assert not np.array_equal(w, s.numpy().astype(np.float32).reshape(w.shape))
+                want += n_in * n_out // 2 + (n_in // 32) * (n_out // 2 + 2 * n_out) + 4 * n_in * (n_out // (
+                    s.shape[1] if len(s.shape) == 3 else n_out))
+            else:
+                assert np.array_equal(np.asarray(o.data), np.asarray(s.data))
+                want += 2 * int(np.prod(s.shape))
+        assert ck.checkpoint_bytes == want and out.metadata["quantize.gptq.act_order"] == ao
+        assert np.isfinite(load(dst, n_ctx=64).logits(np.arange(3, 20))).all()

@@ -1,6 +1,7 @@
 """python -m workbench quantize IN.gguf OUT.gguf FTYPE [--imatrix FILE] [--allow-requantize] [--pure]
 [--output-tensor-type T] [--token-embedding-type T]   (flags as llama-quantize)
-[--method gptq --calibration TEXT [--chunks N] [--ctx N] [--damp 0.01] [--act-order] [--block-size 128]]
+[--method gptq --calibration TEXT [--chunks N] [--ctx N] [--damp 0.01] [--shrink 1] [--act-order]
+[--block-size 128]]
 
 --method rtn (the default) is llama-quantize, byte for byte. --method gptq chooses the codes with GPTQ error
 compensation under the activations of a calibration text; same tensor types and file size as llama-quantize."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.eval.gptq_model import gptq_quantize_model
+from workbench.quant.gptq import SHRINK
 from workbench.quant.quantize_model import QuantizeError, quantize_model
 from workbench.text.files import read_prompt_file
 
@@ -30,6 +32,9 @@ def configure(p) -> None:
     p.add_argument("--chunks", type=int, default=32, help="gptq: calibration chunks (default 32)")
     p.add_argument("--ctx", type=int, default=512, help="gptq: tokens per calibration chunk (default 512)")
     p.add_argument("--damp", type=float, default=0.01, help="gptq: dampening, fraction of mean(diag H)")
+    p.add_argument("--shrink", type=float, default=SHRINK,
+                   help=f"gptq: weight of diag H added to H, pulls the error feedback toward rtn + imatrix (0 = plain "
+                        f"GPTQ; default {SHRINK:g})")
     p.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing activation (desc_act)")
     p.add_argument("--block-size", type=int, default=128, help="gptq: columns per lazy update")
 
@@ -42,7 +47,8 @@ def run(args) -> int:
             raise QuantizeError("--method gptq takes neither --imatrix (it measures the activations itself) nor "
                                 "--allow-requantize (it quantizes from float weights)")
         df = gptq_quantize_model(args.src, args.dst, args.ftype, read_prompt_file(args.calibration),
-                                 n_ctx=args.ctx, n_chunks=args.chunks, damp=args.damp, act_order=args.act_order,
+                                 n_ctx=args.ctx, n_chunks=args.chunks, damp=args.damp, shrink=args.shrink,
+                                 act_order=args.act_order,
                                  block_size=args.block_size, dataset=Path(args.calibration).name, pure=args.pure,
                                  output_tensor_type=args.output_tensor_type,
                                  token_embedding_type=args.token_embedding_type, n_threads=args.threads)

@@ -3,6 +3,8 @@
     rtn           llama-quantize's rounding (quantize_model, byte-identical to llama-quantize)
     rtn+imatrix   the same with an importance matrix computed on the calibration text (llama-imatrix's sums)
     gptq          `--method gptq` on the same text and tokens (workbench.eval.gptq_model)
+    gptq checkpoint  optional: GPTQ checkpoints (AutoGPTQ's grid: bits, group size, act-order) from the same
+                  text, measured on their dequantized weights (workbench.eval.gptq_checkpoint_model)
 
 Each file: size, bits per weight, PPL, mean / p99 KLD and same-top-token rate against the base on evaluation
 texts disjoint from the calibration (the calibration text's later chunks, and other texts), generation speed.
@@ -16,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from workbench.eval.gptq_checkpoint_model import gptq_checkpoint_model
 from workbench.eval.gptq_model import gptq_quantize_model
 from workbench.eval.imatrix import compute_imatrix
 from workbench.eval.kl import kl_divergence, save_base
 from workbench.gguf import read_gguf
 from workbench.llama import load
+from workbench.quant.gptq import SHRINK
 from workbench.quant.quantize_model import quantize_model
 
 METHODS = ("rtn", "rtn+imatrix", "gptq")
@@ -58,10 +62,17 @@ def tokens_per_second(model, n: int = 32) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def checkpoint_label(bits: int, group_size: int, act_order: bool) -> str:
+    """How a GPTQ checkpoint's settings read in the tables, as its model cards name branches: 4b-g128-act."""
+    return f"{bits}b-g{group_size}" + ("-act" if act_order else "")
+
+
 def compare_methods(base, ftypes, calibration: str, others: dict[str, str], out_dir, *, methods=METHODS,
-                    n_ctx: int = 512, n_chunks: int = 16, eval_chunks: int = 8, damp: float = 0.01,
-                    act_order: bool = False, progress: bool = False) -> pd.DataFrame:
-    """One row per (ftype, method, evaluation set). Files are cached in out_dir by their recipe."""
+                    checkpoints=(), n_ctx: int = 512, n_chunks: int = 16, eval_chunks: int = 8, damp: float = 0.01,
+                    shrink: float = SHRINK, act_order: bool = False, progress: bool = False) -> pd.DataFrame:
+    """One row per (ftype, method, evaluation set). checkpoints: (bits, group_size, act_order) of GPTQ checkpoints
+    to add (method "gptq checkpoint", ftype their label; size: the checkpoint's own; measured on its dequantized
+    F16 GGUF, so no tokens/s: llama.cpp does not run GPTQ checkpoints). Files are cached in out_dir by recipe."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise CompareError(f"unknown method(s) {bad}: choose from {METHODS}")
@@ -89,10 +100,10 @@ def compare_methods(base, ftypes, calibration: str, others: dict[str, str], out_
                 path = out / f"rtn_imatrix.{tag}.{ft}.gguf"
                 quantize_model(base, path, ft, imatrix=imat, progress=False, with_error=False)
             else:
-                path = out / f"gptq.{tag}{'.ao' if act_order else ''}.d{damp:g}.{ft}.gguf"
+                path = out / f"gptq.{tag}{'.ao' if act_order else ''}.d{damp:g}.s{shrink:g}.{ft}.gguf"
                 if not path.exists():
                     gptq_quantize_model(base, path, ft, calibration, n_ctx=n_ctx, n_chunks=n_chunks, damp=damp,
-                                        act_order=act_order, progress=progress)
+                                        shrink=shrink, act_order=act_order, progress=progress)
             seconds = time.perf_counter() - t0
             m = load(path, n_ctx=n_ctx, flash_attn=True)
             speed = tokens_per_second(m)
@@ -103,6 +114,20 @@ def compare_methods(base, ftypes, calibration: str, others: dict[str, str], out_
                              "bpw": 8 * size / n_params, "ppl": r.ppl, "kld_mean": r.kld_mean, "kld_err": r.kld_err,
                              "kld_p99": r.kld_percentiles["99"], "same_top": r.same_top_p, "tokens_per_s": speed,
                              "quantize_s": seconds})
+    for bits, group, ao in checkpoints:
+        lab = checkpoint_label(bits, group, ao)
+        path = out / f"gptq_ckpt.{tag}.d{damp:g}.s{shrink:g}.{lab}.gguf"
+        t0 = time.perf_counter()
+        ck = gptq_checkpoint_model(base, path, calibration, bits=bits, group_size=group, act_order=ao, damp=damp,
+                                   shrink=shrink, n_ctx=n_ctx, n_chunks=n_chunks, progress=progress)
+        seconds = time.perf_counter() - t0
+        m = load(path, n_ctx=n_ctx, flash_attn=True)
+        for name, kld_file in bases.items():
+            r = kl_divergence(m, kld_file, progress=progress)
+            rows.append({"ftype": lab, "method": "gptq checkpoint", "eval": name, "file_bytes": ck.checkpoint_bytes,
+                         "bpw": 8 * ck.checkpoint_bytes / n_params, "ppl": r.ppl, "kld_mean": r.kld_mean,
+                         "kld_err": r.kld_err, "kld_p99": r.kld_percentiles["99"], "same_top": r.same_top_p,
+                         "tokens_per_s": float("nan"), "quantize_s": seconds})
     return pd.DataFrame(rows)
 
 

@@ -33,6 +33,7 @@ from workbench.llama.kv_cache import KVCache
 from workbench.llama.weights import Weight
 from workbench.quant import quantize
 from workbench.quant.gptq import (
+    SHRINK,
     GPTQError,
     accumulate_hessian,
     check_hessian,
@@ -74,11 +75,11 @@ class _Hessians:
         key = (SHARED.get(attr, attr), e)
         return (symmetric(self.h[key]), self.rows[key]) if key in self.h else (None, 0)
 
-    def prepare(self, attr: str, e: int, h: np.ndarray, damp: float, act_order: bool):
+    def prepare(self, attr: str, e: int, h: np.ndarray, damp: float, act_order: bool, shrink: float):
         """gptq.prepare once per H (q, k and v share it; gate and up)."""
         key = (SHARED.get(attr, attr), e)
         if key not in self.prepared:
-            self.prepared[key] = prepare(h, damp, act_order)
+            self.prepared[key] = prepare(h, damp, act_order, shrink)
         return self.prepared[key]
 
 
@@ -116,8 +117,46 @@ def _check_calibration(model, tokens: np.ndarray, n_ctx: int, n_chunks: int | No
     return n_chunk
 
 
+def calibration_inputs(model, calibration: str, n_ctx: int, n_chunks: int | None) -> np.ndarray:
+    """The calibration chunks' embeddings (chunks, n_ctx, n_embd): n_ctx tokens each, BOS first when the model
+    adds one (as llama-imatrix and llama-perplexity cut a text)."""
+    toks = np.asarray(model.tokenize(calibration, add_special=True), np.int32)
+    n_chunk = _check_calibration(model, toks, n_ctx, n_chunks)
+    chunks = [toks[i * n_ctx:(i + 1) * n_ctx].copy() for i in range(n_chunk)]
+    for c in chunks:
+        if model.add_bos:
+            c[0] = model.bos_id
+    return np.stack([model.weights.token_embd.get_rows(c) for c in chunks])
+
+
+def sequential_blocks(model, x: np.ndarray, quantize_matrix, desc: str = "gptq", progress: bool = True):
+    """GPTQ's sequential mode over the blocks of `model`: per block, H for each matrix from x (the block's float
+    input), then quantize_matrix(weight, attr, hessians) -> the Weight the block uses from then on, then x = the
+    block's output with those weights. Returns the last block's output (chunks, n_ctx, n_embd)."""
+    from tqdm.auto import tqdm
+
+    cfg = model.config
+    n_ctx = x.shape[1]
+    cs = model.rope.cos_sin(np.arange(n_ctx))
+    cache = KVCache(cfg.n_layer, n_ctx, cfg.n_embd_kv, model.cache_type)
+    scale = np.float32(cfg.kq_scale)
+    for il, lw in enumerate(tqdm(model.weights.layers, desc=desc, unit="layer", disable=not progress)):
+        hs = _Hessians()
+        present = [a for a in MATRICES if getattr(lw, a) is not None]
+        originals = {a: getattr(lw, a) for a in present}
+        for a in present:
+            setattr(lw, a, _Collect(originals[a], a, hs))
+        for c in range(len(x)):                                         # float block: collect H
+            layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
+        for a in present:                                               # quantize the block's matrices
+            setattr(lw, a, quantize_matrix(originals[a], a, hs))
+        for c in range(len(x)):                                         # quantized block: the next block's input
+            x[c] = layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
+    return x
+
+
 def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, n_chunks: int | None = 32,
-                        damp: float = 0.01, act_order: bool = False, block_size: int = 128,
+                        damp: float = 0.01, act_order: bool = False, block_size: int = 128, shrink: float = SHRINK,
                         dataset: str = "", pure: bool = False, output_tensor_type=None,
                         token_embedding_type=None, progress: bool = True, n_threads: int | None = None):
     """`python -m workbench quantize SRC DST FTYPE --method gptq --calibration TEXT`: quantize the float GGUF `src`
@@ -126,7 +165,6 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     Returns a per-tensor report (name, new_type, method, rows_seen, seconds). Everything is checked, and every
     tensor quantized, before the output file is opened."""
     import pandas as pd
-    from tqdm.auto import tqdm
 
     try:
         ftype = LlamaFileType.parse(ftype)
@@ -135,8 +173,9 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"destination {dst} is the source file: choose another output path")
-    if not (np.isfinite(damp) and damp >= 0):
-        raise QuantizeError(f"damp={damp}: must be a finite number >= 0")
+    for name, v in (("damp", damp), ("shrink", shrink)):
+        if not (np.isfinite(v) and v >= 0):
+            raise QuantizeError(f"{name}={v}: must be a finite number >= 0")
     gf = read_gguf(src)
     plans = plan_types(gf.tensors, model_shape(gf.metadata), ftype, has_imatrix=True, pure=pure,
                        output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
@@ -148,19 +187,7 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     plan_of = {p.name: p for p in plans}
 
     model = load(src, n_ctx=n_ctx, n_threads=n_threads, flash_attn=True)
-    cfg = model.config
-    toks = np.asarray(model.tokenize(calibration, add_special=True), np.int32)
-    n_chunk = _check_calibration(model, toks, n_ctx, n_chunks)
-    bos = model.bos_id if model.add_bos else None
-    chunks = [toks[i * n_ctx:(i + 1) * n_ctx].copy() for i in range(n_chunk)]
-    for c in chunks:
-        if bos is not None:
-            c[0] = bos
-    x = np.stack([model.weights.token_embd.get_rows(c) for c in chunks])          # (chunks, n_ctx, E)
-    cs = model.rope.cos_sin(np.arange(n_ctx))
-    cache = KVCache(cfg.n_layer, n_ctx, cfg.n_embd_kv, model.cache_type)
-    scale = np.float32(cfg.kq_scale)
-
+    x = calibration_inputs(model, calibration, n_ctx, n_chunks)
     done: dict[str, np.ndarray] = {}
     report = []
 
@@ -186,7 +213,8 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
                 check_hessian(h, w.n_per_row, name)
                 out[part] = gptq_quantize(np.ascontiguousarray(full[part]), h, p.dst_type, damp=damp,
                                           act_order=act_order, block_size=block_size, name=name,
-                                          prepared=hs.prepare(attr, e if n_mat > 1 else -1, h, damp, act_order))
+                                          prepared=hs.prepare(attr, e if n_mat > 1 else -1, h, damp, act_order,
+                                                            shrink))
                 methods.append("gptq")
             seen.append(n_rows)
         done[w.name] = out
@@ -194,25 +222,13 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
                        "rows_seen": int(min(seen)), "seconds": time.perf_counter() - t0})
         return Weight(w.name, p.dst_type, w.shape, out, w.is_expert, w.quantize_act)
 
-    for il, lw in enumerate(tqdm(model.weights.layers, desc=f"gptq {ftype.name}", unit="layer",
-                                 disable=not progress)):
-        hs = _Hessians()
-        present = [a for a in MATRICES if getattr(lw, a) is not None]
-        originals = {a: getattr(lw, a) for a in present}
-        for a in present:
-            setattr(lw, a, _Collect(originals[a], a, hs))
-        for c in range(n_chunk):                                        # float block: collect H
-            layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
-        for a in present:                                               # quantize the block's matrices
-            setattr(lw, a, quantize_matrix(originals[a], a, hs))
-        for c in range(n_chunk):                                        # quantized block: the next block's input
-            x[c] = layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
-
+    x = sequential_blocks(model, x, quantize_matrix, desc=f"gptq {ftype.name}", progress=progress)
     out_w = model.weights.output
     if out_w.name == "output.weight":
         hs = _Hessians()
-        for c in range(n_chunk):
-            hs.add("output", -1, ops.rms_norm(np.ascontiguousarray(x[c]), model.weights.output_norm, cfg.rms_eps))
+        for xc in x:
+            hs.add("output", -1, ops.rms_norm(np.ascontiguousarray(xc), model.weights.output_norm,
+                                              model.config.rms_eps))
         quantize_matrix(out_w, "output", hs)
     for p in plans:                                                     # the rest as llama-quantize does
         if p.name not in done and p.dst_type != p.src_type:
@@ -222,8 +238,9 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
 
     md = quantized_metadata(gf.metadata, ftype)
     for k, v, vt in [("quantize.gptq.dataset", dataset or "(text)", VT.STRING),
-                     ("quantize.gptq.n_tokens", n_chunk * n_ctx, VT.UINT32),
+                     ("quantize.gptq.n_tokens", x.shape[0] * x.shape[1], VT.UINT32),
                      ("quantize.gptq.damp", float(damp), VT.FLOAT32),
+                     ("quantize.gptq.shrink", float(shrink), VT.FLOAT32),
                      ("quantize.gptq.act_order", bool(act_order), VT.BOOL),
                      ("quantize.gptq.block_size", int(block_size), VT.UINT32)]:
         md.set(k, v, vt)

@@ -21,7 +21,7 @@ from workbench.hf.gptq_checkpoint import (
     GPTQTensor,
     q4_1_exact_scales,
 )
-from workbench.quant.gptq import check_hessian, prepare, run_columns
+from workbench.quant.gptq import SHRINK, check_hessian, prepare, run_columns
 
 
 def find_params(x: np.ndarray, maxq: int, sym: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def find_params(x: np.ndarray, maxq: int, sym: bool) -> tuple[np.ndarray, np.nda
 
 def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, *, sym: bool = False,
                 act_order: bool = False, damp: float = 0.01, block_size: int = 128, q4_1_exact: bool = False,
-                name: str = "weight") -> GPTQTensor:
+                shrink: float = SHRINK, name: str = "weight") -> GPTQTensor:
     """Quantize w (out, in) float32 under H (in, in) into a GPTQTensor (bits 2/3/4/8, group_size or -1)."""
     w = np.asarray(w, np.float32)
     rows, n = w.shape
@@ -57,7 +57,7 @@ def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, 
         raise GPTQCheckpointError(f"{name}: q4_1_exact needs 4 bits, group 32, asymmetric, no act-order")
     check_hessian(h, n, name)
     maxq = (1 << bits) - 1
-    perm, u = prepare(h, damp, act_order)
+    perm, u = prepare(h, damp, act_order, shrink)
     work = np.ascontiguousarray(w[:, perm])
     a, b = np.zeros((rows, n)), np.zeros((rows, n))
     codes = np.zeros((rows, n), np.uint16)

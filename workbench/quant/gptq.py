@@ -214,21 +214,29 @@ def upper_inverse_ref(r: np.ndarray) -> np.ndarray:
     return x
 
 
-def damped(h: np.ndarray, damp: float) -> np.ndarray:
-    """H + damp * mean(diag H) * I (GPTQ's dampening, `damp_percent`), float64."""
+SHRINK = 1.0   # default weight of diag H added to H (see damped); measured in bench/bench_gptq.py
+
+
+def damped(h: np.ndarray, damp: float, shrink: float = 0.0) -> np.ndarray:
+    """H + shrink * Diag(H) + damp * mean(diag H) * I, float64. damp is GPTQ's dampening (`damp_percent`).
+    shrink pulls H toward its diagonal: H's off-diagonal part, the correlations between input columns, is
+    estimated from a few thousand tokens of one text and partly belongs to that text; error feedback that
+    trusts it fully moves the rounding error into directions that text rarely uses and other texts do.
+    shrink = 0 is plain GPTQ; as it grows GPTQ tends to rounding with diag H as the importance (rtn + imatrix)."""
     h = np.array(h, np.float64)
-    h[np.diag_indices(len(h))] += damp * np.mean(np.diag(h))
+    d = np.diag(h).copy()
+    h[np.diag_indices(len(h))] += shrink * d + damp * np.mean(d)
     return h
 
 
-def inverse_cholesky(h: np.ndarray, damp: float = 0.01) -> np.ndarray:
-    """U (float64, upper) with U^T U = (H + damp * mean(diag H) I)^-1, without forming the inverse: the upper
+def inverse_cholesky(h: np.ndarray, damp: float = 0.01, shrink: float = 0.0) -> np.ndarray:
+    """U (float64, upper) with U^T U = damped(H)^-1, without forming the inverse: the upper
     factor of the reversed matrix, Hr = Ur^T Ur, gives H = R R^T with R = J Ur^T J upper, so U = R^-1 =
     J Ur^-T J."""
-    hr = np.ascontiguousarray(damped(h, damp)[::-1, ::-1])
+    hr = np.ascontiguousarray(damped(h, damp, shrink)[::-1, ::-1])
     if not _cholesky_upper(hr):
-        raise GPTQError("H + damp * mean(diag H) * I is not positive definite: use a larger damp or more "
-                        "calibration tokens")
+        raise GPTQError("H + shrink * Diag(H) + damp * mean(diag H) * I is not positive definite: use a larger "
+                        "damp or more calibration tokens")
     inv = np.zeros_like(hr)
     _upper_inverse_rows(hr, inv)
     return np.ascontiguousarray(inv.T[::-1, ::-1])
@@ -352,22 +360,25 @@ def run_columns(work, u, a, b, codes, levels, order, step: int, unit: int, block
             lazy_update(work, err, u, s, e)
 
 
-def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
+            shrink: float = SHRINK) -> tuple[np.ndarray, np.ndarray]:
     """(perm, U): the column order and the inverse Cholesky factor of the permuted, damped H, float32. Matrices
     that read the same input (q, k, v) share one."""
-    if not (0.0 <= damp and np.isfinite(damp)):
-        raise GPTQError(f"damp={damp}: must be a finite number >= 0")
+    for name, v in (("damp", damp), ("shrink", shrink)):
+        if not (0.0 <= v and np.isfinite(v)):
+            raise GPTQError(f"{name}={v}: must be a finite number >= 0")
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
-    return perm, inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
+    return perm, inverse_cholesky(h[np.ix_(perm, perm)], damp, shrink).astype(np.float32)
 
 
 def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | None = None, damp: float = 0.01,
-                  act_order: bool = False, block_size: int = 128, name: str = "weight",
+                  act_order: bool = False, block_size: int = 128, name: str = "weight", shrink: float = SHRINK,
                   prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
     under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
     llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), rounded
-    up to whole blocks of the type. prepared: `prepare(h, damp, act_order)` when several matrices share h."""
+    up to whole blocks of the type. shrink: see damped. prepared: `prepare(h, damp, act_order, shrink)` when
+    several matrices share h."""
     t: GGMLType = parse_type(type_)
     layout = code_layout(t)
     w = np.asarray(w)
@@ -380,7 +391,7 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     check_hessian(h, n, name)
     imp = (np.diag(h) / max(np.diag(h).max(), 1e-30)).astype(np.float32) if imatrix is None else \
         np.ascontiguousarray(imatrix, np.float32)
-    perm, u = prepared if prepared is not None else prepare(h, damp, act_order)
+    perm, u = prepared if prepared is not None else prepare(h, damp, act_order, shrink)
     work = np.ascontiguousarray(w[:, perm])
     a = np.zeros((rows, n))
     b = np.zeros((rows, n))
