@@ -166,27 +166,32 @@ def cholesky_upper_ref(a: np.ndarray) -> np.ndarray | None:
     return np.triu(a)
 
 
+INV_K = 256    # rows of x below a block taken per pass (the slab of r and x stays in cache)
+
+
 @njit(parallel=True, cache=True)
 def _upper_inverse_rows(r, x):
     """x = r^-1 for upper-triangular r (x zero on entry), by blocks of PANEL rows from the bottom:
     x[i] = (e_i - sum over k = n-1 down to i+1 of r[i, k] x[k]) / r[i, i]. A block first takes the rows below it
-    (4 x 8 tiles, k descending), then its own rows from its last one up; columns in parallel."""
+    (4 x 8 tiles, k descending), then its own rows from its last one up; columns in parallel. Terms with
+    x[k, j] = 0 (j < k) are skipped where a whole tile has them (they change at most the sign of a zero)."""
     n = r.shape[0]
     for i1 in range(n, 0, -PANEL):
         i0 = max(0, i1 - PANEL)
         for i in range(i0, i1):
             x[i, i] = 1.0
         n_tiles = (n - i0 + NR - 1) // NR
-        if i1 < n:
-            for jt in prange(n_tiles):
+        for kb in range(n, i1, -INV_K):                # the rows below, INV_K of them at a time, k descending
+            ka = max(i1, kb - INV_K)
+            for jt in prange(max(0, (ka - i0) // NR), n_tiles):   # x[k, j] = 0 for j < k: tiles left of ka add 0
                 j0 = i0 + jt * NR
                 for r0 in range(i0, i1, MR):
                     rows, cols = min(MR, i1 - r0), min(NR, n - j0)
                     if rows == MR and cols == NR:
-                        tile_sub(x, r0 * n + j0, n, r, r0 * n + n - 1, -1, n, x, (n - 1) * n + j0, -n, n - i1)
+                        tile_sub(x, r0 * n + j0, n, r, r0 * n + kb - 1, -1, n, x, (kb - 1) * n + j0, -n, kb - ka)
                     else:
-                        _edge(x, r0 * n + j0, n, r, r0 * n + n - 1, -1, n, x, (n - 1) * n + j0, -n, n - i1,
-                                  rows, cols, True)
+                        _edge(x, r0 * n + j0, n, r, r0 * n + kb - 1, -1, n, x, (kb - 1) * n + j0, -n, kb - ka,
+                              rows, cols, True)
         for jt in prange(n_tiles):
             j0 = i0 + jt * NR
             j1 = min(n, j0 + NR)
