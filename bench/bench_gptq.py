@@ -8,7 +8,7 @@ Chinese text). Prints the table and writes it to data/reports/gptq_vs_rtn.csv. W
 workbench's own logits are used (they equal llama.cpp's AVX2 build), and the table says so.
 
     python bench/bench_gptq.py [--base F16.gguf] [--ftypes Q4_K_M Q3_K_M Q4_0 IQ4_XS] [--chunks 16]
-        [--shrink 1] [--damp 0.01] [--act-order]
+        [--shrink 3] [--damp 0.01] [--act-order]
 """
 from __future__ import annotations
 

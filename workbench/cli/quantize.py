@@ -1,6 +1,6 @@
 """python -m workbench quantize IN.gguf OUT.gguf FTYPE [--imatrix FILE] [--allow-requantize] [--pure]
 [--output-tensor-type T] [--token-embedding-type T]   (flags as llama-quantize)
-[--method gptq --calibration TEXT [--chunks N] [--ctx N] [--damp 0.01] [--shrink 1] [--act-order]
+[--method gptq --calibration TEXT [--chunks N] [--ctx N] [--damp 0.01] [--shrink 3] [--act-order]
 [--block-size 128]]
 
 --method rtn (the default) is llama-quantize, byte for byte. --method gptq chooses the codes with GPTQ error
