@@ -21,7 +21,7 @@ ALLOWED = {
     "assets": {"gguf"},
     "llama": {"gguf", "cpu", "quant", "text"},
     "hf": {"gguf", "cpu", "quant", "text"},
-    "eval": {"gguf", "cpu", "quant", "text", "assets", "llama"},
+    "eval": {"gguf", "cpu", "quant", "text", "assets", "llama", "hf"},  # hf: measuring GPTQ checkpoints
     "plan": {"gguf", "quant", "hf"},
     "toy_models": {"gguf", "hf", "assets"},
     "workspace": {"gguf", "text", "assets", "toy_models"},
