@@ -150,7 +150,7 @@ def test_register_tile_equals_its_spec_with_negative_strides_and_mixed_types(dty
     b = rng.standard_normal((9, 13)).astype(dtype)
     for sub in (False, True):
         c1, c2 = c.copy(), c.copy()
-        tile(c1, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, sub)   # k from the last row up
+        tile(c1, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, 4, 8, sub)   # k from the last row up
         tile_ref(c2, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, sub)
         assert np.array_equal(c1, c2) and not np.array_equal(c1, c)
         untouched = np.ones(c.shape, bool)

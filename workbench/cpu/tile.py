@@ -81,12 +81,25 @@ tile_sub = _tile(sub=True)
 
 
 @njit(cache=True)
-def tile(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub):
-    """tile_sub if sub else tile_add, callable from Python."""
-    if sub:
-        tile_sub(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
-    else:
-        tile_add(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+def tile(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols, sub):
+    """The rows x cols corner of a tile (rows <= MR, cols <= NR): the vector kernel (tile_sub if sub else tile_add)
+    when it is whole, else the same operations in scalar code (the product of the widened operands rounded once
+    to c's type, then added or subtracted, k in order)."""
+    if rows == MR and cols == NR:
+        if sub:
+            tile_sub(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+        else:
+            tile_add(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+        return
+    cf, af, bf = c.reshape(-1), a.reshape(-1), b.reshape(-1)
+    p = np.empty(1, c.dtype)
+    for r in range(rows):
+        for col in range(cols):
+            s = cf[ci + r * ldc + col]
+            for k in range(nk):
+                p[0] = np.float64(af[ai + k * a_k + r * a_r]) * np.float64(bf[bi + k * b_k + col])
+                s = s - p[0] if sub else s + p[0]
+            cf[ci + r * ldc + col] = s
 
 
 def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:

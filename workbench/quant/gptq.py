@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.tile import MR, NR, tile_add, tile_sub
+from workbench.cpu.tile import MR, NR, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, code_layout
@@ -40,21 +40,6 @@ class GPTQError(ValueError):
 
 HESS_ROWS = 32      # the rows of H one thread owns; H[i, j] is accumulated for j >= i - i % HESS_ROWS
 T_CHUNK = 256       # tokens per pass over a row block (its packed panels stay in cache)
-
-
-@njit(cache=True)
-def _edge(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols, sub):
-    """A partial tile (rows x cols of it) in scalar code, the same operations as workbench.cpu.tile's: the
-    product of the widened operands rounded once to c's type, then added or subtracted, k in order."""
-    cf, af, bf = c.reshape(-1), a.reshape(-1), b.reshape(-1)
-    p = np.empty(1, c.dtype)
-    for r in range(rows):
-        for col in range(cols):
-            s = cf[ci + r * ldc + col]
-            for k in range(nk):
-                p[0] = np.float64(af[ai + k * a_k + r * a_r]) * np.float64(bf[bi + k * b_k + col])
-                s = s - p[0] if sub else s + p[0]
-            cf[ci + r * ldc + col] = s
 
 
 @njit(parallel=True, cache=True)
@@ -75,11 +60,8 @@ def _hess_tiles(h, xp, n):
                     for r0 in range(i0, min(n, i0 + HESS_ROWS), MR):
                         ai = r0 // NR * ldp + t0 * NR + r0 % NR
                         bi = j0 // NR * ldp + t0 * NR
-                        if r0 + MR <= n and j0 + NR <= n:
-                            tile_add(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt)
-                        else:
-                            _edge(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt,
-                                      min(MR, n - r0), min(NR, n - j0), False)
+                        tile(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt, min(MR, n - r0), min(NR, n - j0),
+                             False)
 
 
 def accumulate_hessian(h, x):
@@ -141,11 +123,8 @@ def _cholesky_upper(a):
                     continue
                 i0 = k1 + ib * MR
                 for j0 in range(i0, n, NR):
-                    if i0 + MR <= n and j0 + NR <= n:
-                        tile_sub(a, i0 * n + j0, n, a, k0 * n + i0, n, 1, a, k0 * n + j0, n, k1 - k0)
-                    else:
-                        _edge(a, i0 * n + j0, n, a, k0 * n + i0, n, 1, a, k0 * n + j0, n, k1 - k0,
-                                  min(MR, n - i0), min(NR, n - j0), True)
+                    tile(a, i0 * n + j0, n, a, k0 * n + i0, n, 1, a, k0 * n + j0, n, k1 - k0, min(MR, n - i0),
+                         min(NR, n - j0), True)
     for i in range(n):
         for j in range(i):
             a[i, j] = 0.0
@@ -186,12 +165,8 @@ def _upper_inverse_rows(r, x):
             for jt in prange(max(0, (ka - i0) // NR), n_tiles):   # x[k, j] = 0 for j < k: tiles left of ka add 0
                 j0 = i0 + jt * NR
                 for r0 in range(i0, i1, MR):
-                    rows, cols = min(MR, i1 - r0), min(NR, n - j0)
-                    if rows == MR and cols == NR:
-                        tile_sub(x, r0 * n + j0, n, r, r0 * n + kb - 1, -1, n, x, (kb - 1) * n + j0, -n, kb - ka)
-                    else:
-                        _edge(x, r0 * n + j0, n, r, r0 * n + kb - 1, -1, n, x, (kb - 1) * n + j0, -n, kb - ka,
-                              rows, cols, True)
+                    tile(x, r0 * n + j0, n, r, r0 * n + kb - 1, -1, n, x, (kb - 1) * n + j0, -n, kb - ka,
+                         min(MR, i1 - r0), min(NR, n - j0), True)
         for jt in prange(n_tiles):
             j0 = i0 + jt * NR
             j1 = min(n, j0 + NR)
@@ -315,11 +290,8 @@ def lazy_update(w, err, u, s, e):
         for c0 in range(e, n, LAZY_COLS):
             for r0 in range(rb * 16, min(rows, rb * 16 + 16), MR):
                 for j0 in range(c0, min(n, c0 + LAZY_COLS), NR):
-                    if r0 + MR <= rows and j0 + NR <= n:
-                        tile_sub(w, r0 * n + j0, n, err, r0 * ld_err, 1, ld_err, u, s * n + j0, n, e - s)
-                    else:
-                        _edge(w, r0 * n + j0, n, err, r0 * ld_err, 1, ld_err, u, s * n + j0, n, e - s,
-                                  min(MR, rows - r0), min(NR, n - j0), True)
+                    tile(w, r0 * n + j0, n, err, r0 * ld_err, 1, ld_err, u, s * n + j0, n, e - s,
+                         min(MR, rows - r0), min(NR, n - j0), True)
 
 
 def lazy_update_ref(w, err, u, s, e):
