@@ -73,17 +73,21 @@ def make_hf_llama(out: Path, shape: dict = TINYLLAMA_1B, seed: int = 1, tokenize
     return out
 
 
-def ensure_seeded_1b(folder: Path = ROOT / "data" / "models", ftype: str = "Q4_K_M") -> Path:
-    """data/models/seeded-1b-<ftype>.gguf, built (HF folder -> F16 GGUF -> ftype) the first time only."""
-    quant = folder / f"seeded-1b-{ftype}.gguf"
-    if quant.exists():
-        return quant
+def ensure_seeded_1b_f16(folder: Path = ROOT / "data" / "models") -> Path:
+    """data/models/seeded-1b-f16.gguf, built (HF folder -> F16 GGUF) the first time only."""
     f16 = folder / "seeded-1b-f16.gguf"
     if not f16.exists():
         hf = make_hf_llama(folder / "seeded-1b-hf")
         convert_hf(hf, f16, outtype="f16", progress=False)
         shutil.rmtree(hf)  # the GGUF holds the same weights; keep only it
-    quantize_model(f16, quant, ftype, with_error=False, progress=False)
+    return f16
+
+
+def ensure_seeded_1b(folder: Path = ROOT / "data" / "models", ftype: str = "Q4_K_M") -> Path:
+    """data/models/seeded-1b-<ftype>.gguf, built (HF folder -> F16 GGUF -> ftype) the first time only."""
+    quant = folder / f"seeded-1b-{ftype}.gguf"
+    if not quant.exists():
+        quantize_model(ensure_seeded_1b_f16(folder), quant, ftype, with_error=False, progress=False)
     return quant
 
 

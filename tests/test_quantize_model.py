@@ -87,6 +87,22 @@ def test_tiny_mixtral8_ftype_is_byte_identical(ftype, golden_dir, tmp_path):
         pytest.fail(explain_mismatch(dst, out["tensors"]))
 
 
+def test_chunked_rows_are_byte_identical(golden_dir, tmp_path, monkeypatch):
+    """Chunks of 100 rows (not a divisor of an expert's 512, so chunks end at expert boundaries too) give the
+    llama-quantize bytes and the same error report as whole tensors."""
+    import workbench.quant.quantize_model as qm
+
+    out = next(o for o in golden(golden_dir, TOY)["outputs"] if o["ftype"] == "Q4_K_M")
+    src = golden_dir / "toy" / "tiny-mixtral8-f16.gguf"
+    whole = quantize_model(src, tmp_path / "whole.gguf", "Q4_K_M", progress=False)
+    monkeypatch.setattr(qm, "CHUNK_BYTES", 4 * 256 * 100)
+    dst = tmp_path / out["file"]
+    chunked = quantize_model(src, dst, "Q4_K_M", progress=False)
+    if sha256(dst) != out["sha256"]:
+        pytest.fail(explain_mismatch(dst, out["tensors"]))
+    np.testing.assert_allclose(chunked.rel_rmse, whole.rel_rmse, rtol=1e-9)
+
+
 def test_report_and_metadata(golden_dir, tmp_path):
     dst = tmp_path / "q8.gguf"
     df = quantize_model(golden_dir / "toy" / "tiny-mixtral8-f16.gguf", dst, "Q8_0", progress=False)

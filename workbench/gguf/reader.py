@@ -165,6 +165,21 @@ class GGUFFile:
     def architecture(self) -> str | None:
         return self.metadata.get(Keys.General.ARCHITECTURE)
 
+    def release(self, t: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+        """Drop bytes [start, stop) of tensor t's data from this process's resident memory (the pages stay in
+        the OS file cache and fault back in if read again): a streaming reader's peak RSS stays one piece of
+        one tensor instead of the whole file. A no-op for in-memory data."""
+        buf = self._buffer
+        if not isinstance(buf, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        stop = t.nbytes if stop is None else min(stop, t.nbytes)
+        lo = self.data_offset + t.offset + start
+        hi = self.data_offset + t.offset + stop
+        lo -= lo % mmap.PAGESIZE                    # whole pages; a neighbour's page only refaults
+        hi = min(len(buf), -(-hi // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if hi > lo:
+            buf.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
     def close(self) -> None:
         """Release the memory map (views handed out earlier must be dropped first)."""
         buf, self._buffer = self._buffer, None

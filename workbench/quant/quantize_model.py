@@ -3,7 +3,9 @@ metadata updates, same file bytes.
 
 Per tensor: keep the bytes when the type does not change, else dequantize to F32 (F16/BF16/any quant type) and
 quantize to the target type, each expert of a 3-D tensor with its own slice of the importance matrix.
-Streaming: one tensor in memory at a time; the output is written atomically (temporary file + rename).
+Streaming: the source is memory-mapped and read a chunk of rows at a time, each chunk's pages released once
+quantized, so what is resident is one chunk of float32 rows and the tensor being written; the output is written
+atomically (temporary file + rename).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.gguf import GGUFValueType as VT, Keys, TensorInfo, read_gguf
+from workbench.gguf import GGUFFile, GGUFValueType as VT, Keys, TensorInfo, read_gguf
 from workbench.gguf.constants import QUANTIZATION_VERSION, GGMLType, LlamaFileType, key
 from workbench.gguf.writer import GGUFWriter
 from workbench.quant import dequantize, quantize
@@ -58,15 +60,15 @@ def quantized_metadata(metadata, ftype: LlamaFileType, imat=None):
     return md
 
 
-def to_f32(t: TensorInfo) -> np.ndarray:
-    """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row)."""
+def to_f32(t: TensorInfo, rows: slice = slice(None)) -> np.ndarray:
+    """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row), or those rows of it."""
     if t.type == GGMLType.F32:
-        return t.numpy().reshape(-1, t.n_per_row)
+        return t.numpy().reshape(-1, t.n_per_row)[rows]
     if t.type == GGMLType.F16:
-        return t.numpy().astype(np.float32).reshape(-1, t.n_per_row)
+        return t.numpy().reshape(-1, t.n_per_row)[rows].astype(np.float32)
     if t.type == GGMLType.BF16:
-        return (t.numpy().astype(np.uint32) << 16).view(np.float32).reshape(-1, t.n_per_row)
-    return dequantize(t.rows(), t.type, t.n_per_row)
+        return (t.numpy().reshape(-1, t.n_per_row)[rows].astype(np.uint32) << 16).view(np.float32)
+    return dequantize(np.ascontiguousarray(t.rows()[rows]), t.type, t.n_per_row)
 
 
 def imatrix_size(t: TensorInfo) -> int:
@@ -80,22 +82,35 @@ def imatrix_values(imat, t: TensorInfo) -> np.ndarray | None:
     return vec if vec is not None and vec.size == imatrix_size(t) else None
 
 
-def _quantize_tensor(t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
-    x = to_f32(t)
+CHUNK_BYTES = 16 << 20     # float32 bytes of the rows quantized at once (what is resident besides the output)
+
+
+def _quantize_tensor(gf: GGUFFile, t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
+    """t's rows quantized to plan.dst_type a chunk at a time, as llama-quantize converts and quantizes rows
+    (rows are independent; each expert with its own imatrix slice, llama_tensor_quantize_impl); each chunk's
+    source pages are released once read. Returns (blocks, relative RMS error or NaN)."""
     n_per_row = t.n_per_row
+    n_rows = t.n_elements // n_per_row
     rows_per_expert = t.shape[-2] if len(t.shape) >= 2 else 1
-    n_expert = x.shape[0] // rows_per_expert
-    out = np.empty((x.shape[0], plan.dst_type.row_bytes(n_per_row)), np.uint8)
-    for e in range(n_expert):  # each expert with its own imatrix slice (llama_tensor_quantize_impl)
-        rows = slice(e * rows_per_expert, (e + 1) * rows_per_expert)
+    src_row_bytes = t.type.row_bytes(n_per_row)
+    step = max(1, CHUNK_BYTES // (4 * n_per_row))
+    out = np.empty((n_rows, plan.dst_type.row_bytes(n_per_row)), np.uint8)
+    sq_err = sq_ref = 0.0
+    r1 = 0
+    while r1 < n_rows:
+        r0, e = r1, r1 // rows_per_expert
+        r1 = min(n_rows, r0 + step, (e + 1) * rows_per_expert)      # a chunk never spans two experts
+        x = to_f32(t, slice(r0, r1))
         w = None if imat is None else imat[e * n_per_row:(e + 1) * n_per_row]
-        out[rows] = quantize(x[rows], plan.dst_type, imatrix=w)
-    err = np.nan
-    if with_error:
-        back = dequantize(out, plan.dst_type, n_per_row)
-        denom = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
-        err = float(np.sqrt(np.mean((back.astype(np.float64) - x) ** 2))) / denom
-    return out, err
+        out[r0:r1] = quantize(x, plan.dst_type, imatrix=w)
+        if with_error:
+            back = dequantize(out[r0:r1], plan.dst_type, n_per_row)
+            sq_err += float(np.sum((back.astype(np.float64) - x) ** 2))
+            sq_ref += float(np.sum(x.astype(np.float64) ** 2))
+        gf.release(t, r0 * src_row_bytes, r1 * src_row_bytes)
+    if not with_error:
+        return out, np.nan
+    return out, float(np.sqrt(sq_err / n_rows / n_per_row)) / (float(np.sqrt(sq_ref / n_rows / n_per_row)) or 1.0)
 
 
 def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False, pure: bool = False,
@@ -152,8 +167,9 @@ def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False
                 data, err = t.data, 0.0
             else:
                 # a token_embd entry of the wrong size is ignored, as llama.cpp does
-                data, err = _quantize_tensor(t, p, imatrix_values(imat, t), with_error)
+                data, err = _quantize_tensor(gf, t, p, imatrix_values(imat, t), with_error)
             w.write_tensor(p.name, data)
+            gf.release(t)
             rows.append({"name": p.name, "old_type": p.src_type.name, "new_type": p.dst_type.name,
                          "shape": tuple(t.shape), "old_bytes": t.nbytes, "new_bytes": p.dst_type.nbytes(t.shape),
                          "rel_rmse": err})
