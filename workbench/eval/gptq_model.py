@@ -8,7 +8,10 @@ blocks of each type. Only the choice of the codes differs. The layers go in orde
     for each block:  run it on X with its float weights, collecting H = sum x x^T for what enters each matrix
                      (one H for q/k/v, one for o, one for gate/up, one for down; per expert for a MoE stack)
                      quantize its matrices with GPTQ under those H
-                     X = the block's output with its *quantized* weights (the next block sees what it will see)
+                     X = the block's output with its *quantized* weights (the next block sees what it will see,
+                         up to the activations' rounding: the quantized matrices run as float16 of their
+                         dequantized values, through the F16 batch kernels, which are 3x faster at 1B than the
+                         k-quant ones)
 
 Memory: the source stays memory-mapped; besides it, X (tokens x n_embd float32), one block's H (float64), one
 tensor in float32 and the quantized tensors (the size of the output file). token_embd (a lookup, not a product)
@@ -31,7 +34,7 @@ from workbench.llama import load
 from workbench.llama.forward import layer_forward
 from workbench.llama.kv_cache import KVCache
 from workbench.llama.weights import Weight
-from workbench.quant import quantize
+from workbench.quant import dequantize, quantize
 from workbench.quant.gptq import (
     SHRINK,
     GPTQError,
@@ -131,8 +134,9 @@ def calibration_inputs(model, calibration: str, n_ctx: int, n_chunks: int | None
 
 def sequential_blocks(model, x: np.ndarray, quantize_matrix, desc: str = "gptq", progress: bool = True):
     """GPTQ's sequential mode over the blocks of `model`: per block, H for each matrix from x (the block's float
-    input), then quantize_matrix(weight, attr, hessians) -> the Weight the block uses from then on, then x = the
-    block's output with those weights. Returns the last block's output (chunks, n_ctx, n_embd)."""
+    input), then quantize_matrix(weight, attr, hessians) -> the Weight the block uses for its second pass, then
+    x = the block's output with those weights. The block gets its own weights back afterwards (the quantized ones
+    are the caller's to keep). Returns the last block's output (chunks, n_ctx, n_embd)."""
     from tqdm.auto import tqdm
 
     cfg = model.config
@@ -152,6 +156,8 @@ def sequential_blocks(model, x: np.ndarray, quantize_matrix, desc: str = "gptq",
             setattr(lw, a, quantize_matrix(originals[a], a, hs))
         for c in range(len(x)):                                         # quantized block: the next block's input
             x[c] = layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
+        for a in present:
+            setattr(lw, a, originals[a])
     return x
 
 
@@ -220,7 +226,8 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
         done[w.name] = out
         report.append({"name": w.name, "new_type": p.dst_type.name, "method": "+".join(sorted(set(methods))),
                        "rows_seen": int(min(seen)), "seconds": time.perf_counter() - t0})
-        return Weight(w.name, p.dst_type, w.shape, out, w.is_expert, w.quantize_act)
+        f16 = dequantize(out, p.dst_type, w.n_per_row).astype(np.float16)    # the second pass's stand-in
+        return Weight(w.name, GGMLType.F16, w.shape, f16.view(np.uint8), w.is_expert, w.quantize_act)
 
     x = sequential_blocks(model, x, quantize_matrix, desc=f"gptq {ftype.name}", progress=progress)
     out_w = model.weights.output
