@@ -21,7 +21,7 @@ import pandas as pd
 
 from workbench.eval.gptq_model import FLOAT_TYPES, calibration_inputs, sequential_blocks
 from workbench.gguf import GGUFValueType as VT
-from workbench.gguf import TensorInfo, read_gguf
+from workbench.gguf import TensorInfo
 from workbench.gguf.constants import GGMLType, LlamaFileType
 from workbench.gguf.writer import GGUFWriter
 from workbench.hf.gptq_write import gptq_tensor
@@ -56,13 +56,13 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"destination {dst} is the source file: choose another output path")
-    gf = read_gguf(src)
+    model = load(src, n_ctx=n_ctx, flash_attn=True)
+    gf = model.gguf                  # one memory map: each matrix's pages are released once it is quantized
     by_name = {t.name: t for t in gf.tensors}
     bad = [t.name for t in gf.tensors if t.type not in FLOAT_TYPES]
     if bad:
         raise QuantizeError(f"{bad[0]} is {by_name[bad[0]].type.name}: a GPTQ checkpoint is made from float weights "
                             f"(F32, F16, BF16); convert the model to F16 first")
-    model = load(src, n_ctx=n_ctx, flash_attn=True)
     x = calibration_inputs(model, calibration, n_ctx, n_chunks)
     done: dict[str, np.ndarray] = {}
     packed: dict[str, int] = {}
@@ -86,6 +86,7 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
             out[e * rows_per:(e + 1) * rows_per] = t.dequantize().astype(np.float16)
             packed[w.name] += packed_bytes(t)
             seen.append(n_rows)
+        gf.release(by_name[w.name])
         done[w.name] = out
         report.append({"name": w.name, "rows_seen": int(min(seen)), "seconds": time.perf_counter() - t0})
         return Weight(w.name, GGMLType.F16, w.shape, out.view(np.uint8), w.is_expert, w.quantize_act)

@@ -13,8 +13,9 @@ blocks of each type. Only the choice of the codes differs. The layers go in orde
                          dequantized values, through the F16 batch kernels, which are 3x faster at 1B than the
                          k-quant ones)
 
-Memory: the source stays memory-mapped; besides it, X (tokens x n_embd float32), one block's H (float64), one
-tensor in float32 and the quantized tensors (the size of the output file). token_embd (a lookup, not a product)
+Memory: the source stays memory-mapped, each matrix's pages released once it is quantized; besides them, X
+(tokens x n_embd float32), one block's H (float64), one tensor in float32 with GPTQ's work arrays, the block's
+float16 stand-ins and the quantized tensors (the size of the output file). token_embd (a lookup, not a product)
 is quantized as llama-quantize does; a separate output.weight gets GPTQ under the output norm's H.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from workbench.cpu import ops
 from workbench.cpu.flash_attn import flash_attention
 from workbench.gguf import GGUFValueType as VT
-from workbench.gguf import TensorInfo, read_gguf
+from workbench.gguf import TensorInfo
 from workbench.gguf.constants import GGMLType, LlamaFileType
 from workbench.gguf.writer import GGUFWriter
 from workbench.llama import load
@@ -182,7 +183,8 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     for name, v in (("damp", damp), ("shrink", shrink)):
         if not (np.isfinite(v) and v >= 0):
             raise QuantizeError(f"{name}={v}: must be a finite number >= 0")
-    gf = read_gguf(src)
+    model = load(src, n_ctx=n_ctx, n_threads=n_threads, flash_attn=True)
+    gf = model.gguf                  # one memory map: each matrix's pages are released once it is quantized
     plans = plan_types(gf.tensors, model_shape(gf.metadata), ftype, has_imatrix=True, pure=pure,
                        output_tensor_type=output_tensor_type, token_embedding_type=token_embedding_type)
     by_name = {t.name: t for t in gf.tensors}
@@ -191,8 +193,6 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
             raise QuantizeError(f"{p.name} is {p.src_type.name}: GPTQ quantizes from float weights (F32, F16, "
                                 f"BF16); convert the model to F16 first")
     plan_of = {p.name: p for p in plans}
-
-    model = load(src, n_ctx=n_ctx, n_threads=n_threads, flash_attn=True)
     x = calibration_inputs(model, calibration, n_ctx, n_chunks)
     done: dict[str, np.ndarray] = {}
     report = []
@@ -223,6 +223,7 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
                                                             shrink))
                 methods.append("gptq")
             seen.append(n_rows)
+        gf.release(src_t)
         done[w.name] = out
         report.append({"name": w.name, "new_type": p.dst_type.name, "method": "+".join(sorted(set(methods))),
                        "rows_seen": int(min(seen)), "seconds": time.perf_counter() - t0})
