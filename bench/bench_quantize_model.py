@@ -1,13 +1,13 @@
 """Time and peak memory to quantize a whole model: workbench.quant.quantize_model vs llama.cpp's
 llama_model_quantize, same input, same threads, interleaved, and whether the two output files are byte-identical.
 
-    python bench/bench_quantize_model.py [--model PATH | --base F16.gguf | --seeded-1b] [--ftype Q4_K_M ...]
-                                         [--threads N] [--repeat 3] [--json]
+    python bench/bench_quantize_model.py [--model PATH | --base F16.gguf | --seeded-1b | --seeded-moe]
+                                         [--ftype Q4_K_M ...] [--threads N] [--repeat 3] [--json]
 
 The input is the F16 base made from the default Q4_1 model (as in the golden files), or `--base` as it is, or
-the seeded TinyLlama-1.1B-shaped F16 model (bench/seeded_models.py). Every run is a fresh process (import,
-quantize, exit): its wall time and peak RSS (ru_maxrss) are what a user of either tool pays. The workbench's
-numba cache is warmed by one untimed run first.
+the seeded TinyLlama-1.1B-shaped or Mixtral-shaped F16 model (bench/seeded_models.py). Every run is a fresh
+process (import, quantize, exit): its wall time and peak RSS (ru_maxrss) are what a user of either tool pays.
+The workbench's numba cache is warmed by one untimed run first.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     src.add_argument("--model", help="a GGUF model; its F16 conversion is the input")
     src.add_argument("--base", type=Path, help="an F16/F32 GGUF, the input as it is")
     src.add_argument("--seeded-1b", action="store_true", help="the seeded TinyLlama-1.1B-shaped F16 model")
+    src.add_argument("--seeded-moe", action="store_true", help="the seeded Mixtral-shaped (0.8B) F16 model")
     ap.add_argument("--ftype", action="append")
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--repeat", type=int, default=3)
@@ -86,6 +87,10 @@ def main(argv=None) -> int:
             from seeded_models import ensure_seeded_1b_f16
 
             base = ensure_seeded_1b_f16()
+        elif args.seeded_moe:
+            from seeded_models import ensure_seeded_moe_f16
+
+            base = ensure_seeded_moe_f16()
         else:
             base = Path(tmp) / "base.F16.gguf"
             quantize_model(ensure_model(args.model), base, "F16", allow_requantize=True, progress=False,
