@@ -16,6 +16,7 @@ from workbench.quant.gptq import (
     accumulate_hessian,
     accumulate_hessian_ref,
     cholesky_upper_ref,
+    damped,
     gptq_quantize,
     inverse_cholesky,
     lazy_update,
@@ -69,6 +70,10 @@ def test_code_layout_reads_writes_and_predicts_every_code(t):
     # the scale bits are untouched: requantizing the codes leaves every other byte as it was
     same_scales = lay.with_codes(changed, lay.codes(blocks, n), n)
     assert np.array_equal(same_scales, blocks)
+    # the kernels against their numpy specs, per-row codes and one row for all
+    assert np.array_equal(lay.codes(changed, n), lay.codes_ref(changed, n))
+    assert np.array_equal(changed, lay.with_codes_ref(blocks, codes, n))
+    assert np.array_equal(lay.with_codes(blocks, codes[:1], n), lay.with_codes_ref(blocks, codes[:1], n))
 
 
 def test_code_layout_of_q4_0_is_its_nibbles():
@@ -133,6 +138,9 @@ def test_tiled_kernels_equal_their_specs_across_panels_chunks_and_edges(n, token
     inv = np.zeros_like(r)
     _upper_inverse_rows(r, inv)
     assert np.array_equal(inv, upper_inverse_ref(r))
+    hr = damped(h, 0.01, 3.0)[::-1, ::-1].copy()               # U = J R^-T J, R from the reversed, damped H
+    assert np.array_equal(inverse_cholesky(h, 0.01, 3.0), upper_inverse_ref(cholesky_upper_ref(hr)).T[::-1, ::-1])
+    assert np.array_equal(symmetric(a), np.triu(a) + np.triu(a, 1).T)
     u = inverse_cholesky(h, 0.01).astype(np.float32)
     w = rng.standard_normal((rows, n)).astype(np.float32)
     err = rng.standard_normal((rows, 8)).astype(np.float32)
@@ -170,6 +178,8 @@ def test_gptq_lowers_the_output_error_and_writes_valid_blocks(t):
     assert output_error(ours, t, w, h) < 0.9 * output_error(rtn, t, w, h)
     again = gptq_quantize(w, h, t)
     assert np.array_equal(ours, again)                          # deterministic
+    for lazy in (16, 64, 512):              # the lazy block (inside a super-block, a few blocks, all) is no input
+        assert np.array_equal(gptq_quantize(w, h, t, block_size=lazy), ours), lazy
     ordered = gptq_quantize(w, h, t, act_order=True, block_size=64)
     assert output_error(ordered, t, w, h) < output_error(rtn, t, w, h)
 

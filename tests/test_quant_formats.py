@@ -169,6 +169,19 @@ def test_fp16_conversion_matches_numpy_rounding():
     assert np.array_equal(q, fp16.fp32_to_fp16_np(f))
 
 
+def test_round_fp16_rows_matches_numpy():
+    """The parallel kernel that rounds F16 matmul activations gives numpy's bits, every half and its
+    neighbours, NaN, infinities and overflow included."""
+    f = np.concatenate([special_floats(), np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+                        .astype(np.float32)])
+    f = np.concatenate([f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))])
+    f = f[: len(f) // 7 * 7].reshape(7, -1)
+    got, want = fp16.round_fp16_rows(f), fp16.round_fp16_np(f)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+
+
 def test_bf16_kernel_matches_reference_with_nan():
     f = special_floats()[None, :]
     mod = format_module("BF16")

@@ -16,7 +16,7 @@ from numba import njit, prange
 from workbench.gguf import GGMLType
 from workbench.gguf.constants import QK_K
 
-from workbench.cpu.fp16 import round_fp16, round_fp16_np
+from workbench.cpu.fp16 import round_fp16, round_fp16_rows
 
 
 # ggml-cpu.c type_traits_cpu[type].vec_dot_type (types not listed: Q8_K, as the i-quants use)
@@ -102,7 +102,7 @@ def prepare_activations(x: np.ndarray, act_type: GGMLType, S: int, quantize_act:
     T, K = x.shape
     if act_type in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) or not quantize_act:
         if quantize_act and act_type == GGMLType.F16:
-            x = round_fp16_np(x)
+            x = round_fp16_rows(x)
         elif quantize_act and act_type == GGMLType.BF16:
             x = round_bf16(x)
         xsum = x.reshape(T, K // S, S).sum(axis=2, dtype=np.float32) if S < K else np.zeros((T, 1), np.float32)

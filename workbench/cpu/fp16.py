@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from workbench.cpu.ir import half_to_f32
@@ -113,3 +113,18 @@ def fp32_to_fp16_np(a) -> np.ndarray:
 def round_fp16_np(a) -> np.ndarray:
     with np.errstate(over="ignore"):
         return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _round_fp16_rows(x, out):
+    for t in prange(x.shape[0]):
+        for i in range(x.shape[1]):
+            out[t, i] = FP16_TO_FP32[fp32_to_fp16(x[t, i])]
+
+
+def round_fp16_rows(x: np.ndarray) -> np.ndarray:
+    """round_fp16_np of a float32 (T, K) batch, rows in parallel (the activations an F16 matmul sees)."""
+    x = np.ascontiguousarray(x, np.float32)
+    out = np.empty_like(x)
+    _round_fp16_rows(x.reshape(len(x), -1), out.reshape(len(x), -1))
+    return out

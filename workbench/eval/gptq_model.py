@@ -40,10 +40,9 @@ from workbench.quant.gptq import (
     SHRINK,
     GPTQError,
     accumulate_hessian,
-    check_hessian,
     gptq_quantize,
+    mirror_upper,
     prepare,
-    symmetric,
 )
 from workbench.quant.mixes import plan_types
 from workbench.quant.quantize_model import (
@@ -60,15 +59,19 @@ MATRICES = ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down", "gate_exps
 
 
 class _Hessians:
-    """H (upper triangle, float64) and rows seen per matrix of one block; per expert for a stack."""
+    """H (float64) and rows seen per matrix of one block; per expert for a stack. Accumulated as its upper
+    triangle; made whole, in place, the first time a matrix asks for it."""
 
     def __init__(self):
         self.h: dict[tuple[str, int], np.ndarray] = {}
         self.rows: dict[tuple[str, int], int] = {}
+        self.whole: set[tuple[str, int]] = set()
         self.prepared: dict[tuple[str, int], tuple] = {}
 
     def add(self, attr: str, e: int, x: np.ndarray) -> None:
         key = (attr, e)
+        if key in self.whole:
+            raise RuntimeError(f"H of {key} is already in use: no more tokens can be added")
         if key not in self.h:
             self.h[key] = np.zeros((x.shape[1], x.shape[1]))
             self.rows[key] = 0
@@ -77,7 +80,12 @@ class _Hessians:
 
     def get(self, attr: str, e: int = -1) -> tuple[np.ndarray | None, int]:
         key = (SHARED.get(attr, attr), e)
-        return (symmetric(self.h[key]), self.rows[key]) if key in self.h else (None, 0)
+        if key not in self.h:
+            return None, 0
+        if key not in self.whole:
+            mirror_upper(self.h[key])
+            self.whole.add(key)
+        return self.h[key], self.rows[key]
 
     def prepare(self, attr: str, e: int, h: np.ndarray, damp: float, act_order: bool, shrink: float):
         """gptq.prepare once per H (q, k and v share it; gate and up)."""
@@ -87,8 +95,13 @@ class _Hessians:
         return self.prepared[key]
 
 
+# the last product of a block: the float pass only needs what enters it (for H), not what comes out
+LAST = ("ffn_down", "down_exps")
+
+
 class _Collect:
-    """Stands in for a Weight: adds what enters it to the block's H, then multiplies with the float weight."""
+    """Stands in for a Weight in the float pass: adds what enters it to the block's H, then multiplies with the
+    float weight (or, for the block's last product, whose output that pass discards, returns zeros)."""
 
     def __init__(self, weight, attr: str, hs: _Hessians, e: int = -1):
         self._weight, self._attr, self._hs, self._e = weight, attr, hs, e
@@ -99,6 +112,8 @@ class _Collect:
     def mul(self, x):
         if self._attr not in SHARED:
             self._hs.add(self._attr, self._e, x)
+        if self._attr in LAST:
+            return np.zeros((len(x), self._weight.shape[-2]), np.float32)
         return self._weight.mul(x)
 
     def expert(self, e: int):
@@ -151,7 +166,7 @@ def sequential_blocks(model, x: np.ndarray, quantize_matrix, desc: str = "gptq",
         originals = {a: getattr(lw, a) for a in present}
         for a in present:
             setattr(lw, a, _Collect(originals[a], a, hs))
-        for c in range(len(x)):                                         # float block: collect H
+        for c in range(len(x)):                                         # float block: collect H (output unused)
             layer_forward(cfg, lw, il, x[c], cs, cache, 0, scale, flash_attention)
         for a in present:                                               # quantize the block's matrices
             setattr(lw, a, quantize_matrix(originals[a], a, hs))
@@ -216,7 +231,6 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
                 methods.append("rtn")
             else:
                 name = w.name if n_mat == 1 else f"{w.name}[{e}]"
-                check_hessian(h, w.n_per_row, name)
                 out[part] = gptq_quantize(np.ascontiguousarray(full[part]), h, p.dst_type, damp=damp,
                                           act_order=act_order, block_size=block_size, name=name,
                                           prepared=hs.prepare(attr, e if n_mat > 1 else -1, h, damp, act_order,

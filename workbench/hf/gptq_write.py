@@ -64,7 +64,7 @@ def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, 
     scales = np.empty((n // group, rows), np.float16)
     zeros = np.empty((n // group, rows), np.int64)
     step = max(1, block_size)
-    unit = min(group, step)
+    unit = group
 
     def block_start(j0, j1):
         if j0 % group:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from numba import njit, prange
 
 from workbench.gguf.constants import GGMLType
 from workbench.quant import dequantize, quantize
@@ -68,13 +69,31 @@ class CodeLayout:
     def codes(self, blocks: np.ndarray, n_per_row: int) -> np.ndarray:
         """The code of every weight: uint16 (rows, n_per_row)."""
         col, bit = self._positions(n_per_row)
+        out = np.empty((blocks.shape[0], n_per_row), np.uint16)
+        _read_codes(np.ascontiguousarray(blocks), np.ascontiguousarray(col), np.ascontiguousarray(bit), out)
+        return out
+
+    def codes_ref(self, blocks: np.ndarray, n_per_row: int) -> np.ndarray:
+        """numpy spec of codes."""
+        col, bit = self._positions(n_per_row)
         out = np.zeros((blocks.shape[0], n_per_row), np.uint16)
         for k in range(self.n_bits):
             out |= (((blocks[:, col[:, k]] >> bit[:, k].astype(np.uint8)) & 1).astype(np.uint16) << k)
         return out
 
     def with_codes(self, blocks: np.ndarray, codes: np.ndarray, n_per_row: int) -> np.ndarray:
-        """A copy of `blocks` whose weights carry `codes` (rows, n_per_row); every other bit kept."""
+        """A copy of `blocks` whose weights carry `codes` (rows, n_per_row), or one row of codes for every row;
+        every other bit kept."""
+        col, bit = self._positions(n_per_row)
+        out = np.array(blocks, np.uint8, order="C")
+        codes = np.ascontiguousarray(np.asarray(codes).astype(np.uint16, copy=False).reshape(-1, n_per_row))
+        if codes.shape[0] not in (1, out.shape[0]):
+            raise ValueError(f"codes for {codes.shape[0]} rows, blocks have {out.shape[0]}")
+        _write_codes(out, codes, np.ascontiguousarray(col), np.ascontiguousarray(bit))
+        return out
+
+    def with_codes_ref(self, blocks: np.ndarray, codes: np.ndarray, n_per_row: int) -> np.ndarray:
+        """numpy spec of with_codes."""
         col, bit = self._positions(n_per_row)
         out = blocks.copy()
         codes = np.broadcast_to(np.asarray(codes, np.uint16), (blocks.shape[0], n_per_row))
@@ -93,6 +112,31 @@ class CodeLayout:
         v_hi = dequantize(self.with_codes(blocks, np.full((1, n_per_row), hi), n_per_row), self.type, n_per_row)
         a = (v_hi.astype(np.float64) - v_lo) / (self.levels[hi] - self.levels[lo])
         return a, v_lo - a * self.levels[lo]
+
+
+@njit(parallel=True, cache=True)
+def _read_codes(blocks, col, bit, out):
+    """out[r, p] = the code bits col/bit of weight p gathered from row r of blocks (codes_ref's loop)."""
+    for r in prange(blocks.shape[0]):
+        for p in range(col.shape[0]):
+            c = 0
+            for k in range(col.shape[1]):
+                c |= ((np.int64(blocks[r, col[p, k]]) >> bit[p, k]) & 1) << k
+            out[r, p] = c
+
+
+@njit(parallel=True, cache=True)
+def _write_codes(out, codes, col, bit):
+    """Bits col/bit of weight p of row r of out set to codes[r, p] (codes[0, p] when one row of codes)."""
+    step = 0 if codes.shape[0] == 1 else 1
+    for r in prange(out.shape[0]):
+        cr = r * step
+        for p in range(col.shape[0]):
+            c = np.int64(codes[cr, p])
+            for k in range(col.shape[1]):
+                m = np.int64(1) << bit[p, k]
+                v = np.int64(out[r, col[p, k]])
+                out[r, col[p, k]] = np.uint8((v | m) if (c >> k) & 1 else (v & (0xFF ^ m)))
 
 
 def _probe_blocks(t: GGMLType) -> np.ndarray:

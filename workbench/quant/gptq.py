@@ -85,9 +85,23 @@ def accumulate_hessian_ref(h, x):
             h[i, i0:] += x[t, i] * x[t, i0:]
 
 
+@njit(parallel=True, cache=True)
+def mirror_upper(h):
+    """In place: h[j, i] = h[i, j] for i < j (the lower triangle from the upper), in 32 x 32 blocks."""
+    n = h.shape[0]
+    nb = (n + 31) // 32
+    for bi in prange(nb):
+        for bj in range(bi, nb):
+            for i in range(bi * 32, min(n, bi * 32 + 32)):
+                for j in range(max(i + 1, bj * 32), min(n, bj * 32 + 32)):
+                    h[j, i] = h[i, j]
+
+
 def symmetric(h_upper: np.ndarray) -> np.ndarray:
-    """The full matrix from its upper triangle."""
-    return np.triu(h_upper) + np.triu(h_upper, 1).T
+    """The full matrix from its upper triangle (a copy)."""
+    h = np.array(h_upper, np.float64, order="C")
+    mirror_upper(h)
+    return h
 
 
 # ------------------------------------------------------------------------------------ U = chol(H^-1), upper
@@ -213,13 +227,29 @@ def inverse_cholesky(h: np.ndarray, damp: float = 0.01, shrink: float = 0.0) -> 
     """U (float64, upper) with U^T U = damped(H)^-1, without forming the inverse: the upper
     factor of the reversed matrix, Hr = Ur^T Ur, gives H = R R^T with R = J Ur^T J upper, so U = R^-1 =
     J Ur^-T J."""
-    hr = np.ascontiguousarray(damped(h, damp, shrink)[::-1, ::-1])
+    d = np.diag(h).astype(np.float64)
+    hr = np.array(h[::-1, ::-1], np.float64, order="C")            # damped(h, damp, shrink), reversed
+    hr[np.diag_indices(len(hr))] += (shrink * d + damp * np.mean(d))[::-1]
     if not _cholesky_upper(hr):
         raise GPTQError("H + shrink * Diag(H) + damp * mean(diag H) * I is not positive definite: use a larger "
                         "damp or more calibration tokens")
     inv = np.zeros_like(hr)
     _upper_inverse_rows(hr, inv)
-    return np.ascontiguousarray(inv.T[::-1, ::-1])
+    out = np.empty_like(inv)
+    _anti_transpose(inv, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _anti_transpose(a, out):
+    """out[i, j] = a[n-1-j, n-1-i] (J a^T J), in 32 x 32 blocks."""
+    n = a.shape[0]
+    nb = (n + 31) // 32
+    for bi in prange(nb):
+        for bj in range(nb):
+            for i in range(bi * 32, min(n, bi * 32 + 32)):
+                for j in range(bj * 32, min(n, bj * 32 + 32)):
+                    out[i, j] = a[n - 1 - j, n - 1 - i]
 
 
 # ------------------------------------------------------------------------------------ rounding on the grid
@@ -321,20 +351,36 @@ def _grids(layout: CodeLayout, blocks: np.ndarray, n: int):
 
 
 def run_columns(work, u, a, b, codes, levels, order, step: int, unit: int, block_start) -> None:
-    """GPTQ's loop over the (permuted) columns of `work`: lazy blocks of `step` columns, inside them grid units of
-    `unit` columns; block_start(j0, j1) fills a, b (and the codes kept where a == 0) of a unit from the current
-    weights just before its columns are rounded on levels[code] (sorted by `order`)."""
+    """GPTQ's loop over the (permuted) columns of `work`: lazy blocks of `step` columns, and grid units of `unit`
+    columns; block_start(j0, j0 + unit) fills a, b (and the codes kept where a == 0) of a unit from the weights
+    as they are just before its first column is rounded on levels[code] (sorted by `order`). Columns past the
+    lazy block have not had that block's updates yet (as in AutoGPTQ, whose groups may outrun its blocks);
+    lazy_step keeps every unit starting on a lazy block's boundary. Every column's updates reach each later
+    column one by one in column order (float32 multiply, then subtract), inside a lazy block or through
+    lazy_update's tiles alike, so with the units on boundaries the result does not depend on step."""
     rows, n = work.shape
     sorted_levels = levels[order]
     err = np.empty((rows, step), np.float32)
     for s in range(0, n, step):
         e = min(n, s + step)
-        for j0 in range(s, e, unit):
-            j1 = min(e, j0 + unit)
-            block_start(j0, j1)
+        j0 = s
+        while j0 < e:
+            j1 = min(e, (j0 // unit + 1) * unit)
+            if j0 % unit == 0:
+                block_start(j0, min(n, j0 + unit))
             quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err)
+            j0 = j1
         if e < n:
             lazy_update(work, err, u, s, e)
+
+
+def lazy_step(block_size: int, unit: int) -> int:
+    """GPTQ's lazy block (block_size columns) fitted to grid units of `unit` columns: a divisor of the unit when
+    smaller (a 256-column k-quant super-block in lazy blocks of 128), else whole units."""
+    block_size = max(1, int(block_size))
+    if block_size < unit and unit % block_size == 0:
+        return block_size
+    return max(unit, -(-block_size // unit) * unit)
 
 
 def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
@@ -344,8 +390,12 @@ def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
     for name, v in (("damp", damp), ("shrink", shrink)):
         if not (0.0 <= v and np.isfinite(v)):
             raise GPTQError(f"{name}={v}: must be a finite number >= 0")
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(len(h))
-    return perm, inverse_cholesky(h[np.ix_(perm, perm)], damp, shrink).astype(np.float32)
+    if act_order:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        h = h[np.ix_(perm, perm)]
+    else:
+        perm = np.arange(len(h))
+    return perm, inverse_cholesky(h, damp, shrink).astype(np.float32)
 
 
 def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | None = None, damp: float = 0.01,
@@ -353,8 +403,8 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
                   prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
     under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
-    llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), rounded
-    up to whole blocks of the type. shrink: see damped. prepared: `prepare(h, damp, act_order, shrink)` when
+    llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), fitted
+    to the type's blocks by lazy_step (a speed setting: the bytes do not depend on it). shrink: see damped. prepared: `prepare(h, damp, act_order, shrink)` when
     several matrices share h."""
     t: GGMLType = parse_type(type_)
     layout = code_layout(t)
@@ -369,7 +419,8 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     imp = (np.diag(h) / max(np.diag(h).max(), 1e-30)).astype(np.float32) if imatrix is None else \
         np.ascontiguousarray(imatrix, np.float32)
     perm, u = prepared if prepared is not None else prepare(h, damp, act_order, shrink)
-    work = np.ascontiguousarray(w[:, perm])
+    natural = bool(np.array_equal(perm, np.arange(n)))
+    work = np.array(w, np.float32, order="C") if natural else np.ascontiguousarray(w[:, perm])
     a = np.zeros((rows, n))
     b = np.zeros((rows, n))
     codes = np.zeros((rows, n), np.uint16)
@@ -381,7 +432,7 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
         a[:], b[:], codes[:] = ga[:, perm], gb[:, perm], gc[:, perm]
         step, unit = max(1, block_size), 1
     else:
-        step, unit = max(bs, -(-block_size // bs) * bs), bs
+        step, unit = lazy_step(block_size, bs), bs
 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
         if not act_order:
@@ -390,6 +441,8 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
             a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
 
     run_columns(work, u, a, b, codes, levels, order, step, unit, block_start)
-    final = np.empty_like(codes)
-    final[:, perm] = codes
-    return layout.with_codes(out, final, n)
+    if not natural:
+        final = np.empty_like(codes)
+        final[:, perm] = codes
+        codes = final
+    return layout.with_codes(out, codes, n)
