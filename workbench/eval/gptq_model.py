@@ -48,6 +48,7 @@ from workbench.quant.mixes import plan_types
 from workbench.quant.quantize_model import (
     QuantizeError,
     model_shape,
+    quantize_tensor,
     quantized_metadata,
     to_f32,
 )
@@ -212,11 +213,12 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     done: dict[str, np.ndarray] = {}
     report = []
 
-    def quantize_matrix(w: Weight, attr: str, hs: _Hessians) -> Weight:
+    def quantize_matrix(w: Weight, attr: str, hs: _Hessians) -> np.ndarray | None:
+        """w's blocks of its planned type, by GPTQ under hs (kept in `done`); None when the type is unchanged."""
         p = plan_of[w.name]
         t0 = time.perf_counter()
         if p.dst_type == p.src_type:
-            return w
+            return None
         src_t = by_name[w.name]
         full = to_f32(src_t)
         n_mat = w.shape[0] if len(w.shape) == 3 else 1
@@ -241,10 +243,17 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
         done[w.name] = out
         report.append({"name": w.name, "new_type": p.dst_type.name, "method": "+".join(sorted(set(methods))),
                        "rows_seen": int(min(seen)), "seconds": time.perf_counter() - t0})
-        f16 = dequantize(out, p.dst_type, w.n_per_row).astype(np.float16)    # the second pass's stand-in
+        return out
+
+    def second_pass_weight(w: Weight, attr: str, hs: _Hessians) -> Weight:
+        """quantize_matrix, then the block's stand-in for its second pass: float16 of the quantized values."""
+        out = quantize_matrix(w, attr, hs)
+        if out is None:
+            return w
+        f16 = dequantize(out, plan_of[w.name].dst_type, w.n_per_row).astype(np.float16)
         return Weight(w.name, GGMLType.F16, w.shape, f16.view(np.uint8), w.is_expert, w.quantize_act)
 
-    x = sequential_blocks(model, x, quantize_matrix, desc=f"gptq {ftype.name}", progress=progress)
+    x = sequential_blocks(model, x, second_pass_weight, desc=f"gptq {ftype.name}", progress=progress)
     out_w = model.weights.output
     if out_w.name == "output.weight":
         hs = _Hessians()
@@ -254,7 +263,7 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
         quantize_matrix(out_w, "output", hs)
     for p in plans:                                                     # the rest as llama-quantize does
         if p.name not in done and p.dst_type != p.src_type:
-            done[p.name] = quantize(to_f32(by_name[p.name]), p.dst_type)
+            done[p.name] = quantize_tensor(gf, by_name[p.name], p, None, False)[0]
             report.append({"name": p.name, "new_type": p.dst_type.name, "method": "rtn", "rows_seen": 0,
                            "seconds": 0.0})
 

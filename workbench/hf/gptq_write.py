@@ -66,9 +66,7 @@ def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, 
     step = max(1, block_size)
     unit = group
 
-    def block_start(j0, j1):
-        if j0 % group:
-            return
+    def block_start(j0, j1):                # j0 is a group's first column (unit = group)
         g = j0 // group
         scale, zero = find_params(work[:, j0:j0 + group], maxq, sym)
         if q4_1_exact:

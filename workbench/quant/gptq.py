@@ -218,18 +218,22 @@ def damped(h: np.ndarray, damp: float, shrink: float = 0.0) -> np.ndarray:
     trusts it fully moves the rounding error into directions that text rarely uses and other texts do.
     shrink = 0 is plain GPTQ; as it grows GPTQ tends to rounding with diag H as the importance (rtn + imatrix)."""
     h = np.array(h, np.float64)
-    d = np.diag(h).copy()
-    h[np.diag_indices(len(h))] += shrink * d + damp * np.mean(d)
+    h[np.diag_indices(len(h))] += _damping(h, damp, shrink)
     return h
+
+
+def _damping(h: np.ndarray, damp: float, shrink: float) -> np.ndarray:
+    """What damped adds to H's diagonal: shrink * diag H + damp * mean(diag H)."""
+    d = np.diag(h).astype(np.float64)
+    return shrink * d + damp * np.mean(d)
 
 
 def inverse_cholesky(h: np.ndarray, damp: float = 0.01, shrink: float = 0.0) -> np.ndarray:
     """U (float64, upper) with U^T U = damped(H)^-1, without forming the inverse: the upper
     factor of the reversed matrix, Hr = Ur^T Ur, gives H = R R^T with R = J Ur^T J upper, so U = R^-1 =
     J Ur^-T J."""
-    d = np.diag(h).astype(np.float64)
     hr = np.array(h[::-1, ::-1], np.float64, order="C")            # damped(h, damp, shrink), reversed
-    hr[np.diag_indices(len(hr))] += (shrink * d + damp * np.mean(d))[::-1]
+    hr[np.diag_indices(len(hr))] += _damping(h, damp, shrink)[::-1]
     if not _cholesky_upper(hr):
         raise GPTQError("H + shrink * Diag(H) + damp * mean(diag H) * I is not positive definite: use a larger "
                         "damp or more calibration tokens")
@@ -404,8 +408,8 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
     under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
     llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), fitted
-    to the type's blocks by lazy_step (a speed setting: the bytes do not depend on it). shrink: see damped. prepared: `prepare(h, damp, act_order, shrink)` when
-    several matrices share h."""
+    to the type's blocks by lazy_step (a speed setting: the bytes do not depend on it). shrink: see damped.
+    prepared: `prepare(h, damp, act_order, shrink)` when several matrices share h."""
     t: GGMLType = parse_type(type_)
     layout = code_layout(t)
     w = np.asarray(w)

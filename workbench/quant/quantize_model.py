@@ -85,7 +85,7 @@ def imatrix_values(imat, t: TensorInfo) -> np.ndarray | None:
 CHUNK_BYTES = 16 << 20     # float32 bytes of the rows quantized at once (what is resident besides the output)
 
 
-def _quantize_tensor(gf: GGUFFile, t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
+def quantize_tensor(gf: GGUFFile, t: TensorInfo, plan: TensorPlan, imat: np.ndarray | None, with_error: bool):
     """t's rows quantized to plan.dst_type a chunk at a time, as llama-quantize converts and quantizes rows
     (rows are independent; each expert with its own imatrix slice, llama_tensor_quantize_impl); each chunk's
     source pages are released once read. Returns (blocks, relative RMS error or NaN)."""
@@ -167,7 +167,7 @@ def quantize_model(src, dst, ftype, imatrix=None, allow_requantize: bool = False
                 data, err = t.data, 0.0
             else:
                 # a token_embd entry of the wrong size is ignored, as llama.cpp does
-                data, err = _quantize_tensor(gf, t, p, imatrix_values(imat, t), with_error)
+                data, err = quantize_tensor(gf, t, p, imatrix_values(imat, t), with_error)
             w.write_tensor(p.name, data)
             gf.release(t)
             rows.append({"name": p.name, "old_type": p.src_type.name, "new_type": p.dst_type.name,
