@@ -14,7 +14,8 @@ quantized by quantize_row_q8_0 / _q8_K). The quantized values are the same eithe
   when a block holds both +amax and -amax; that flips the signs of d, q and bsums together (rint is
   symmetric) and leaves every product d_w * d_x * sum(q_w q_x) unchanged.
 
-so act_quant.prepare_activations gives them. repack_gemv holds the one-token gemv as LLVM vector code. The float order, per output (row r, token t):
+so act_quant.prepare_activations gives them. repack_gemv holds the one-token gemv as LLVM vector code,
+repack_gemm the many-token Q4_0 product (tiles of rows x tokens). The float order, per output (row r, token t):
 
 Q4_0 / IQ4_NL (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, identical order):
     acc = 0;  for each block b of 32:  acc = fma(float(isum_b), d_w[b] * d_x[b], acc)
@@ -29,12 +30,13 @@ conversion of a Q4_K super-block sum can round (above 2^24), as _mm256_cvtepi32_
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import features, repack_gemv
+from workbench.cpu import features, repack_gemm, repack_gemv
 from workbench.cpu.act_quant import prepare_activations
 from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import fma32
@@ -246,6 +248,11 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
             q4_K_q8_K(rows, K, xq, dx, n_gemm, out)
         return out
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
+    if vectorized and wtype == GGMLType.Q4_0:
+        n = numba.get_num_threads()
+        if repack_gemm.q4_0_gemm(rows, K, xq, dx, out, n) or repack_gemm.q4_0_gemm(rows, K, xq, dx, out, n, "avx2"
+                                                                                   if features.has_avx2() else "portable"):
+            return out
     lut = _B32[wtype]
     if vectorized:
         b32_q8_0_batch(rows, K, lut, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)
