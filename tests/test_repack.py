@@ -182,3 +182,20 @@ def test_q4_0_gemm_declines_partial_row_tiles():
     assert not out.any()
     np.testing.assert_array_equal(repack.matmul(rows, GGMLType.Q4_0, 64, x, vectorized=True),
                                   repack.matmul(rows, GGMLType.Q4_0, 64, x, vectorized=False))
+
+
+@pytest.mark.parametrize("kind", _gemm_kinds())
+@pytest.mark.parametrize("gemm_order", [True, False], ids=["gemm", "gemv"])
+@pytest.mark.parametrize("N,K,T", [(16, 256, 1), (32, 512, 6), (48, 768, 9)])
+def test_q4_K_gemm_tiles_equal_spec(kind, gemm_order, N, K, T):
+    """repack_gemm's tiled Q4_K product gives repack.q4_K_q8_K's bits: the gemm's fma pair per two sub-blocks
+    (gemm_order) or the gemv's per super-block, for every token of a padded token tile."""
+    rows, x = _case(GGMLType.Q4_K, N=N, K=K, T=T, seed=N + T)
+    x[0] = np.where(np.arange(K) % 3 == 0, -1.0, 1.0)                 # every |q_x| = 127
+    _, _, xq, dx = _act(GGMLType.Q4_K, x)
+    want = np.empty((T, N), np.float32)
+    repack.q4_K_q8_K(rows, K, xq, dx, T if gemm_order else 0, want)
+    got = np.full((T, N), np.nan, np.float32)
+    assert repack_gemm.q4_K_gemm(rows, K, xq, dx, got, 2, gemm_order, kind)
+    bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"{kind}: {len(bad)} outputs differ, first (t, r) {tuple(bad[0])}"

@@ -15,7 +15,7 @@ quantized by quantize_row_q8_0 / _q8_K). The quantized values are the same eithe
   symmetric) and leaves every product d_w * d_x * sum(q_w q_x) unchanged.
 
 so act_quant.prepare_activations gives them. repack_gemv holds the one-token gemv as LLVM vector code,
-repack_gemm the many-token Q4_0 product (tiles of rows x tokens). The float order, per output (row r, token t):
+repack_gemm the many-token Q4_0 and Q4_K products (tiles of rows x tokens). The float order, per output (row r, token t):
 
 Q4_0 / IQ4_NL (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, identical order):
     acc = 0;  for each block b of 32:  acc = fma(float(isum_b), d_w[b] * d_x[b], acc)
@@ -160,60 +160,28 @@ def q4_K_q8_K(W, K, xq, dx, n_gemm, out):
             out[t, r] = acc - accm
 
 
-def _q4_K_q8_K_batch_impl(W, K, xqT, dxT, bsT, n_gemm, out):
-    """q4_K_q8_K vectorized over tokens (xqT (K, T) as float32, dxT (K/256, T), bsT (K/32, T) the sums of
-    q_x per sub-block, as ggml reads them from block_q8_K.bsums), 'contract' fastmath for the fmas.
-    A sub-block's dot (< 32 * 15 * 127) and bsum are exact in float32; the scaled sums are gathered in
-    float64 (exact) and rounded to float32 once, as _mm256_cvtepi32_ps rounds the int32."""
-    N = W.shape[0]
-    T = xqT.shape[1]
-    for r in prange(N):
-        row = W[r]
-        acc = np.zeros(T, np.float32)
-        accm = np.zeros(T, np.float32)
-        dot = np.empty(T, np.float32)
-        isum = np.zeros(T, np.float64)
-        imin = np.zeros(T, np.float64)
-        dd = np.empty(T, np.float32)
-        ddm = np.empty(T, np.float32)
-        for b in range(K // 256):
-            o = b * 144
-            d, dmin = get_fp16(row, o), get_fp16(row, o + 2)
-            for t in range(T):
-                dd[t] = d * dxT[b, t]
-                ddm[t] = dmin * dxT[b, t]
-            for j in range(8):
-                sc, m = _scale_min_k4(row, o, j)
-                dot[:] = 0.0
-                bsum = bsT[8 * b + j]
-                for l in range(32):
-                    byte = row[o + 16 + 32 * (j // 2) + l]
-                    q = np.float32((byte >> np.uint8(4)) if j % 2 else (byte & np.uint8(15)))
-                    xl = xqT[256 * b + 32 * j + l]
-                    for t in range(T):
-                        dot[t] += q * xl[t]
-                for t in range(T):
-                    isum[t] += np.float64(sc) * np.float64(dot[t])
-                    imin[t] += np.float64(m) * np.float64(bsum[t])
-                if j % 2 == 1:                       # gemm tokens: fma after every pair of sub-blocks
-                    for t in range(n_gemm):
-                        acc[t] = np.float32(isum[t]) * dd[t] + acc[t]
-                        accm[t] = np.float32(imin[t]) * ddm[t] + accm[t]
-                        isum[t] = 0.0
-                        imin[t] = 0.0
-            for t in range(n_gemm, T):               # gemv tokens: fma once per super-block
-                acc[t] = np.float32(isum[t]) * dd[t] + acc[t]
-                accm[t] = np.float32(imin[t]) * ddm[t] + accm[t]
-                isum[t] = 0.0
-                imin[t] = 0.0
-        for t in range(T):
-            out[t, r] = acc[t] - accm[t]
+# --- entry point -----------------------------------------------------------------------------------
+
+def _gemm_kinds():
+    """repack_gemm's variant for this host, then the 8-row one (for row counts that are not whole 16-row tiles)."""
+    return (repack_gemm.variant(), "avx2" if features.has_avx2() else "portable")
 
 
-q4_K_q8_K_batch = njit(cache=True, parallel=True, fastmath={"contract"})(_q4_K_q8_K_batch_impl)
+def _tiled_q4_K(rows, K, xq, dx, n_gemm, out):
+    """repack_gemm's Q4_K tiles: tokens < n_gemm in the gemm's order, the rest in the gemv's; False if no variant
+    takes this row count."""
+    n = numba.get_num_threads()
+    for kind in _gemm_kinds():
+        if rows.shape[0] % repack_gemm.SHAPES_Q4_K[kind][0]:
+            continue
+        for lo, hi, gemm_order in ((0, n_gemm, True), (n_gemm, xq.shape[0], False)):
+            if hi > lo:
+                part = np.empty((hi - lo, rows.shape[0]), np.float32)
+                repack_gemm.q4_K_gemm(rows, K, xq[lo:hi], dx[lo:hi], part, n, gemm_order, kind)
+                out[lo:hi] = part
+        return True
+    return False
 
-
-# --- entry point ----------------------------------------------------------------------------------
 
 def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     """(T, N) float32 bit-equal to ggml-cpu's repacked mul_mat on AVX2, or None when llama.cpp would not
@@ -240,19 +208,13 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
     if wtype == GGMLType.Q4_K:
         _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 256, True, with_ints=True)
         n_gemm = 0 if mul_mat_id else T - T % 4    # forward_mul_mat_one_chunk: gemm for whole groups of 4
-        if vectorized:
-            xqT = np.ascontiguousarray(xq.T, dtype=np.float32)
-            bsT = np.ascontiguousarray(xqT.reshape(K // 32, 32, T).sum(axis=1, dtype=np.float32))   # exact
-            q4_K_q8_K_batch(rows, K, xqT, np.ascontiguousarray(dx.T), bsT, n_gemm, out)
-        else:
+        if not (vectorized and _tiled_q4_K(rows, K, xq, dx, n_gemm, out)):
             q4_K_q8_K(rows, K, xq, dx, n_gemm, out)
         return out
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
-    if vectorized and wtype == GGMLType.Q4_0:
-        n = numba.get_num_threads()
-        if repack_gemm.q4_0_gemm(rows, K, xq, dx, out, n) or repack_gemm.q4_0_gemm(rows, K, xq, dx, out, n, "avx2"
-                                                                                   if features.has_avx2() else "portable"):
-            return out
+    if vectorized and wtype == GGMLType.Q4_0 and any(repack_gemm.q4_0_gemm(rows, K, xq, dx, out, numba.get_num_threads(),
+                                                                          kind) for kind in _gemm_kinds()):
+        return out
     lut = _B32[wtype]
     if vectorized:
         b32_q8_0_batch(rows, K, lut, np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T), out)

@@ -12,7 +12,7 @@ How the integers are formed here (any order is exact):
   - AVX2 (R = 8, T = 4): vpmaddubsw gives each row two int16 pair sums, which add up over the block's 8 groups
     without overflow (16 * 15 * 127 = 30480 < 2^15); one vpmaddwd with ones makes them int32;
   - portable: the same sums with widening multiplies.
-* isum = that sum - 8 * sum(xq of the block) (`block_sums8`).
+* isum = that sum - 8 * sum(xq of the block) (`block_sums`).
 Then the float steps are ggml's: one lane per row, fma into the token's accumulator of R rows.
 tests/test_repack.py checks both against repack.b32_q8_0.
 """
@@ -56,63 +56,92 @@ def unpack_q4_0(W, r0, R, nb, buf, dw):
 
 
 @njit(cache=True, parallel=True)
-def block_sums8(xq, nb):
-    """8 * the sum of each token's 32 int8 activations per block: (T, nb) int32."""
+def block_sums(xq, n, factor):
+    """factor * the sum of each token's int8 activations per block of n: (T, K / n) int32."""
     T = xq.shape[0]
+    nb = xq.shape[1] // n
     out = np.empty((T, nb), np.int32)
     for t in prange(T):
         for b in range(nb):
             s = np.int32(0)
-            for i in range(32):
-                s += np.int32(xq[t, 32 * b + i])
-            out[t, b] = 8 * s
+            for i in range(n):
+                s += np.int32(xq[t, n * b + i])
+            out[t, b] = factor * s
     return out
+
+
+def _vectors(kind):
+    R = SHAPES[kind][0]
+    return ir.VectorType(F32, R), ir.VectorType(I32, R), ir.VectorType(I8, 4 * R), ir.VectorType(I16, 2 * R)
+
+
+def _data_pointers(context, builder, sig, args, n):
+    """i8* to the data of the first n (array) arguments."""
+    return [builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, I8.as_pointer())
+            for i in range(n)]
+
+
+def _int_dots(builder, kind, buf, wbase, xq, xbase, toks, K):
+    """For each token: the R rows' integer dots of 32 values (8 groups of 4 at buf + wbase, R rows per group)
+    with the token's int8 activations at xq + t*K + xbase: int32 per row (VNNI), or int16 pairs (the others:
+    pass them to `as_int32`)."""
+    vf, vi, vb, vs = _vectors(kind)
+    R = vi.count
+    ints = [ir.Constant(vi, [0] * R) if kind == "vnni512" else ir.Constant(vs, [0] * (2 * R))] * len(toks)
+    for g in range(8):
+        w = load(builder, buf, builder.add(wbase, c64(4 * R * g)), vb)
+        for t, tok in enumerate(toks):
+            at = builder.add(builder.mul(tok, K), builder.add(xbase, c64(4 * g)))
+            y = builder.bitcast(splat(builder, load(builder, xq, at, I32), R), vb)
+            if kind == "vnni512":
+                ints[t] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
+                              [ints[t], builder.bitcast(w, vi), builder.bitcast(y, vi)])
+            else:
+                ints[t] = builder.add(ints[t], maddubs(builder, w, y, kind == "avx2"))
+    return ints
+
+
+def _as_int32(builder, kind, v):
+    if kind == "vnni512":
+        return v
+    return madd(builder, v, ir.Constant(v.type, [1] * v.type.count), kind == "avx2")
+
+
+def _fma_fn(builder, vf):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fma.v{vf.count}f32")
+
+
+def _store_tiles(builder, vf, tile, accs, minus=None):
+    out = builder.bitcast(tile, vf.as_pointer())
+    for t, acc in enumerate(accs):
+        v = builder.load(acc)
+        if minus is not None:
+            v = builder.fsub(v, builder.load(minus[t]))
+        builder.store(v, builder.gep(out, [c64(t)]), align=4)
 
 
 def _tile_codegen(kind):
     R, TOK = SHAPES[kind]
-    vf, vi = ir.VectorType(F32, R), ir.VectorType(I32, R)
-    vb, vs = ir.VectorType(I8, 4 * R), ir.VectorType(I16, 2 * R)
-    fma_fn = ir.FunctionType(vf, [vf, vf, vf])
-
-    def products(builder, acc, w, y):
-        """acc (int32 per row, or int16 pairs on AVX2) plus the products of w (nibbles) and y (int8 x 4)."""
-        if kind == "vnni512":
-            return x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi, [acc, builder.bitcast(w, vi), builder.bitcast(y, vi)])
-        return builder.add(acc, maddubs(builder, w, y, kind == "avx2"))
+    vf, vi, _, _ = _vectors(kind)
 
     def codegen(context, builder, sig, args):
-        buf, dw, xq, ys8, dx, tile = (
-            builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, I8.as_pointer())
-            for i in range(6))
+        buf, dw, xq, ys8, dx, tile = _data_pointers(context, builder, sig, args, 6)
         t0, nb, K = args[6], args[7], args[8]
         dw, dx = builder.bitcast(dw, F32.as_pointer()), builder.bitcast(dx, F32.as_pointer())
         ys8 = builder.bitcast(ys8, I32.as_pointer())
-        fma = cgutils.get_or_insert_function(builder.module, fma_fn, f"llvm.fma.v{R}f32")
+        fma = _fma_fn(builder, vf)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * R)) for _ in range(TOK)]
-        zero = ir.Constant(vi, [0] * R) if kind == "vnni512" else ir.Constant(vs, [0] * (2 * R))
         tok = [builder.add(t0, c64(t)) for t in range(TOK)]
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            wbase = builder.mul(b, c64(32 * R))
-            ints = [zero] * TOK
-            for g in range(8):
-                w = load(builder, buf, builder.add(wbase, c64(4 * R * g)), vb)
-                for t in range(TOK):
-                    at = builder.add(builder.mul(tok[t], K), builder.add(builder.mul(b, c64(32)), c64(4 * g)))
-                    y = builder.bitcast(splat(builder, load(builder, xq, at, I32), R), vb)
-                    ints[t] = products(builder, ints[t], w, y)
+            ints = _int_dots(builder, kind, buf, builder.mul(b, c64(32 * R)), xq, builder.mul(b, c64(32)), tok, K)
             dwb = builder.load(builder.bitcast(builder.gep(dw, [builder.mul(b, c64(R))]), vf.as_pointer()), align=4)
             for t in range(TOK):
-                isum = ints[t] if kind == "vnni512" else madd(builder, ints[t], ir.Constant(vs, [1] * (2 * R)),
-                                                                kind == "avx2")
                 tb = builder.add(builder.mul(tok[t], nb), b)
-                isum = builder.sub(isum, splat(builder, builder.load(builder.gep(ys8, [tb])), R))
+                isum = builder.sub(_as_int32(builder, kind, ints[t]), splat(builder, builder.load(builder.gep(ys8, [tb])), R))
                 dd = builder.fmul(dwb, splat(builder, builder.load(builder.gep(dx, [tb])), R))
                 builder.store(builder.call(fma, [builder.sitofp(isum, vf), dd, builder.load(accs[t])]), accs[t])
-        out = builder.bitcast(tile, vf.as_pointer())
-        for t in range(TOK):
-            builder.store(builder.load(accs[t]), builder.gep(out, [c64(t)]), align=4)
+        _store_tiles(builder, vf, tile, accs)
         return context.get_dummy_value()
     return codegen
 
@@ -132,7 +161,7 @@ def _make_gemm(kind):
         """out[t, r] for t < T (xq, dx padded to whole tiles of tokens), tiles of rows spread over the threads."""
         nb = K // 32
         Tp = xq.shape[0]
-        ys8 = block_sums8(xq, nb)
+        ys8 = block_sums(xq, 32, 8)
         n_tiles = W.shape[0] // R
         nw = min(n_threads, n_tiles)
         for wk in prange(nw):
@@ -167,4 +196,142 @@ def q4_0_gemm(rows, K, xq, dx, out, n_threads, kind=None):
         xq = np.concatenate([xq, np.zeros((Tp - T, K), np.int8)])
         dx = np.concatenate([dx, np.zeros((Tp - T, dx.shape[1]), np.float32)])
     GEMM[kind](rows, K, np.ascontiguousarray(xq), np.ascontiguousarray(dx), T, out, n_threads)
+    return True
+
+
+# --- Q4_K: the gemm's fma pair per 2 sub-blocks (step 2) or the gemv's per super-block (step 8) ---------------
+# Per row, token and super-block: sub-block j's dot_j = sum of nibble * xq over its 32 values (exact, as above),
+# isum = sum over the step's sub-blocks of sc_j * dot_j, imin = sum of m_j * bsum_j (bsum_j: the sum of the
+# token's 32 int8 activations), then acc = fma((float) isum, d * d_x, acc), accm = fma((float) imin, dmin * d_x,
+# accm); result acc - accm (repack.q4_K_q8_K).
+
+@njit(cache=True)
+def unpack_q4_K(W, r0, R, nb, buf, d, dmin, sc, m):
+    """Rows r0..r0+R-1 of Q4_K blocks -> buf[(8b + j)*32R + g*4R + r*4 + i] = value 32j + 4g + i of super-block b
+    of row r0+r (sub-block j: the low (j even) or high (j odd) nibbles of qs[32 (j // 2) + l]); d, dmin [b*R + r];
+    the 6-bit scale and min sc, m [(8b + j)*R + r] (get_scale_min_k4)."""
+    for r in range(R):
+        row = W[r0 + r]
+        for b in range(nb):
+            o = b * 144
+            d[b * R + r] = get_fp16(row, o)
+            dmin[b * R + r] = get_fp16(row, o + 2)
+            for j in range(8):
+                q = o + 4
+                if j < 4:
+                    s_, m_ = row[q + j] & np.uint8(63), row[q + j + 4] & np.uint8(63)
+                else:
+                    s_ = (row[q + j + 4] & np.uint8(15)) | ((row[q + j - 4] >> np.uint8(6)) << np.uint8(4))
+                    m_ = (row[q + j + 4] >> np.uint8(4)) | ((row[q + j] >> np.uint8(6)) << np.uint8(4))
+                sc[(8 * b + j) * R + r] = s_
+                m[(8 * b + j) * R + r] = m_
+                base = (8 * b + j) * 32 * R + r * 4
+                for l in range(32):
+                    byte = row[o + 16 + 32 * (j // 2) + l]
+                    buf[base + (l // 4) * 4 * R + l % 4] = (byte >> np.uint8(4)) if j % 2 else (byte & np.uint8(15))
+
+
+def _q4_K_tile_codegen(kind, step):
+    R, TOK = SHAPES_Q4_K[kind]
+    vf, vi, _, _ = _vectors(kind)
+
+    def codegen(context, builder, sig, args):
+        buf, d, dmin, sc, m, xq, bs, dx, tile = _data_pointers(context, builder, sig, args, 9)
+        t0, nb, K = args[9], args[10], args[11]
+        d, dmin, dx = (builder.bitcast(p, F32.as_pointer()) for p in (d, dmin, dx))
+        sc, m, bs = (builder.bitcast(p, I32.as_pointer()) for p in (sc, m, bs))
+        fma = _fma_fn(builder, vf)
+        zf, zi = ir.Constant(vf, [0.0] * R), ir.Constant(vi, [0] * R)
+        accs = [cgutils.alloca_once_value(builder, zf) for _ in range(TOK)]
+        accms = [cgutils.alloca_once_value(builder, zf) for _ in range(TOK)]
+        tok = [builder.add(t0, c64(t)) for t in range(TOK)]
+
+        def rows_vec(p, i, ty):
+            return builder.load(builder.bitcast(builder.gep(p, [builder.mul(i, c64(R))]), ty.as_pointer()), align=4)
+
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            db, dmb = rows_vec(d, b, vf), rows_vec(dmin, b, vf)
+            isum, imin = [zi] * TOK, [zi] * TOK
+            for j in range(8):
+                sj = builder.add(builder.mul(b, c64(8)), c64(j))
+                ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(32 * R)), xq,
+                                 builder.add(builder.mul(b, c64(256)), c64(32 * j)), tok, K)
+                scj, mj = rows_vec(sc, sj, vi), rows_vec(m, sj, vi)
+                for t in range(TOK):
+                    bsum = builder.load(builder.gep(bs, [builder.add(builder.mul(tok[t], builder.mul(nb, c64(8))), sj)]))
+                    isum[t] = builder.add(isum[t], builder.mul(scj, _as_int32(builder, kind, ints[t])))
+                    imin[t] = builder.add(imin[t], builder.mul(mj, splat(builder, bsum, R)))
+                if (j + 1) % step == 0:
+                    for t in range(TOK):
+                        dxt = splat(builder, builder.load(builder.gep(dx, [builder.add(builder.mul(tok[t], nb), b)])), R)
+                        builder.store(builder.call(fma, [builder.sitofp(isum[t], vf), builder.fmul(db, dxt),
+                                                         builder.load(accs[t])]), accs[t])
+                        builder.store(builder.call(fma, [builder.sitofp(imin[t], vf), builder.fmul(dmb, dxt),
+                                                         builder.load(accms[t])]), accms[t])
+                    isum, imin = [zi] * TOK, [zi] * TOK
+        _store_tiles(builder, vf, tile, accs, minus=accms)
+        return context.get_dummy_value()
+    return codegen
+
+
+# variant -> (rows per tile, tokens per tile) for Q4_K: 5 vectors per token live (two float sums, two int sums, the dots)
+SHAPES_Q4_K = {"vnni512": (16, 4), "avx2": (8, 2), "portable": (8, 2)}
+
+
+def _make_q4_K_gemm(kind, step):
+    def tile_intrinsic(typingctx, buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K):
+        return types.void(buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K), _q4_K_tile_codegen(kind, step)
+    tile_intrinsic.__name__ = f"_q4_K_tile_{kind}_{step}"
+    tile_kernel = intrinsic(tile_intrinsic)
+    R, TOK = SHAPES_Q4_K[kind]
+
+    def gemm(W, K, xq, dx, T, out, n_threads):
+        nb = K // 256
+        Tp = xq.shape[0]
+        bs = block_sums(xq, 32, 1)
+        n_tiles = W.shape[0] // R
+        nw = min(n_threads, n_tiles)
+        for wk in prange(nw):
+            buf = np.empty(nb * 256 * R, np.uint8)
+            d = np.empty(nb * R, np.float32)
+            dmin = np.empty(nb * R, np.float32)
+            sc = np.empty(nb * 8 * R, np.int32)
+            m = np.empty(nb * 8 * R, np.int32)
+            tile = np.empty(TOK * R, np.float32)
+            for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
+                r0 = c * R
+                unpack_q4_K(W, r0, R, nb, buf, d, dmin, sc, m)
+                for t0 in range(0, Tp, TOK):
+                    tile_kernel(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                    for t in range(min(TOK, T - t0)):
+                        for r in range(R):
+                            out[t0 + t, r0 + r] = tile[t * R + r]
+    gemm.__name__ = f"q4_K_gemm_{kind}_{step}"
+    return njit(cache=True, parallel=True)(gemm)
+
+
+GEMM_Q4_K = {(kind, step): _make_q4_K_gemm(kind, step) for kind in SHAPES_Q4_K for step in (2, 8)}
+
+
+def _padded(xq, dx, tokens):
+    T = xq.shape[0]
+    Tp = -(-T // tokens) * tokens
+    if Tp != T:
+        xq = np.concatenate([xq, np.zeros((Tp - T, xq.shape[1]), np.int8)])
+        dx = np.concatenate([dx, np.zeros((Tp - T, dx.shape[1]), np.float32)])
+    return np.ascontiguousarray(xq), np.ascontiguousarray(dx)
+
+
+def q4_K_gemm(rows, K, xq, dx, out, n_threads, gemm_order, kind=None):
+    """out (T, N) = the repacked Q4_K product for rows (N, K/256*144), xq (T, K) int8 and dx (T, K/256) the Q8_K
+    activations, every token in the gemm's order (gemm_order) or the gemv's; False (nothing written) when N is not
+    a whole number of the kernel's row tiles."""
+    kind = kind or variant()
+    R, TOK = SHAPES_Q4_K[kind]
+    if rows.shape[0] % R:
+        return False
+    T = xq.shape[0]
+    xq, dx = _padded(xq, dx, TOK)
+    GEMM_Q4_K[kind, 2 if gemm_order else 8](rows, K, xq, dx, T, out, n_threads)
     return True
