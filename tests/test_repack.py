@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu import repack, repack_gemm
+from workbench.cpu import repack
 from workbench.cpu.act_quant import prepare_activations
-from workbench.cpu.features import has_avx2, hardware_fma
+from workbench.cpu.features import hardware_fma
 from workbench.quant import dequantize, quantize
 
 TYPES = [GGMLType.Q4_0, GGMLType.IQ4_NL, GGMLType.Q4_K]
@@ -146,56 +146,3 @@ def test_not_repacked_cases_return_none():
     assert repack.matmul(rows, GGMLType.Q4_0, 64, x[:0]).shape == (0, 8)
     assert set(repack.SUPPORTED) == set(TYPES)
 
-
-def _gemm_kinds():
-    """The repack_gemm variants this host can run (VNNI-512 and AVX2 only where the CPU has them)."""
-    kinds = ["portable"]
-    if has_avx2():
-        kinds.append("avx2")
-    if repack_gemm.variant() == "vnni512":
-        kinds.append("vnni512")
-    return kinds
-
-
-@pytest.mark.parametrize("kind", _gemm_kinds())
-@pytest.mark.parametrize("N,K,T", [(16, 320, 1), (32, 64, 7), (48, 512, 13), (16, 32, 8)])
-def test_q4_0_gemm_tiles_equal_spec(kind, N, K, T):
-    """repack_gemm's tiled Q4_0 product (nibbles unpacked per tile of rows, integer sums by vpdpbusd / vpmaddubsw,
-    8 * block sums subtracted) gives the one-token spec's bits for every token, padded token tiles included;
-    extreme activations (+-127 everywhere) reach the int16 bound of the AVX2 variant."""
-    rows, x = _case(GGMLType.Q4_0, N=N, K=K, T=T, seed=N + T)
-    x[0] = np.where(np.arange(K) % 3 == 0, -1.0, 1.0)                 # every |q_x| = 127
-    _, _, xq, dx = _act(GGMLType.Q4_0, x)
-    want = np.empty((T, N), np.float32)
-    repack.b32_q8_0(rows, K, repack.LUT_Q4_0, xq, dx, want)
-    got = np.full((T, N), np.nan, np.float32)
-    assert repack_gemm.q4_0_gemm(rows, K, xq, dx, got, 2, kind)
-    bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
-    assert bad.size == 0, f"{kind}: {len(bad)} outputs differ, first (t, r) {tuple(bad[0])}"
-
-
-def test_q4_0_gemm_declines_partial_row_tiles():
-    rows, x = _case(GGMLType.Q4_0, N=8, K=64, T=4)
-    _, _, xq, dx = _act(GGMLType.Q4_0, x)
-    out = np.zeros((4, 8), np.float32)
-    assert not repack_gemm.q4_0_gemm(rows, 64, xq, dx, out, 2, "vnni512")     # 16-row tiles: 8 rows decline
-    assert not out.any()
-    np.testing.assert_array_equal(repack.matmul(rows, GGMLType.Q4_0, 64, x, vectorized=True),
-                                  repack.matmul(rows, GGMLType.Q4_0, 64, x, vectorized=False))
-
-
-@pytest.mark.parametrize("kind", _gemm_kinds())
-@pytest.mark.parametrize("gemm_order", [True, False], ids=["gemm", "gemv"])
-@pytest.mark.parametrize("N,K,T", [(16, 256, 1), (32, 512, 6), (48, 768, 9)])
-def test_q4_K_gemm_tiles_equal_spec(kind, gemm_order, N, K, T):
-    """repack_gemm's tiled Q4_K product gives repack.q4_K_q8_K's bits: the gemm's fma pair per two sub-blocks
-    (gemm_order) or the gemv's per super-block, for every token of a padded token tile."""
-    rows, x = _case(GGMLType.Q4_K, N=N, K=K, T=T, seed=N + T)
-    x[0] = np.where(np.arange(K) % 3 == 0, -1.0, 1.0)                 # every |q_x| = 127
-    _, _, xq, dx = _act(GGMLType.Q4_K, x)
-    want = np.empty((T, N), np.float32)
-    repack.q4_K_q8_K(rows, K, xq, dx, T if gemm_order else 0, want)
-    got = np.full((T, N), np.nan, np.float32)
-    assert repack_gemm.q4_K_gemm(rows, K, xq, dx, got, 2, gemm_order, kind)
-    bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
-    assert bad.size == 0, f"{kind}: {len(bad)} outputs differ, first (t, r) {tuple(bad[0])}"

@@ -15,7 +15,7 @@ quantized by quantize_row_q8_0 / _q8_K). The quantized values are the same eithe
   symmetric) and leaves every product d_w * d_x * sum(q_w q_x) unchanged.
 
 so act_quant.prepare_activations gives them. repack_gemv holds the one-token gemv as LLVM vector code,
-repack_gemm the many-token Q4_0 and Q4_K products (tiles of rows x tokens). The float order, per output (row r, token t):
+gemm_tiles the many-token Q4_0 and Q4_K products (tiles of rows x tokens). The float order, per output (row r, token t):
 
 Q4_0 / IQ4_NL (gemv_q4_b32_8x8_q8_0_lut_avx and gemm_q4_b32_8x8_q8_0_lut_avx, identical order):
     acc = 0;  for each block b of 32:  acc = fma(float(isum_b), d_w[b] * d_x[b], acc)
@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import features, repack_gemm, repack_gemv
+from workbench.cpu import features, gemm_tiles, repack_gemv
 from workbench.cpu.act_quant import prepare_activations
 from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import fma32
@@ -162,22 +162,17 @@ def q4_K_q8_K(W, K, xq, dx, n_gemm, out):
 
 # --- entry point -----------------------------------------------------------------------------------
 
-def _gemm_kinds():
-    """repack_gemm's variant for this host, then the 8-row one (for row counts that are not whole 16-row tiles)."""
-    return (repack_gemm.variant(), "avx2" if features.has_avx2() else "portable")
-
-
 def _tiled_q4_K(rows, K, xq, dx, n_gemm, out):
-    """repack_gemm's Q4_K tiles: tokens < n_gemm in the gemm's order, the rest in the gemv's; False if no variant
+    """gemm_tiles's Q4_K tiles: tokens < n_gemm in the gemm's order, the rest in the gemv's; False if no variant
     takes this row count."""
     n = numba.get_num_threads()
-    for kind in _gemm_kinds():
-        if rows.shape[0] % repack_gemm.SHAPES_Q4_K[kind][0]:
+    for kind in gemm_tiles.kinds():
+        if rows.shape[0] % gemm_tiles.SHAPES_Q4_K[kind][0]:
             continue
         for lo, hi, gemm_order in ((0, n_gemm, True), (n_gemm, xq.shape[0], False)):
             if hi > lo:
                 part = np.empty((hi - lo, rows.shape[0]), np.float32)
-                repack_gemm.q4_K_gemm(rows, K, xq[lo:hi], dx[lo:hi], part, n, gemm_order, kind)
+                gemm_tiles.q4_K_gemm(rows, K, xq[lo:hi], dx[lo:hi], part, n, gemm_order, kind)
                 out[lo:hi] = part
         return True
     return False
@@ -212,8 +207,8 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vectorized=None):
             q4_K_q8_K(rows, K, xq, dx, n_gemm, out)
         return out
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_0, 32, True, with_ints=True)
-    if vectorized and wtype == GGMLType.Q4_0 and any(repack_gemm.q4_0_gemm(rows, K, xq, dx, out, numba.get_num_threads(),
-                                                                          kind) for kind in _gemm_kinds()):
+    if vectorized and wtype == GGMLType.Q4_0 and any(gemm_tiles.q4_0_gemm(rows, K, xq, dx, out, numba.get_num_threads(),
+                                                                          kind) for kind in gemm_tiles.kinds()):
         return out
     lut = _B32[wtype]
     if vectorized:

@@ -33,6 +33,7 @@ out = fma(res, y.d, out), super-block after super-block (no lanes, no horizontal
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -40,7 +41,7 @@ from workbench.gguf import GGMLType
 
 from workbench.gguf.constants import KVALUES_IQ4NL, QK_K
 
-from workbench.cpu import vec_dot_kquants
+from workbench.cpu import gemm_tiles, vec_dot_kquants
 from workbench.cpu.act_quant import prepare_activations
 from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.simd import hsum8
@@ -237,6 +238,9 @@ def matmul(rows, wtype, K, x, mul_mat_id=False, vector=True):
     if vector and T < TILED_MIN_BATCH and vec_dot_kquants.matvec(np.ascontiguousarray(rows), wtype.name, K, x, out):
         return out                  # vec_dot token by token: vec_dot_kquants' vector kernels, same bits
     _, _, xq, dx = prepare_activations(x, GGMLType.Q8_K, 16, True, with_ints=True)
+    if vector and T >= TILED_MIN_BATCH and wtype == GGMLType.Q6_K and any(
+            gemm_tiles.q6_K_gemm(rows, K, xq, dx, out, numba.get_num_threads(), kind) for kind in gemm_tiles.kinds()):
+        return out                  # the tiled path's integer tiles (gemm_tiles), same bits
     xq32 = xq.astype(np.int32)
     bs = xq32.reshape(T, K // 16, 16).sum(axis=2, dtype=np.int32)      # block_q8_K bsums
     # ggml_compute_forward_mul_mat_tiled takes batches of >= 8 tokens (ggml_tiled_min_batch; for

@@ -39,6 +39,11 @@ def variant() -> str:
     return "avx2" if features.has_avx2() else "portable"
 
 
+def kinds():
+    """The host's variant, then the 8-row one (for row counts that are not whole 16-row tiles)."""
+    return (variant(), "avx2" if features.has_avx2() else "portable")
+
+
 @njit(cache=True)
 def unpack_q4_0(W, r0, R, nb, buf, dw):
     """Rows r0..r0+R-1 of Q4_0 blocks -> buf[b*32R + g*4R + r*4 + i] = value 4g+i of block b of row r0+r as its
@@ -81,14 +86,17 @@ def _data_pointers(context, builder, sig, args, n):
             for i in range(n)]
 
 
-def _int_dots(builder, kind, buf, wbase, xq, xbase, toks, K):
-    """For each token: the R rows' integer dots of 32 values (8 groups of 4 at buf + wbase, R rows per group)
-    with the token's int8 activations at xq + t*K + xbase: int32 per row (VNNI), or int16 pairs (the others:
-    pass them to `as_int32`)."""
+def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8):
+    """For each token: the R rows' int32 dots of 4 * n_groups values (groups of 4 at buf + wbase, R rows per group)
+    with the token's int8 activations at xq + t*K + xbase. vpdpbusd on VNNI; elsewhere vpmaddubsw pairs summed in
+    int16 over `i16_run` groups (the caller's bound against overflow), then vpmaddwd with ones."""
     vf, vi, vb, vs = _vectors(kind)
     R = vi.count
-    ints = [ir.Constant(vi, [0] * R) if kind == "vnni512" else ir.Constant(vs, [0] * (2 * R))] * len(toks)
-    for g in range(8):
+    zi, zs = ir.Constant(vi, [0] * R), ir.Constant(vs, [0] * (2 * R))
+    ones = ir.Constant(vs, [1] * (2 * R))
+    ints = [zi] * len(toks)
+    pairs = [zs] * len(toks)
+    for g in range(n_groups):
         w = load(builder, buf, builder.add(wbase, c64(4 * R * g)), vb)
         for t, tok in enumerate(toks):
             at = builder.add(builder.mul(tok, K), builder.add(xbase, c64(4 * g)))
@@ -96,15 +104,12 @@ def _int_dots(builder, kind, buf, wbase, xq, xbase, toks, K):
             if kind == "vnni512":
                 ints[t] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
                               [ints[t], builder.bitcast(w, vi), builder.bitcast(y, vi)])
-            else:
-                ints[t] = builder.add(ints[t], maddubs(builder, w, y, kind == "avx2"))
+                continue
+            pairs[t] = builder.add(pairs[t], maddubs(builder, w, y, kind == "avx2"))
+            if (g + 1) % i16_run == 0 or g == n_groups - 1:
+                ints[t] = builder.add(ints[t], madd(builder, pairs[t], ones, kind == "avx2"))
+                pairs[t] = zs
     return ints
-
-
-def _as_int32(builder, kind, v):
-    if kind == "vnni512":
-        return v
-    return madd(builder, v, ir.Constant(v.type, [1] * v.type.count), kind == "avx2")
 
 
 def _fma_fn(builder, vf):
@@ -134,11 +139,11 @@ def _tile_codegen(kind):
         tok = [builder.add(t0, c64(t)) for t in range(TOK)]
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            ints = _int_dots(builder, kind, buf, builder.mul(b, c64(32 * R)), xq, builder.mul(b, c64(32)), tok, K)
+            ints = _int_dots(builder, kind, buf, builder.mul(b, c64(32 * R)), 8, xq, builder.mul(b, c64(32)), tok, K)
             dwb = builder.load(builder.bitcast(builder.gep(dw, [builder.mul(b, c64(R))]), vf.as_pointer()), align=4)
             for t in range(TOK):
                 tb = builder.add(builder.mul(tok[t], nb), b)
-                isum = builder.sub(_as_int32(builder, kind, ints[t]), splat(builder, builder.load(builder.gep(ys8, [tb])), R))
+                isum = builder.sub(ints[t], splat(builder, builder.load(builder.gep(ys8, [tb])), R))
                 dd = builder.fmul(dwb, splat(builder, builder.load(builder.gep(dx, [tb])), R))
                 builder.store(builder.call(fma, [builder.sitofp(isum, vf), dd, builder.load(accs[t])]), accs[t])
         _store_tiles(builder, vf, tile, accs)
@@ -255,12 +260,12 @@ def _q4_K_tile_codegen(kind, step):
             isum, imin = [zi] * TOK, [zi] * TOK
             for j in range(8):
                 sj = builder.add(builder.mul(b, c64(8)), c64(j))
-                ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(32 * R)), xq,
+                ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(32 * R)), 8, xq,
                                  builder.add(builder.mul(b, c64(256)), c64(32 * j)), tok, K)
                 scj, mj = rows_vec(sc, sj, vi), rows_vec(m, sj, vi)
                 for t in range(TOK):
                     bsum = builder.load(builder.gep(bs, [builder.add(builder.mul(tok[t], builder.mul(nb, c64(8))), sj)]))
-                    isum[t] = builder.add(isum[t], builder.mul(scj, _as_int32(builder, kind, ints[t])))
+                    isum[t] = builder.add(isum[t], builder.mul(scj, ints[t]))
                     imin[t] = builder.add(imin[t], builder.mul(mj, splat(builder, bsum, R)))
                 if (j + 1) % step == 0:
                     for t in range(TOK):
@@ -334,4 +339,117 @@ def q4_K_gemm(rows, K, xq, dx, out, n_threads, gemm_order, kind=None):
     T = xq.shape[0]
     xq, dx = _padded(xq, dx, TOK)
     GEMM_Q4_K[kind, 2 if gemm_order else 8](rows, K, xq, dx, T, out, n_threads)
+    return True
+
+
+# --- Q6_K, ggml's tiled path (tiled.cpp, 8 tokens or more): per super-block the whole integer sum ---------------
+# s1 = sum over the 16 sub-blocks of 16 of sc_j * (dot_j - 32 * bsum_j), dot_j the products of the unsigned 6-bit q
+# with the int8 activations, bsum_j the sum of those activations (so sc_j * dot of (q - 32)); then
+# res = d_w * (float) s1, out = fma(res, d_x, out) super-block after super-block (tiled.kquant_q8_K, tiled=True).
+
+@njit(cache=True)
+def unpack_q6_K(W, r0, R, nb, buf, d, sc):
+    """Rows r0..r0+R-1 of Q6_K blocks -> buf[(64b + g)*4R + r*4 + i] = the unsigned q (0..63) of value 4g + i of
+    super-block b (dequantize_row_q6_K's order); d[b*R + r]; sc[(16b + j)*R + r] the int8 scale of sub-block j."""
+    for r in range(R):
+        row = W[r0 + r]
+        for b in range(nb):
+            o = b * 210                     # ql[128] qh[64] scales[16] d
+            d[b * R + r] = get_fp16(row, o + 208)
+            for j in range(16):
+                sc[(16 * b + j) * R + r] = np.int32(np.int8(row[o + 192 + j]))
+            for n in range(2):
+                for l in range(32):
+                    ql0, ql1, qh = row[o + 64 * n + l], row[o + 64 * n + 32 + l], row[o + 128 + 32 * n + l]
+                    e = 128 * n + l
+                    for k, q in enumerate(((ql0 & np.uint8(15)) | ((qh & np.uint8(3)) << np.uint8(4)),
+                                           (ql1 & np.uint8(15)) | (((qh >> np.uint8(2)) & np.uint8(3)) << np.uint8(4)),
+                                           (ql0 >> np.uint8(4)) | (((qh >> np.uint8(4)) & np.uint8(3)) << np.uint8(4)),
+                                           (ql1 >> np.uint8(4)) | (((qh >> np.uint8(6)) & np.uint8(3)) << np.uint8(4)))):
+                        v = e + 32 * k
+                        buf[(64 * b + v // 4) * 4 * R + r * 4 + v % 4] = q
+
+
+# variant -> (rows, tokens) for Q6_K: three vectors per token live (float sum, int sum, the dots)
+SHAPES_Q6_K = {"vnni512": (16, 8), "avx2": (8, 4), "portable": (8, 4)}
+
+
+def _q6_K_tile_codegen(kind):
+    R, TOK = SHAPES_Q6_K[kind]
+    vf, vi, _, _ = _vectors(kind)
+
+    def codegen(context, builder, sig, args):
+        buf, d, sc, xq, bs32, dx, tile = _data_pointers(context, builder, sig, args, 7)
+        t0, nb, K = args[7], args[8], args[9]
+        d, dx = (builder.bitcast(p, F32.as_pointer()) for p in (d, dx))
+        sc, bs32 = (builder.bitcast(p, I32.as_pointer()) for p in (sc, bs32))
+        fma = _fma_fn(builder, vf)
+        zi = ir.Constant(vi, [0] * R)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * R)) for _ in range(TOK)]
+        tok = [builder.add(t0, c64(t)) for t in range(TOK)]
+        nsub = builder.mul(nb, c64(16))
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            isum = [zi] * TOK
+            for j in range(16):
+                sj = builder.add(builder.mul(b, c64(16)), c64(j))
+                ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(16 * R)), 4, xq,
+                                 builder.add(builder.mul(b, c64(256)), c64(16 * j)), tok, K, i16_run=2)
+                scj = builder.load(builder.bitcast(builder.gep(sc, [builder.mul(sj, c64(R))]), vi.as_pointer()), align=4)
+                for t in range(TOK):
+                    off = builder.load(builder.gep(bs32, [builder.add(builder.mul(tok[t], nsub), sj)]))
+                    isum[t] = builder.add(isum[t], builder.mul(scj, builder.sub(ints[t], splat(builder, off, R))))
+            db = builder.load(builder.bitcast(builder.gep(d, [builder.mul(b, c64(R))]), vf.as_pointer()), align=4)
+            for t in range(TOK):
+                dxt = splat(builder, builder.load(builder.gep(dx, [builder.add(builder.mul(tok[t], nb), b)])), R)
+                res = builder.fmul(db, builder.sitofp(isum[t], vf))
+                builder.store(builder.call(fma, [res, dxt, builder.load(accs[t])]), accs[t])
+        _store_tiles(builder, vf, tile, accs)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _make_q6_K_gemm(kind):
+    def tile_intrinsic(typingctx, buf, d, sc, xq, bs32, dx, tile, t0, nb, K):
+        return types.void(buf, d, sc, xq, bs32, dx, tile, t0, nb, K), _q6_K_tile_codegen(kind)
+    tile_intrinsic.__name__ = f"_q6_K_tile_{kind}"
+    tile_kernel = intrinsic(tile_intrinsic)
+    R, TOK = SHAPES_Q6_K[kind]
+
+    def gemm(W, K, xq, dx, T, out, n_threads):
+        nb = K // 256
+        Tp = xq.shape[0]
+        bs32 = block_sums(xq, 16, 32)
+        n_tiles = W.shape[0] // R
+        nw = min(n_threads, n_tiles)
+        for wk in prange(nw):
+            buf = np.empty(nb * 256 * R, np.uint8)
+            d = np.empty(nb * R, np.float32)
+            sc = np.empty(nb * 16 * R, np.int32)
+            tile = np.empty(TOK * R, np.float32)
+            for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
+                r0 = c * R
+                unpack_q6_K(W, r0, R, nb, buf, d, sc)
+                for t0 in range(0, Tp, TOK):
+                    tile_kernel(buf, d, sc, xq, bs32, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                    for t in range(min(TOK, T - t0)):
+                        for r in range(R):
+                            out[t0 + t, r0 + r] = tile[t * R + r]
+    gemm.__name__ = f"q6_K_gemm_{kind}"
+    return njit(cache=True, parallel=True)(gemm)
+
+
+GEMM_Q6_K = {kind: _make_q6_K_gemm(kind) for kind in SHAPES_Q6_K}
+
+
+def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
+    """out (T, N) = ggml's tiled Q6_K product for rows (N, K/256*210), xq (T, K) int8 and dx (T, K/256) the Q8_K
+    activations; False (nothing written) when N is not a whole number of the kernel's row tiles."""
+    kind = kind or variant()
+    R, TOK = SHAPES_Q6_K[kind]
+    if rows.shape[0] % R:
+        return False
+    T = xq.shape[0]
+    xq, dx = _padded(xq, dx, TOK)
+    GEMM_Q6_K[kind](rows, K, xq, dx, T, out, n_threads)
     return True
