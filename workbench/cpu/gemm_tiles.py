@@ -86,15 +86,16 @@ def _data_pointers(context, builder, sig, args, n):
             for i in range(n)]
 
 
-def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8):
+def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8, chains=1):
     """For each token: the R rows' int32 dots of 4 * n_groups values (groups of 4 at buf + wbase, R rows per group)
-    with the token's int8 activations at xq + t*K + xbase. vpdpbusd on VNNI; elsewhere vpmaddubsw pairs summed in
-    int16 over `i16_run` groups (the caller's bound against overflow), then vpmaddwd with ones."""
+    with the token's int8 activations at xq + t*K + xbase. vpdpbusd on VNNI, into `chains` accumulators per token
+    (independent dependency chains, added at the end); elsewhere vpmaddubsw pairs summed in int16 over `i16_run`
+    groups (the caller's bound against overflow), then vpmaddwd with ones."""
     vf, vi, vb, vs = _vectors(kind)
     R = vi.count
     zi, zs = ir.Constant(vi, [0] * R), ir.Constant(vs, [0] * (2 * R))
     ones = ir.Constant(vs, [1] * (2 * R))
-    ints = [zi] * len(toks)
+    ints = [[zi] * chains for _ in toks]
     pairs = [zs] * len(toks)
     for g in range(n_groups):
         w = load(builder, buf, builder.add(wbase, c64(4 * R * g)), vb)
@@ -102,14 +103,21 @@ def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8
             at = builder.add(builder.mul(tok, K), builder.add(xbase, c64(4 * g)))
             y = builder.bitcast(splat(builder, load(builder, xq, at, I32), R), vb)
             if kind == "vnni512":
-                ints[t] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
-                              [ints[t], builder.bitcast(w, vi), builder.bitcast(y, vi)])
+                c = g % chains
+                ints[t][c] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
+                                 [ints[t][c], builder.bitcast(w, vi), builder.bitcast(y, vi)])
                 continue
             pairs[t] = builder.add(pairs[t], maddubs(builder, w, y, kind == "avx2"))
             if (g + 1) % i16_run == 0 or g == n_groups - 1:
-                ints[t] = builder.add(ints[t], madd(builder, pairs[t], ones, kind == "avx2"))
+                ints[t][0] = builder.add(ints[t][0], madd(builder, pairs[t], ones, kind == "avx2"))
                 pairs[t] = zs
-    return ints
+    out = []
+    for chain in ints:
+        total = chain[0]
+        for more in chain[1:]:
+            total = builder.add(total, more)
+        out.append(total)
+    return out
 
 
 def _fma_fn(builder, vf):
@@ -254,27 +262,35 @@ def _q4_K_tile_codegen(kind, step):
         def rows_vec(p, i, ty):
             return builder.load(builder.bitcast(builder.gep(p, [builder.mul(i, c64(R))]), ty.as_pointer()), align=4)
 
+        isum = [cgutils.alloca_once_value(builder, zi) for _ in range(TOK)]
+        imin = [cgutils.alloca_once_value(builder, zi) for _ in range(TOK)]
+
+        def flush(b):
+            """acc += (float) isum * (d * d_x), accm += (float) imin * (dmin * d_x); the integer sums restart."""
+            db, dmb = rows_vec(d, b, vf), rows_vec(dmin, b, vf)
+            for t in range(TOK):
+                dxt = splat(builder, builder.load(builder.gep(dx, [builder.add(builder.mul(tok[t], nb), b)])), R)
+                for acc, ints, dv in ((accs[t], isum[t], db), (accms[t], imin[t], dmb)):
+                    builder.store(builder.call(fma, [builder.sitofp(builder.load(ints), vf), builder.fmul(dv, dxt),
+                                                     builder.load(acc)]), acc)
+                    builder.store(zi, ints)
+
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            db, dmb = rows_vec(d, b, vf), rows_vec(dmin, b, vf)
-            isum, imin = [zi] * TOK, [zi] * TOK
-            for j in range(8):
-                sj = builder.add(builder.mul(b, c64(8)), c64(j))
-                ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(32 * R)), 8, xq,
-                                 builder.add(builder.mul(b, c64(256)), c64(32 * j)), tok, K)
-                scj, mj = rows_vec(sc, sj, vi), rows_vec(m, sj, vi)
-                for t in range(TOK):
-                    bsum = builder.load(builder.gep(bs, [builder.add(builder.mul(tok[t], builder.mul(nb, c64(8))), sj)]))
-                    isum[t] = builder.add(isum[t], builder.mul(scj, ints[t]))
-                    imin[t] = builder.add(imin[t], builder.mul(mj, splat(builder, bsum, R)))
-                if (j + 1) % step == 0:
+            with cgutils.for_range(builder, c64(4)) as pairs:     # a loop, so that LLVM schedules one pair at a time
+                for h in range(2):
+                    sj = builder.add(builder.mul(b, c64(8)), builder.add(builder.mul(pairs.index, c64(2)), c64(h)))
+                    xbase = builder.add(builder.mul(b, c64(256)), builder.mul(builder.sub(sj, builder.mul(b, c64(8))), c64(32)))
+                    ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(32 * R)), 8, xq, xbase, tok, K)
+                    scj, mj = rows_vec(sc, sj, vi), rows_vec(m, sj, vi)
                     for t in range(TOK):
-                        dxt = splat(builder, builder.load(builder.gep(dx, [builder.add(builder.mul(tok[t], nb), b)])), R)
-                        builder.store(builder.call(fma, [builder.sitofp(isum[t], vf), builder.fmul(db, dxt),
-                                                         builder.load(accs[t])]), accs[t])
-                        builder.store(builder.call(fma, [builder.sitofp(imin[t], vf), builder.fmul(dmb, dxt),
-                                                         builder.load(accms[t])]), accms[t])
-                    isum, imin = [zi] * TOK, [zi] * TOK
+                        bsum = builder.load(builder.gep(bs, [builder.add(builder.mul(tok[t], builder.mul(nb, c64(8))), sj)]))
+                        builder.store(builder.add(builder.load(isum[t]), builder.mul(scj, ints[t])), isum[t])
+                        builder.store(builder.add(builder.load(imin[t]), builder.mul(mj, splat(builder, bsum, R))), imin[t])
+                if step == 2:
+                    flush(b)
+            if step == 8:
+                flush(b)
         _store_tiles(builder, vf, tile, accs, minus=accms)
         return context.get_dummy_value()
     return codegen
@@ -388,22 +404,25 @@ def _q6_K_tile_codegen(kind):
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * R)) for _ in range(TOK)]
         tok = [builder.add(t0, c64(t)) for t in range(TOK)]
         nsub = builder.mul(nb, c64(16))
+        isum = [cgutils.alloca_once_value(builder, zi) for _ in range(TOK)]
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            isum = [zi] * TOK
-            for j in range(16):
-                sj = builder.add(builder.mul(b, c64(16)), c64(j))
+            with cgutils.for_range(builder, c64(16)) as sub:     # a loop, so that LLVM schedules one sub-block at a time
+                j = sub.index
+                sj = builder.add(builder.mul(b, c64(16)), j)
                 ints = _int_dots(builder, kind, buf, builder.mul(sj, c64(16 * R)), 4, xq,
-                                 builder.add(builder.mul(b, c64(256)), c64(16 * j)), tok, K, i16_run=2)
+                                 builder.add(builder.mul(b, c64(256)), builder.mul(j, c64(16))), tok, K, i16_run=2)
                 scj = builder.load(builder.bitcast(builder.gep(sc, [builder.mul(sj, c64(R))]), vi.as_pointer()), align=4)
                 for t in range(TOK):
                     off = builder.load(builder.gep(bs32, [builder.add(builder.mul(tok[t], nsub), sj)]))
-                    isum[t] = builder.add(isum[t], builder.mul(scj, builder.sub(ints[t], splat(builder, off, R))))
+                    prod = builder.mul(scj, builder.sub(ints[t], splat(builder, off, R)))
+                    builder.store(builder.add(builder.load(isum[t]), prod), isum[t])
             db = builder.load(builder.bitcast(builder.gep(d, [builder.mul(b, c64(R))]), vf.as_pointer()), align=4)
             for t in range(TOK):
                 dxt = splat(builder, builder.load(builder.gep(dx, [builder.add(builder.mul(tok[t], nb), b)])), R)
-                res = builder.fmul(db, builder.sitofp(isum[t], vf))
+                res = builder.fmul(db, builder.sitofp(builder.load(isum[t]), vf))
                 builder.store(builder.call(fma, [res, dxt, builder.load(accs[t])]), accs[t])
+                builder.store(zi, isum[t])
         _store_tiles(builder, vf, tile, accs)
         return context.get_dummy_value()
     return codegen
