@@ -4,6 +4,7 @@ ops._attention_job is the readable spec (and the path for an F32 cache or a host
 computes the same sums bit for bit where numba emits hardware fma (`fastmath={"contract"}` turns
 `a * b + c` into one fma, as ggml's _mm256_fmadd_ps), with three changes that only affect speed:
 - K and V are read as float32 rows converted once per call (fp16 -> fp32 is exact), not through a table;
+- a batch's value sums run lane by lane (each lane still takes its keys in order);
 - the 8 (tinyBLAS) or 32 (ggml_vec_dot_f16) lanes of a dot product are the innermost loop: one SIMD fma;
 - the probabilities are rounded to fp16 with integer arithmetic on their bits.
 """
@@ -81,6 +82,16 @@ def _keys_by_row(kb, n_kv):
     return kT
 
 
+@njit(cache=True, parallel=True)
+def _values_f32(vb, n_kv):
+    """(n_kv, n_head_kv * D) float32: the first n_kv values of the cache (fp16 bits vb), converted once."""
+    v = np.empty((n_kv, vb.shape[1]), np.float32)
+    for j in prange(n_kv):
+        for c in range(vb.shape[1]):
+            v[j, c] = half_to_float(vb[j, c])
+    return v
+
+
 @njit(cache=True, fastmath=_FAST, inline="always")
 def _reduce32_columns(acc, o):
     """o[d] = GGML_F16_VEC_REDUCE of column d of acc (32, D), for all d at once (SIMD over d)."""
@@ -106,8 +117,11 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
     batch = T >= 2
     D32 = D - D % 32
     kT = _keys_by_row(kb, n_past + T if batch else 0)     # batches: keys along a row (SIMD over keys)
+    vf = _values_f32(vb, n_past + T if batch else 0)       # batches: values as float32, converted once
     for job in prange(T * H):
-        t = job // H
+        # token order 0, T-1, 1, T-2, ...: prange's contiguous share of jobs per thread mixes short and long rows
+        u = job // H
+        t = u // 2 if u % 2 == 0 else T - 1 - u // 2
         h = job % H
         c0 = (h // group) * D
         n_kv = n_past + t + 1
@@ -144,7 +158,15 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
         round_f16_inplace(p, n_kv)
         nl = 8 if batch else 32
         acc = np.zeros((nl, D), np.float32)
-        for j in range(n_kv):
+        if batch:           # lane l takes keys l, l + 8, ... in order: one lane's row at a time
+            for lane in range(nl):
+                a = acc[lane]
+                for j in range(lane, n_kv, nl):
+                    pj = p[j]
+                    v = vf[j, c0:c0 + D]
+                    for d in range(D):
+                        a[d] = pj * v[d] + a[d]
+        for j in range(0 if batch else n_kv):
             pj = p[j]
             a = acc[j % nl]
             v = vb[j, c0:c0 + D]
