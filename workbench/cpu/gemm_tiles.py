@@ -18,6 +18,8 @@ tests/test_repack.py checks both against repack.b32_q8_0.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -32,6 +34,7 @@ from workbench.cpu.ir import F32, I8, I16, I32, c64, load, madd, maddubs, splat,
 SHAPES = {"vnni512": (16, 8), "avx2": (8, 4), "portable": (8, 4)}
 
 
+@functools.cache
 def variant() -> str:
     """The host's kernel: AVX-512 VNNI, AVX2, or portable LLVM code."""
     if features.host_feature("avx512vnni") and features.host_feature("avx512bw"):
