@@ -10,9 +10,9 @@ from workbench.gguf import GGMLType
 from workbench.cpu.act_quant import prepare_activations, q8_lanes, vec_dot_type
 from workbench.cpu.vec_dot import q4_1_q8_1, q8_0_q8_0
 from workbench.cpu.vec_dot_avx2 import q4_1_matmul_avx2, q4_1_matvec_avx2, q8_0_matmul_avx2, q8_0_matvec_avx2
-from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
+from workbench.cpu.sgemm_f16 import _f16_matmul, f16_matmul, f16_matvec
 from workbench.cpu.vec_dot_ir import lane_order, q4_1_matvec, q8_0_matvec
-from workbench.cpu.features import has_avx2
+from workbench.cpu.features import has_avx2, host_feature
 from workbench.llama.matmul import matmul_raw
 
 
@@ -169,9 +169,10 @@ def test_matmul_avx2_is_one_token_order_per_token(wtype, T, N, K):
     np.testing.assert_array_equal(matmul_raw(rows, wtype, K, x), ref)
 
 
-@pytest.mark.parametrize("T,N,K", [(2, 1, 8), (5, 3, 40), (9, 17, 576), (12, 8, 1536)])
+@pytest.mark.parametrize("T,N,K", [(2, 1, 8), (5, 3, 40), (9, 17, 576), (12, 8, 1536), (19, 11, 64), (21, 9, 8192)])
 def test_f16_matmul_is_tinyblas_order(T, N, K):
-    """f16_matmul (tiles of 2 rows x 4 tokens plus odd rows / tokens) == float_rows_batch bit for bit."""
+    """f16_matmul (tiles of 2 rows x 4 tokens plus odd rows / tokens; on AVX-512 tiles of 4 rows x 8 tokens, two
+    rows per 512-bit vector; blocks of tokens when K is large) == float_rows_batch bit for bit."""
     if not has_avx2():
         pytest.skip("no AVX2 on this host")
     from workbench.cpu.vec_dot import float_rows_batch
@@ -182,6 +183,10 @@ def test_f16_matmul_is_tinyblas_order(T, N, K):
     ref = np.empty((T, N), np.float32)
     float_rows_batch(W.view(np.uint8), int(GGMLType.F16), K, np.ascontiguousarray(xh.T), ref)
     got = np.full((T, N), np.nan, np.float32)
-    f16_matmul(W.view(np.uint16), K, xh, got)
+    f16_matmul(W.view(np.uint16), K, xh, got, 2)
     np.testing.assert_array_equal(got, ref)
+    if host_feature("avx512f"):                     # both tile families on an AVX-512 host
+        got = np.full((T, N), np.nan, np.float32)
+        _f16_matmul(W.view(np.uint16), K, xh, got, 2)
+        np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(matmul_raw(W.view(np.uint8), GGMLType.F16, K, x), ref)

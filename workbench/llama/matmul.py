@@ -187,7 +187,7 @@ def _floats(rows, wtype, K, x, out, mul_mat_id, spec=False):
         return out
     xh, _ = prepare_activations(x, vec_dot_type(wtype), K, True)
     if not spec and sgemm and wtype == GGMLType.F16 and K % 8 == 0 and features.has_avx2():
-        f16_matmul(rows.view(np.uint16), K, np.ascontiguousarray(xh), out)
+        f16_matmul(rows.view(np.uint16), K, np.ascontiguousarray(xh), out, numba.get_num_threads())
     elif not spec and sgemm and features.hardware_fma():
         float_rows_batch(rows, int(wtype), K, np.ascontiguousarray(xh.T), out)
     else:
