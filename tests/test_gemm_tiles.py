@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu import gemm_tiles, repack, tiled
+from workbench.cpu import gemm_tiles, repack, tiled, vec_dot
 from workbench.cpu.act_quant import prepare_activations
 from workbench.cpu.features import has_avx2
 from workbench.quant import quantize
@@ -91,3 +91,19 @@ def test_q6_K_gemm_tiles_equal_tiled_spec(kind, N, K, T):
     assert gemm_tiles.q6_K_gemm(rows, K, xq, dx, got, 2, kind)
     _same_bits(got, want, kind)
     np.testing.assert_array_equal(tiled.matmul(rows, GGMLType.Q6_K, K, x), want)    # the dispatch takes the tiles
+
+
+@pytest.mark.skipif(gemm_tiles.variant() != "vnni512", reason="the Q8_0 pair tiles need AVX-512 VNNI")
+@pytest.mark.parametrize("N,K,T", [(5, 64, 3), (9, 96, 17), (16, 512, 8), (3, 32, 2), (37, 16384, 21)])
+def test_q8_0_pair_tiles_equal_vec_dot(N, K, T):
+    """gemm_tiles' Q8_0 product (two tokens per 512-bit vector, weights as w + 128 with the -128 * sum(x) start)
+    gives ggml_vec_dot_q8_0_q8_0's bits (vec_dot.q8_0_q8_0) for every (row, token): row and token remainders,
+    token blocks (K = 16384), and the extreme weights -128 and 127 included."""
+    rows, x = _case(GGMLType.Q8_0, N=N, K=K, T=T, seed=N + T)
+    rows.reshape(N, K // 32, 34)[0, 0, 2:6] = [0x80, 0x7F, 0x80, 0x81]
+    _, _, xq, dx = _act(GGMLType.Q4_0, x)
+    want = np.empty((T, N), np.float32)
+    vec_dot.q8_0_q8_0(rows, K, xq, dx, want)
+    got = np.full((T, N), np.nan, np.float32)
+    assert gemm_tiles.q8_0_gemm(rows, K, xq, dx, got, 2)
+    _same_bits(got, want, "vnni512")

@@ -146,7 +146,7 @@ def test_f16_matvec_is_vec_dot_f16(N, K):
 
 
 @pytest.mark.parametrize("wtype", [GGMLType.Q4_1, GGMLType.Q8_0])
-@pytest.mark.parametrize("T,N,K", [(2, 5, 32), (7, 33, 64), (8, 16, 576), (19, 40, 1536)])
+@pytest.mark.parametrize("T,N,K", [(2, 5, 32), (7, 33, 64), (8, 16, 576), (19, 40, 1536), (21, 9, 16384)])
 def test_matmul_avx2_is_one_token_order_per_token(wtype, T, N, K):
     """Prompt batches (tokens in tiles of _RN plus a tail): every (token, row) sum equals the scalar spec."""
     if not has_avx2():
@@ -161,10 +161,10 @@ def test_matmul_avx2_is_one_token_order_per_token(wtype, T, N, K):
     got = np.full((T, N), np.nan, np.float32)
     if wtype == GGMLType.Q4_1:
         q4_1_q8_1(rows, K, xq, dx, s, ref)
-        q4_1_matmul_avx2(rows, K, xq, dx, s, got)
+        q4_1_matmul_avx2(rows, K, xq, dx, s, got, 2)
     else:
         q8_0_q8_0(rows, K, xq, dx, ref)
-        q8_0_matmul_avx2(rows, K, xq, dx, got)
+        q8_0_matmul_avx2(rows, K, xq, dx, got, 2)
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(matmul_raw(rows, wtype, K, x), ref)
 

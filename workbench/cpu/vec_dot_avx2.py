@@ -90,29 +90,44 @@ _q4_1_tile, _q4_1_tile1 = _tile_intrinsic(1, _RN), _tile_intrinsic(1, 1)
 _q8_0_tile, _q8_0_tile1 = _tile_intrinsic(0, _RN), _tile_intrinsic(0, 1)
 
 
+_BLOCK_BYTES = 1 << 18     # a block of tokens' int8 activations that stays in L2 while a thread's rows pass over it
+
+
 @njit(cache=True, parallel=True)
-def q4_1_matmul_avx2(W, K, XQ, DX, S, out):
+def q4_1_matmul_avx2(W, K, XQ, DX, S, out, n_threads):
     """out (T, N) = ggml_vec_dot_q4_1_q8_1 of every (token, row): XQ (T, K) int8, DX, S (T, K/32) float32
-    (prepare_activations' Q8_1 values); tokens in groups of _RN per pass over a row."""
-    T = XQ.shape[0]
-    T4 = T - T % _RN
-    for r in prange(W.shape[0]):
-        for t0 in range(0, T4, _RN):
-            _q4_1_tile(W, r, K // 32, XQ, DX, S, t0, out)
-        for t0 in range(T4, T):
-            _q4_1_tile1(W, r, K // 32, XQ, DX, S, t0, out)
+    (prepare_activations' Q8_1 values); tokens in groups of _RN per pass over a row. Each thread takes a
+    contiguous share of the rows over blocks of tokens (the block's activations stay in cache)."""
+    T, N = XQ.shape[0], W.shape[0]
+    nw = min(n_threads, N)
+    tblock = max(_RN, _BLOCK_BYTES // K // _RN * _RN)
+    for wk in prange(nw):
+        for tb in range(0, T, tblock):
+            te = min(T, tb + tblock)
+            T8 = te - (te - tb) % _RN
+            for r in range(wk * N // nw, (wk + 1) * N // nw):
+                for t0 in range(tb, T8, _RN):
+                    _q4_1_tile(W, r, K // 32, XQ, DX, S, t0, out)
+                for t0 in range(T8, te):
+                    _q4_1_tile1(W, r, K // 32, XQ, DX, S, t0, out)
 
 
 @njit(cache=True, parallel=True)
-def q8_0_matmul_avx2(W, K, XQ, DX, out):
-    """out (T, N) = ggml_vec_dot_q8_0_q8_0 (= tinyBLAS_Q0_AVX's sums) of every (token, row)."""
-    T = XQ.shape[0]
-    T4 = T - T % _RN
-    for r in prange(W.shape[0]):
-        for t0 in range(0, T4, _RN):
-            _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
-        for t0 in range(T4, T):
-            _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
+def q8_0_matmul_avx2(W, K, XQ, DX, out, n_threads):
+    """out (T, N) = ggml_vec_dot_q8_0_q8_0 (= tinyBLAS_Q0_AVX's sums) of every (token, row), blocked as
+    q4_1_matmul_avx2."""
+    T, N = XQ.shape[0], W.shape[0]
+    nw = min(n_threads, N)
+    tblock = max(_RN, _BLOCK_BYTES // K // _RN * _RN)
+    for wk in prange(nw):
+        for tb in range(0, T, tblock):
+            te = min(T, tb + tblock)
+            T8 = te - (te - tb) % _RN
+            for r in range(wk * N // nw, (wk + 1) * N // nw):
+                for t0 in range(tb, T8, _RN):
+                    _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
+                for t0 in range(T8, te):
+                    _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
 
 
 @njit(cache=True, parallel=True)

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import features, repack, tiled, vec_dot_q5
+from workbench.cpu import features, gemm_tiles, repack, tiled, vec_dot_q5
 from workbench.cpu.act_quant import prepare_activations, vec_dot_type
 from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
@@ -169,10 +169,13 @@ def _q8_blocks(rows, wtype, K, x, out, mul_mat_id, spec=False):
         return _one_token(rows, wtype, K, x, out)
     _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
     q4_1 = wtype == GGMLType.Q4_1
+    if not spec and not q4_1 and gemm_tiles.q8_0_gemm(rows, K, xq, dx, out, numba.get_num_threads()):
+        return out          # AVX-512 VNNI: two tokens per 512-bit vector, the same order
     if spec or not (features.has_avx2() or features.hardware_fma()):
         q4_1_q8_1(rows, K, xq, dx, s, out) if q4_1 else q8_0_q8_0(rows, K, xq, dx, out)
     elif features.has_avx2():
-        q4_1_matmul_avx2(rows, K, xq, dx, s, out) if q4_1 else q8_0_matmul_avx2(rows, K, xq, dx, out)
+        n = numba.get_num_threads()
+        q4_1_matmul_avx2(rows, K, xq, dx, s, out, n) if q4_1 else q8_0_matmul_avx2(rows, K, xq, dx, out, n)
     else:
         xqT, dxT = np.ascontiguousarray(xq.T, dtype=np.float32), np.ascontiguousarray(dx.T)
         q4_1_q8_1_batch(rows, K, xqT, dxT, np.ascontiguousarray(s.T), out) if q4_1 else q8_0_q8_0_batch(rows, K, xqT, dxT, out)
