@@ -4,17 +4,22 @@ ops._attention_job is the readable spec (and the path for an F32 cache or a host
 computes the same sums bit for bit where numba emits hardware fma (`fastmath={"contract"}` turns
 `a * b + c` into one fma, as ggml's _mm256_fmadd_ps), with three changes that only affect speed:
 - K and V are read as float32 rows converted once per call (fp16 -> fp32 is exact), not through a table;
-- a batch's value sums run lane by lane (each lane still takes its keys in order);
+- a batch's scores are computed 16 keys at a time with the 8 lanes in registers (_scores16), and its value sums
+  lane by lane with the lane's row of D values in registers (_values_64 / _values_128; each lane still takes
+  its keys in order);
 - the 8 (tinyBLAS) or 32 (ggml_vec_dot_f16) lanes of a dot product are the innermost loop: one SIMD fma;
 - the probabilities are rounded to fp16 with integer arithmetic on their bits.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from workbench.cpu.fp16 import round_fp16
-from workbench.cpu.ir import half_to_float
+from workbench.cpu.ir import F32, I64, half_to_float, splat
 from workbench.cpu.simd import hsum8, v_expf
 
 _FAST = {"contract"}
@@ -74,12 +79,94 @@ def softmax_scores(w, n):
 
 @njit(cache=True, parallel=True)
 def _keys_by_row(kb, n_kv):
-    """(n_head_kv * D, n_kv) float32: the first n_kv keys of the cache (fp16 bits kb), one dimension per row."""
-    kT = np.empty((kb.shape[1], n_kv), np.float32)
+    """(n_head_kv * D, n_kv rounded up to 16) float32: the first n_kv keys of the cache (fp16 bits kb), one dimension
+    per row, zeros after them."""
+    kT = np.zeros((kb.shape[1], -(-n_kv // 16) * 16), np.float32)
     for c in prange(kb.shape[1]):
         for j in range(n_kv):
             kT[c, j] = half_to_float(kb[j, c])
     return kT
+
+
+_V16F = ir.VectorType(F32, 16)
+
+
+def _fma16(builder):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F] * 3), "llvm.fma.v16f32")
+
+
+def _data(context, builder, sig, args, i):
+    return builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data, F32.as_pointer())
+
+
+@intrinsic
+def _scores16(typingctx, kT, row0, qv, n8, p, n16, scale):
+    """p[j] = tinyBLAS's dot of qv with key j, times scale, 16 keys at a time (kT's rows row0 + d, d < 8 * n8): lane l
+    of each key is one fma chain over d = l, l + 8, ..., then hsum_float_8 ((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
+    (a3 + a7)); the 8 lanes live in 8 vectors of 16 keys."""
+    sig = types.void(kT, row0, qv, n8, p, n16, scale)
+
+    def codegen(context, builder, sig, args):
+        k_p, q_p, p_p = (_data(context, builder, sig, args, i) for i in (0, 2, 4))
+        row0, n8, n16, scale = args[1], args[3], args[5], args[6]
+        ka = context.make_array(sig.args[0])(context, builder, args[0])
+        ld = builder.udiv(cgutils.unpack_tuple(builder, ka.strides)[0], ir.Constant(I64, 4))   # floats per row
+        fma = _fma16(builder)
+        with cgutils.for_range(builder, n16) as chunk:
+            j0 = builder.mul(chunk.index, ir.Constant(I64, 16))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * 16)) for _ in range(8)]
+            with cgutils.for_range(builder, n8) as step:
+                d0 = builder.mul(step.index, ir.Constant(I64, 8))
+                for lane in range(8):
+                    d = builder.add(d0, ir.Constant(I64, lane))
+                    qd = splat(builder, builder.load(builder.gep(q_p, [d])), 16)
+                    at = builder.add(builder.mul(builder.add(row0, d), ld), j0)
+                    kv = builder.load(builder.bitcast(builder.gep(k_p, [at]), _V16F.as_pointer()), align=4)
+                    builder.store(builder.call(fma, [qd, kv, builder.load(accs[lane])]), accs[lane])
+            a = [builder.load(x) for x in accs]
+            s = builder.fadd(builder.fadd(builder.fadd(a[0], a[4]), builder.fadd(a[2], a[6])),
+                             builder.fadd(builder.fadd(a[1], a[5]), builder.fadd(a[3], a[7])))
+            s = builder.fmul(s, splat(builder, scale, 16))
+            builder.store(s, builder.bitcast(builder.gep(p_p, [j0]), _V16F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _values_kernel(nvec):
+    """An intrinsic (vf, col0, p, lane, n_kv, acc): acc[lane, d] for d < 16 * nvec, the fma chain over keys
+    j = lane, lane + 8, ... < n_kv of p[j] * vf[j, col0 + d], in order; nvec vectors of 16 values in registers."""
+    def values(typingctx, vf, col0, p, lane, n_kv, acc):
+        sig = types.void(vf, col0, p, lane, n_kv, acc)
+
+        def codegen(context, builder, sig, args):
+            v_p, p_p, a_p = (_data(context, builder, sig, args, i) for i in (0, 2, 5))
+            col0, lane, n_kv = args[1], args[3], args[4]
+            va = context.make_array(sig.args[0])(context, builder, args[0])
+            ld = builder.udiv(cgutils.unpack_tuple(builder, va.strides)[0], ir.Constant(I64, 4))
+            fma = _fma16(builder)
+            n = builder.sdiv(builder.add(builder.sub(n_kv, lane), ir.Constant(I64, 7)), ir.Constant(I64, 8))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_V16F, [0.0] * 16)) for _ in range(nvec)]
+            with cgutils.for_range(builder, n) as it:
+                j = builder.add(lane, builder.mul(it.index, ir.Constant(I64, 8)))
+                pj = splat(builder, builder.load(builder.gep(p_p, [j])), 16)
+                row = builder.add(builder.mul(j, ld), col0)
+                for k in range(nvec):
+                    at = builder.add(row, ir.Constant(I64, 16 * k))
+                    vv = builder.load(builder.bitcast(builder.gep(v_p, [at]), _V16F.as_pointer()), align=4)
+                    builder.store(builder.call(fma, [pj, vv, builder.load(accs[k])]), accs[k])
+            base = builder.mul(lane, ir.Constant(I64, 16 * nvec))
+            for k in range(nvec):
+                at = builder.add(base, ir.Constant(I64, 16 * k))
+                builder.store(builder.load(accs[k]), builder.bitcast(builder.gep(a_p, [at]), _V16F.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+    values.__name__ = f"_values_{16 * nvec}"
+    return intrinsic(values)
+
+
+_values_64, _values_128 = _values_kernel(4), _values_kernel(8)
 
 
 @njit(cache=True, parallel=True)
@@ -128,19 +215,11 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
         qv = np.empty(D, np.float32)
         for d in range(D):
             qv[d] = round_fp16(q[t, h, d])
-        p = np.empty(n_kv, np.float32)
+        n16 = -(-n_kv // 16)
+        p = np.empty(16 * n16, np.float32)
         lanes = np.empty(32, np.float32)
-        if batch:           # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ... per key,
-            kl = np.zeros((8, n_kv), np.float32)     # run for all keys at once
-            for d in range(D):
-                a = kl[d % 8]
-                kd = kT[c0 + d]
-                qd = qv[d]
-                for j in range(n_kv):
-                    a[j] = qd * kd[j] + a[j]
-            for j in range(n_kv):
-                p[j] = (((kl[0, j] + kl[4, j]) + (kl[2, j] + kl[6, j]))
-                        + ((kl[1, j] + kl[5, j]) + (kl[3, j] + kl[7, j]))) * scale
+        if batch:           # tinyBLAS: 8 lanes, one fma chain each over d = lane, lane + 8, ..., 16 keys at a time
+            _scores16(kT, c0, qv, D // 8, p, n16, scale)
         else:               # ggml_vec_dot_f16: 32 lanes over chunks of 32, reduce, tail in double
             for j in range(n_kv):
                 k = kb[j, c0:c0 + D]
@@ -158,7 +237,13 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
         round_f16_inplace(p, n_kv)
         nl = 8 if batch else 32
         acc = np.zeros((nl, D), np.float32)
-        if batch:           # lane l takes keys l, l + 8, ... in order: one lane's row at a time
+        if batch and (D == 64 or D == 128):     # lane l takes keys l, l + 8, ... in order, its row in registers
+            for lane in range(nl):
+                if D == 64:
+                    _values_64(vf, c0, p, lane, n_kv, acc)
+                else:
+                    _values_128(vf, c0, p, lane, n_kv, acc)
+        elif batch:
             for lane in range(nl):
                 a = acc[lane]
                 for j in range(lane, n_kv, nl):
