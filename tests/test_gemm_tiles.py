@@ -51,6 +51,7 @@ def test_q4_0_gemm_tiles_equal_spec(kind, N, K, T):
     repack.b32_q8_0(rows, K, repack.LUT_Q4_0, xq, dx, want)
     got = np.full((T, N), np.nan, np.float32)
     assert gemm_tiles.q4_0_gemm(rows, K, xq, dx, got, 2, kind)
+    assert kind == gemm_tiles.variant() or ("q4_0", kind) in gemm_tiles.GENERATED   # not the host's variant again
     _same_bits(got, want, kind)
 
 
@@ -76,6 +77,7 @@ def test_q4_K_gemm_tiles_equal_spec(kind, gemm_order, N, K, T):
     repack.q4_K_q8_K(rows, K, xq, dx, T if gemm_order else 0, want)
     got = np.full((T, N), np.nan, np.float32)
     assert gemm_tiles.q4_K_gemm(rows, K, xq, dx, got, 2, gemm_order, kind)
+    assert kind == gemm_tiles.variant() or ("q4_K gemm" if gemm_order else "q4_K gemv", kind) in gemm_tiles.GENERATED
     _same_bits(got, want, kind)
 
 
@@ -89,6 +91,7 @@ def test_q6_K_gemm_tiles_equal_tiled_spec(kind, N, K, T):
     _, _, xq, dx = _act(GGMLType.Q6_K, x)
     got = np.full((T, N), np.nan, np.float32)
     assert gemm_tiles.q6_K_gemm(rows, K, xq, dx, got, 2, kind)
+    assert kind == gemm_tiles.variant() or ("q6_K", kind) in gemm_tiles.GENERATED
     _same_bits(got, want, kind)
     np.testing.assert_array_equal(tiled.matmul(rows, GGMLType.Q6_K, K, x), want)    # the dispatch takes the tiles
 

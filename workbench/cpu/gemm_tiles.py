@@ -47,6 +47,44 @@ def kinds():
     return (variant(), "avx2" if features.has_avx2() else "portable")
 
 
+# The drivers below are plain module-level functions (numba caches them: a closure over an intrinsic is
+# compiled again in every process), and each tile intrinsic generates the host's variant when it is lowered.
+# Tests reach the other variants through `_for_kind`: a fresh, uncached compile of the same driver with the
+# intrinsics lowered for that variant.
+_FORCED = []              # the variant being compiled by _for_kind, if any
+GENERATED = set()         # (intrinsic, variant) pairs lowered in this process
+
+
+def _host_codegen(name, make):
+    """A codegen that builds make(kind) for the variant being compiled (the host's, or _for_kind's)."""
+    def codegen(context, builder, sig, args):
+        kind = _FORCED[-1] if _FORCED else variant()
+        GENERATED.add((name, kind))
+        return make(kind)(context, builder, sig, args)
+    return codegen
+
+
+_FRESH = {}
+
+
+def _for_kind(driver, kind):
+    """driver itself for the host's variant; else a fresh uncached compile of it whose tiles are `kind`'s."""
+    if kind == variant():
+        return driver
+    key = (driver.py_func.__name__, kind)
+    if key not in _FRESH:
+        fresh = njit(parallel=True)(driver.py_func)
+
+        def run(*args):
+            _FORCED.append(kind)
+            try:
+                return fresh(*args)
+            finally:
+                _FORCED.pop()
+        _FRESH[key] = run
+    return _FRESH[key]
+
+
 @njit(cache=True)
 def unpack_q4_0(W, r0, R, nb, buf, dw):
     """Rows r0..r0+R-1 of Q4_0 blocks -> buf[b*32R + g*4R + r*4 + i] = value 4g+i of block b of row r0+r as its
@@ -162,41 +200,31 @@ def _tile_codegen(kind):
     return codegen
 
 
-def _make_tile(kind):
-    def tile_intrinsic(typingctx, buf, dw, xq, ys8, dx, tile, t0, nb, K):
-        return types.void(buf, dw, xq, ys8, dx, tile, t0, nb, K), _tile_codegen(kind)
-    tile_intrinsic.__name__ = f"_q4_0_tile_{kind}"
-    return intrinsic(tile_intrinsic)
+@intrinsic
+def _q4_0_tile(typingctx, buf, dw, xq, ys8, dx, tile, t0, nb, K):
+    return types.void(buf, dw, xq, ys8, dx, tile, t0, nb, K), _host_codegen("q4_0", _tile_codegen)
 
 
-def _make_gemm(kind):
-    tile_kernel = _make_tile(kind)
-    R, TOK = SHAPES[kind]
-
-    def gemm(W, K, xq, dx, T, out, n_threads):
-        """out[t, r] for t < T (xq, dx padded to whole tiles of tokens), tiles of rows spread over the threads."""
-        nb = K // 32
-        Tp = xq.shape[0]
-        ys8 = block_sums(xq, 32, 8)
-        n_tiles = W.shape[0] // R
-        nw = min(n_threads, n_tiles)
-        for wk in prange(nw):
-            buf = np.empty(nb * 32 * R, np.uint8)
-            dw = np.empty(nb * R, np.float32)
-            tile = np.empty(TOK * R, np.float32)
-            for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
-                r0 = c * R
-                unpack_q4_0(W, r0, R, nb, buf, dw)
-                for t0 in range(0, Tp, TOK):
-                    tile_kernel(buf, dw, xq, ys8, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                    for t in range(min(TOK, T - t0)):
-                        for r in range(R):
-                            out[t0 + t, r0 + r] = tile[t * R + r]
-    gemm.__name__ = f"q4_0_gemm_{kind}"
-    return njit(cache=True, parallel=True)(gemm)
-
-
-GEMM = {kind: _make_gemm(kind) for kind in SHAPES}
+@njit(cache=True, parallel=True)
+def _q4_0_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
+    """out[t, r] for t < T (xq, dx padded to whole tiles of TOK tokens), tiles of R rows spread over the threads."""
+    nb = K // 32
+    Tp = xq.shape[0]
+    ys8 = block_sums(xq, 32, 8)
+    n_tiles = W.shape[0] // R
+    nw = min(n_threads, n_tiles)
+    for wk in prange(nw):
+        buf = np.empty(nb * 32 * R, np.uint8)
+        dw = np.empty(nb * R, np.float32)
+        tile = np.empty(TOK * R, np.float32)
+        for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
+            r0 = c * R
+            unpack_q4_0(W, r0, R, nb, buf, dw)
+            for t0 in range(0, Tp, TOK):
+                _q4_0_tile(buf, dw, xq, ys8, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                for t in range(min(TOK, T - t0)):
+                    for r in range(R):
+                        out[t0 + t, r0 + r] = tile[t * R + r]
 
 
 def q4_0_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -207,11 +235,8 @@ def q4_0_gemm(rows, K, xq, dx, out, n_threads, kind=None):
     if rows.shape[0] % R:
         return False
     T = xq.shape[0]
-    Tp = -(-T // TOK) * TOK
-    if Tp != T:
-        xq = np.concatenate([xq, np.zeros((Tp - T, K), np.int8)])
-        dx = np.concatenate([dx, np.zeros((Tp - T, dx.shape[1]), np.float32)])
-    GEMM[kind](rows, K, np.ascontiguousarray(xq), np.ascontiguousarray(dx), T, out, n_threads)
+    xq, dx = _padded(xq, dx, TOK)
+    _for_kind(_q4_0_gemm, kind)(rows, K, xq, dx, T, out, n_threads, R, TOK)
     return True
 
 
@@ -303,39 +328,43 @@ def _q4_K_tile_codegen(kind, step):
 SHAPES_Q4_K = {"vnni512": (16, 4), "avx2": (8, 2), "portable": (8, 2)}
 
 
-def _make_q4_K_gemm(kind, step):
-    def tile_intrinsic(typingctx, buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K):
-        return types.void(buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K), _q4_K_tile_codegen(kind, step)
-    tile_intrinsic.__name__ = f"_q4_K_tile_{kind}_{step}"
-    tile_kernel = intrinsic(tile_intrinsic)
-    R, TOK = SHAPES_Q4_K[kind]
-
-    def gemm(W, K, xq, dx, T, out, n_threads):
-        nb = K // 256
-        Tp = xq.shape[0]
-        bs = block_sums(xq, 32, 1)
-        n_tiles = W.shape[0] // R
-        nw = min(n_threads, n_tiles)
-        for wk in prange(nw):
-            buf = np.empty(nb * 256 * R, np.uint8)
-            d = np.empty(nb * R, np.float32)
-            dmin = np.empty(nb * R, np.float32)
-            sc = np.empty(nb * 8 * R, np.int32)
-            m = np.empty(nb * 8 * R, np.int32)
-            tile = np.empty(TOK * R, np.float32)
-            for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
-                r0 = c * R
-                unpack_q4_K(W, r0, R, nb, buf, d, dmin, sc, m)
-                for t0 in range(0, Tp, TOK):
-                    tile_kernel(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                    for t in range(min(TOK, T - t0)):
-                        for r in range(R):
-                            out[t0 + t, r0 + r] = tile[t * R + r]
-    gemm.__name__ = f"q4_K_gemm_{kind}_{step}"
-    return njit(cache=True, parallel=True)(gemm)
+@intrinsic
+def _q4_K_tile_gemm(typingctx, buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K):
+    return (types.void(buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K),
+            _host_codegen("q4_K gemm", lambda kind: _q4_K_tile_codegen(kind, 2)))
 
 
-GEMM_Q4_K = {(kind, step): _make_q4_K_gemm(kind, step) for kind in SHAPES_Q4_K for step in (2, 8)}
+@intrinsic
+def _q4_K_tile_gemv(typingctx, buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K):
+    return (types.void(buf, d, dmin, sc, m, xq, bs, dx, tile, t0, nb, K),
+            _host_codegen("q4_K gemv", lambda kind: _q4_K_tile_codegen(kind, 8)))
+
+
+@njit(cache=True, parallel=True)
+def _q4_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK, gemm_order):
+    nb = K // 256
+    Tp = xq.shape[0]
+    bs = block_sums(xq, 32, 1)
+    n_tiles = W.shape[0] // R
+    nw = min(n_threads, n_tiles)
+    for wk in prange(nw):
+        buf = np.empty(nb * 256 * R, np.uint8)
+        d = np.empty(nb * R, np.float32)
+        dmin = np.empty(nb * R, np.float32)
+        sc = np.empty(nb * 8 * R, np.int32)
+        m = np.empty(nb * 8 * R, np.int32)
+        tile = np.empty(TOK * R, np.float32)
+        for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
+            r0 = c * R
+            unpack_q4_K(W, r0, R, nb, buf, d, dmin, sc, m)
+            for t0 in range(0, Tp, TOK):
+                if gemm_order:
+                    _q4_K_tile_gemm(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                else:
+                    _q4_K_tile_gemv(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                for t in range(min(TOK, T - t0)):
+                    for r in range(R):
+                        out[t0 + t, r0 + r] = tile[t * R + r]
 
 
 def _padded(xq, dx, tokens):
@@ -357,7 +386,7 @@ def q4_K_gemm(rows, K, xq, dx, out, n_threads, gemm_order, kind=None):
         return False
     T = xq.shape[0]
     xq, dx = _padded(xq, dx, TOK)
-    GEMM_Q4_K[kind, 2 if gemm_order else 8](rows, K, xq, dx, T, out, n_threads)
+    _for_kind(_q4_K_gemm, kind)(rows, K, xq, dx, T, out, n_threads, R, TOK, gemm_order)
     return True
 
 
@@ -431,37 +460,31 @@ def _q6_K_tile_codegen(kind):
     return codegen
 
 
-def _make_q6_K_gemm(kind):
-    def tile_intrinsic(typingctx, buf, d, sc, xq, bs32, dx, tile, t0, nb, K):
-        return types.void(buf, d, sc, xq, bs32, dx, tile, t0, nb, K), _q6_K_tile_codegen(kind)
-    tile_intrinsic.__name__ = f"_q6_K_tile_{kind}"
-    tile_kernel = intrinsic(tile_intrinsic)
-    R, TOK = SHAPES_Q6_K[kind]
-
-    def gemm(W, K, xq, dx, T, out, n_threads):
-        nb = K // 256
-        Tp = xq.shape[0]
-        bs32 = block_sums(xq, 16, 32)
-        n_tiles = W.shape[0] // R
-        nw = min(n_threads, n_tiles)
-        for wk in prange(nw):
-            buf = np.empty(nb * 256 * R, np.uint8)
-            d = np.empty(nb * R, np.float32)
-            sc = np.empty(nb * 16 * R, np.int32)
-            tile = np.empty(TOK * R, np.float32)
-            for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
-                r0 = c * R
-                unpack_q6_K(W, r0, R, nb, buf, d, sc)
-                for t0 in range(0, Tp, TOK):
-                    tile_kernel(buf, d, sc, xq, bs32, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                    for t in range(min(TOK, T - t0)):
-                        for r in range(R):
-                            out[t0 + t, r0 + r] = tile[t * R + r]
-    gemm.__name__ = f"q6_K_gemm_{kind}"
-    return njit(cache=True, parallel=True)(gemm)
+@intrinsic
+def _q6_K_tile(typingctx, buf, d, sc, xq, bs32, dx, tile, t0, nb, K):
+    return types.void(buf, d, sc, xq, bs32, dx, tile, t0, nb, K), _host_codegen("q6_K", _q6_K_tile_codegen)
 
 
-GEMM_Q6_K = {kind: _make_q6_K_gemm(kind) for kind in SHAPES_Q6_K}
+@njit(cache=True, parallel=True)
+def _q6_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
+    nb = K // 256
+    Tp = xq.shape[0]
+    bs32 = block_sums(xq, 16, 32)
+    n_tiles = W.shape[0] // R
+    nw = min(n_threads, n_tiles)
+    for wk in prange(nw):
+        buf = np.empty(nb * 256 * R, np.uint8)
+        d = np.empty(nb * R, np.float32)
+        sc = np.empty(nb * 16 * R, np.int32)
+        tile = np.empty(TOK * R, np.float32)
+        for c in range(wk * n_tiles // nw, (wk + 1) * n_tiles // nw):
+            r0 = c * R
+            unpack_q6_K(W, r0, R, nb, buf, d, sc)
+            for t0 in range(0, Tp, TOK):
+                _q6_K_tile(buf, d, sc, xq, bs32, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
+                for t in range(min(TOK, T - t0)):
+                    for r in range(R):
+                        out[t0 + t, r0 + r] = tile[t * R + r]
 
 
 def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -473,7 +496,7 @@ def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
         return False
     T = xq.shape[0]
     xq, dx = _padded(xq, dx, TOK)
-    GEMM_Q6_K[kind](rows, K, xq, dx, T, out, n_threads)
+    _for_kind(_q6_K_gemm, kind)(rows, K, xq, dx, T, out, n_threads, R, TOK)
     return True
 
 

@@ -16,6 +16,7 @@ act_quant.q8_K_token / q8_lanes. tests/test_vec_dot_kquants.py checks both varia
 """
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -93,66 +94,128 @@ def q4_K_matvec_portable(W, K, x, out):
 # kvalues_iq4nl[nibble]; element j < 16 the low nibble of byte j, j + 16 its high nibble) with the Q8_0
 # activations, then acc = fma((float) isum, d_w * d_x, acc) block after block (repack.b32_q8_0).
 
-def _b32_codegen(iq4nl, avx2):
+def _b32_rows4_codegen(iq4nl, avx2):
+    """Rows r..r+3: per block, each row's exact integer dot (an <8 x i32> of lane sums: the signed 4-bit values
+    times the int8 x), the 4 rows' lanes added together (three pairwise additions instead of four horizontal
+    sums), then acc = fma((float) isum, d_w * d_x, acc) for the 4 rows side by side in one <4 x float>;
+    writes out[r..r+3]."""
+    V4F = ir.VectorType(F32, 4)
+
+    def pair_sums(builder, a, b):
+        """[a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7] (vphaddd's lanes)."""
+        even = builder.shuffle_vector(a, b, lanes_mask([0, 2, 8, 10, 4, 6, 12, 14]))
+        odd = builder.shuffle_vector(a, b, lanes_mask([1, 3, 9, 11, 5, 7, 13, 15]))
+        return builder.add(even, odd)
+
     def codegen(context, builder, sig, args):
-        row, nb, (xq, dx) = row_pointers(context, builder, sig, args)
+        W, r, nb, xq, dx, out = args
+        wa = context.make_array(sig.args[0])(context, builder, W)
+        stride = cgutils.unpack_tuple(builder, wa.strides)[0]
+        base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
+        rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(4)]
+        xq, dx, out = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
+                                       ir.IntType(8).as_pointer()) for i in (3, 4, 5))
         dx = builder.bitcast(dx, F32.as_pointer())
-        acc = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(V4F, [0.0] * 4))
         ones = ir.Constant(V16S, [1] * 16)
+        fma4 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V4F, [V4F] * 3), "llvm.fma.v4f32")
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            o = builder.mul(b, c64(18))                    # block_q4_0 / block_iq4_nl: d (fp16), qs[16]
-            dd = builder.fmul(fp16(builder, row, o), builder.load(builder.gep(dx, [b])))
-            q16 = load(builder, row, builder.add(o, c64(2)), V16B)
-            both = builder.shuffle_vector(q16, q16, lanes_mask(list(range(16)) * 2))
-            idx = builder.and_(builder.lshr(both, ir.Constant(V32B, [0] * 16 + [4] * 16)), byte_vec(15))
-            q = iq4nl_lookup(builder, idx, avx2) if iq4nl else builder.sub(idx, byte_vec(8))
+            o = builder.mul(b, c64(18))
             y = load(builder, xq, builder.mul(b, c64(32)), V32B)
-            isum = hsum_i32(builder, madd(builder, signed_products(builder, q, y, avx2), ones, avx2))
-            builder.store(fma(builder, builder.sitofp(isum, F32), dd, builder.load(acc)), acc)
-        return builder.load(acc)
+            sums, ds = [], ir.Constant(V4F, ir.Undefined)
+            for i, row in enumerate(rows):
+                ds = builder.insert_element(ds, fp16(builder, row, o), ir.Constant(ir.IntType(32), i))
+                q16 = load(builder, row, builder.add(o, c64(2)), V16B)
+                both = builder.shuffle_vector(q16, q16, lanes_mask(list(range(16)) * 2))
+                idx = builder.and_(builder.lshr(both, ir.Constant(V32B, [0] * 16 + [4] * 16)), byte_vec(15))
+                q = iq4nl_lookup(builder, idx, avx2) if iq4nl else builder.sub(idx, byte_vec(8))
+                sums.append(madd(builder, signed_products(builder, q, y, avx2), ones, avx2))
+            s = pair_sums(builder, pair_sums(builder, sums[0], sums[1]), pair_sums(builder, sums[2], sums[3]))
+            isum = builder.add(builder.shuffle_vector(s, s, lanes_mask(range(4))),
+                               builder.shuffle_vector(s, s, lanes_mask(range(4, 8))))
+            dd = builder.fmul(ds, builder.shuffle_vector(
+                builder.insert_element(ir.Constant(V4F, ir.Undefined), builder.load(builder.gep(dx, [b])),
+                                       ir.Constant(ir.IntType(32), 0)),
+                ir.Constant(V4F, ir.Undefined), lanes_mask([0] * 4)))
+            builder.store(builder.call(fma4, [builder.sitofp(isum, V4F), dd, builder.load(acc)]), acc)
+        builder.store(builder.load(acc), builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]),
+                                                          V4F.as_pointer()), align=4)
+        return context.get_dummy_value()
     return codegen
 
 
-def _make_b32_row(iq4nl, avx2):
-    def row_intrinsic(typingctx, W, r, nb, xq, dx):
-        return types.float32(W, r, nb, xq, dx), _b32_codegen(iq4nl, avx2)
-    row_intrinsic.__name__ = f"_{'iq4_nl' if iq4nl else 'q4_0'}_row_{'avx2' if avx2 else 'portable'}"
-    return intrinsic(row_intrinsic)
+def _make_b32_rows4(iq4nl, avx2):
+    def rows_intrinsic(typingctx, W, r, nb, xq, dx, out):
+        return types.void(W, r, nb, xq, dx, out), _b32_rows4_codegen(iq4nl, avx2)
+    rows_intrinsic.__name__ = f"_{'iq4_nl' if iq4nl else 'q4_0'}_rows4_{'avx2' if avx2 else 'portable'}"
+    return intrinsic(rows_intrinsic)
 
 
-_q4_0_row_avx2, _q4_0_row_portable = _make_b32_row(False, True), _make_b32_row(False, False)
-_iq4_nl_row_avx2, _iq4_nl_row_portable = _make_b32_row(True, True), _make_b32_row(True, False)
+_q4_0_rows4_avx2, _q4_0_rows4_portable = _make_b32_rows4(False, True), _make_b32_rows4(False, False)
+_iq4_nl_rows4_avx2, _iq4_nl_rows4_portable = _make_b32_rows4(True, True), _make_b32_rows4(True, False)
+
+
+@njit(cache=True)
+def _tail4(W, N4):
+    """The rows after N4 (fewer than 4) and zero rows up to 4 (llama.cpp repacks rows % 8 == 0 only)."""
+    tail = np.zeros((4, W.shape[1]), np.uint8)
+    tail[:W.shape[0] - N4] = W[N4:]
+    return tail
 
 
 @njit(cache=True, parallel=True)
 def q4_0_matvec_avx2(W, K, x, out):
-    """out[r] = the repacked Q4_0 gemv's result for row r and x quantized to Q8_0: one token."""
+    """out[r] = the repacked Q4_0 gemv's result for row r and x quantized to Q8_0: one token, 4 rows at a time."""
     xq, _, dx, _ = q8_lanes(x, 0, False)
-    for r in prange(W.shape[0]):
-        out[r] = _q4_0_row_avx2(W, r, K // 32, xq, dx)
+    N = W.shape[0]
+    N4 = N - N % 4
+    for g in prange(N4 // 4):
+        _q4_0_rows4_avx2(W, 4 * g, K // 32, xq, dx, out)
+    if N4 < N:
+        part = np.empty(4, np.float32)
+        _q4_0_rows4_avx2(_tail4(W, N4), 0, K // 32, xq, dx, part)
+        out[N4:] = part[:N - N4]
 
 
 @njit(cache=True, parallel=True)
 def q4_0_matvec_portable(W, K, x, out):
     xq, _, dx, _ = q8_lanes(x, 0, False)
-    for r in prange(W.shape[0]):
-        out[r] = _q4_0_row_portable(W, r, K // 32, xq, dx)
+    N = W.shape[0]
+    N4 = N - N % 4
+    for g in prange(N4 // 4):
+        _q4_0_rows4_portable(W, 4 * g, K // 32, xq, dx, out)
+    if N4 < N:
+        part = np.empty(4, np.float32)
+        _q4_0_rows4_portable(_tail4(W, N4), 0, K // 32, xq, dx, part)
+        out[N4:] = part[:N - N4]
 
 
 @njit(cache=True, parallel=True)
 def iq4_nl_matvec_avx2(W, K, x, out):
-    """out[r] = the repacked IQ4_NL gemv's result for row r and x quantized to Q8_0: one token."""
+    """out[r] = the repacked IQ4_NL gemv's result for row r and x quantized to Q8_0: one token, 4 rows at a time."""
     xq, _, dx, _ = q8_lanes(x, 0, False)
-    for r in prange(W.shape[0]):
-        out[r] = _iq4_nl_row_avx2(W, r, K // 32, xq, dx)
+    N = W.shape[0]
+    N4 = N - N % 4
+    for g in prange(N4 // 4):
+        _iq4_nl_rows4_avx2(W, 4 * g, K // 32, xq, dx, out)
+    if N4 < N:
+        part = np.empty(4, np.float32)
+        _iq4_nl_rows4_avx2(_tail4(W, N4), 0, K // 32, xq, dx, part)
+        out[N4:] = part[:N - N4]
 
 
 @njit(cache=True, parallel=True)
 def iq4_nl_matvec_portable(W, K, x, out):
     xq, _, dx, _ = q8_lanes(x, 0, False)
-    for r in prange(W.shape[0]):
-        out[r] = _iq4_nl_row_portable(W, r, K // 32, xq, dx)
+    N = W.shape[0]
+    N4 = N - N % 4
+    for g in prange(N4 // 4):
+        _iq4_nl_rows4_portable(W, 4 * g, K // 32, xq, dx, out)
+    if N4 < N:
+        part = np.empty(4, np.float32)
+        _iq4_nl_rows4_portable(_tail4(W, N4), 0, K // 32, xq, dx, part)
+        out[N4:] = part[:N - N4]
 
 
 # --- entry point for repack.matmul (below 4 tokens every token goes through the gemv) -------------------
