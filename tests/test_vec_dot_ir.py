@@ -122,9 +122,12 @@ def test_half_to_float_is_exact():
     v = np.concatenate([np.random.default_rng(1).standard_normal(1000) * 300,
                         [0.0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf, np.nan]]).astype(np.float16)
     bits = v.view(np.uint16).reshape(-1, 8)
-    got = _keys_by_row(bits, bits.shape[0] - 1)
+    n = bits.shape[0] - 1
+    got = _keys_by_row(bits, n)
     want = v.astype(np.float32).reshape(-1, 8)[:-1].T
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert got.shape == (8, -(-n // 16) * 16)                     # keys padded to whole vectors of 16 with zeros
+    np.testing.assert_array_equal(got[:, :n].view(np.uint32), want.view(np.uint32))
+    assert not got[:, n:].any()
 
 
 @pytest.mark.parametrize("N,K", [(1, 32), (9, 40), (130, 576), (33, 1536), (5, 4100)])

@@ -85,6 +85,14 @@ def _for_kind(driver, kind):
     return _FRESH[key]
 
 
+@njit(cache=True, inline="always")
+def _tile_out(tile, out, t0, r0, R, TOK, T):
+    """out[t0 + t, r0 + r] = tile[t * R + r] for the tile's tokens below T (the rest are padding)."""
+    for t in range(min(TOK, T - t0)):
+        for r in range(R):
+            out[t0 + t, r0 + r] = tile[t * R + r]
+
+
 @njit(cache=True)
 def unpack_q4_0(W, r0, R, nb, buf, dw):
     """Rows r0..r0+R-1 of Q4_0 blocks -> buf[b*32R + g*4R + r*4 + i] = value 4g+i of block b of row r0+r as its
@@ -127,16 +135,15 @@ def _data_pointers(context, builder, sig, args, n):
             for i in range(n)]
 
 
-def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8, chains=1):
+def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8):
     """For each token: the R rows' int32 dots of 4 * n_groups values (groups of 4 at buf + wbase, R rows per group)
-    with the token's int8 activations at xq + t*K + xbase. vpdpbusd on VNNI, into `chains` accumulators per token
-    (independent dependency chains, added at the end); elsewhere vpmaddubsw pairs summed in int16 over `i16_run`
-    groups (the caller's bound against overflow), then vpmaddwd with ones."""
+    with the token's int8 activations at xq + t*K + xbase. vpdpbusd on VNNI; elsewhere vpmaddubsw pairs summed in
+    int16 over `i16_run` groups (the caller's bound against overflow), then vpmaddwd with ones."""
     vf, vi, vb, vs = _vectors(kind)
     R = vi.count
     zi, zs = ir.Constant(vi, [0] * R), ir.Constant(vs, [0] * (2 * R))
     ones = ir.Constant(vs, [1] * (2 * R))
-    ints = [[zi] * chains for _ in toks]
+    ints = [zi] * len(toks)
     pairs = [zs] * len(toks)
     for g in range(n_groups):
         w = load(builder, buf, builder.add(wbase, c64(4 * R * g)), vb)
@@ -144,21 +151,14 @@ def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8
             at = builder.add(builder.mul(tok, K), builder.add(xbase, c64(4 * g)))
             y = builder.bitcast(splat(builder, load(builder, xq, at, I32), R), vb)
             if kind == "vnni512":
-                c = g % chains
-                ints[t][c] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
-                                 [ints[t][c], builder.bitcast(w, vi), builder.bitcast(y, vi)])
+                ints[t] = x86(builder, "llvm.x86.avx512.vpdpbusd.512", vi,
+                              [ints[t], builder.bitcast(w, vi), builder.bitcast(y, vi)])
                 continue
             pairs[t] = builder.add(pairs[t], maddubs(builder, w, y, kind == "avx2"))
             if (g + 1) % i16_run == 0 or g == n_groups - 1:
-                ints[t][0] = builder.add(ints[t][0], madd(builder, pairs[t], ones, kind == "avx2"))
+                ints[t] = builder.add(ints[t], madd(builder, pairs[t], ones, kind == "avx2"))
                 pairs[t] = zs
-    out = []
-    for chain in ints:
-        total = chain[0]
-        for more in chain[1:]:
-            total = builder.add(total, more)
-        out.append(total)
-    return out
+    return ints
 
 
 def _fma_fn(builder, vf):
@@ -222,9 +222,7 @@ def _q4_0_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
             unpack_q4_0(W, r0, R, nb, buf, dw)
             for t0 in range(0, Tp, TOK):
                 _q4_0_tile(buf, dw, xq, ys8, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                for t in range(min(TOK, T - t0)):
-                    for r in range(R):
-                        out[t0 + t, r0 + r] = tile[t * R + r]
+                _tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def q4_0_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -362,9 +360,7 @@ def _q4_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK, gemm_order):
                     _q4_K_tile_gemm(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
                 else:
                     _q4_K_tile_gemv(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                for t in range(min(TOK, T - t0)):
-                    for r in range(R):
-                        out[t0 + t, r0 + r] = tile[t * R + r]
+                _tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def _padded(xq, dx, tokens):
@@ -482,9 +478,7 @@ def _q6_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
             unpack_q6_K(W, r0, R, nb, buf, d, sc)
             for t0 in range(0, Tp, TOK):
                 _q6_K_tile(buf, d, sc, xq, bs32, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                for t in range(min(TOK, T - t0)):
-                    for r in range(R):
-                        out[t0 + t, r0 + r] = tile[t * R + r]
+                _tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -610,14 +604,11 @@ def _q8_0_gemm_vnni512(W, K, xp, neg, dxp, T, out, n_threads):
                 for p0 in range(pb, min(PP, pb + pblock), Q8_0_PAIRS):
                     if rm == Q8_0_ROWS:
                         _q8_0_tile(W, r0, nb, xp, neg, dxp, p0, tile)
-                        for t in range(2 * p0, min(T, 2 * p0 + 2 * Q8_0_PAIRS)):
-                            for i in range(Q8_0_ROWS):
-                                out[t, r0 + i] = tile[(t - 2 * p0) * Q8_0_ROWS + i]
+                        _tile_out(tile, out, 2 * p0, r0, Q8_0_ROWS, 2 * Q8_0_PAIRS, T)
                     else:
                         for i in range(rm):
                             _q8_0_tile_r1(W, r0 + i, nb, xp, neg, dxp, p0, tile)
-                            for t in range(2 * p0, min(T, 2 * p0 + 2 * Q8_0_PAIRS)):
-                                out[t, r0 + i] = tile[t - 2 * p0]
+                            _tile_out(tile, out, 2 * p0, r0 + i, 1, 2 * Q8_0_PAIRS, T)
 
 
 def q8_0_gemm(rows, K, xq, dx, out, n_threads):

@@ -66,17 +66,25 @@ def f16_matvec(W16, K, x, out):
         out[r] = np.float32(acc)
 
 
+def _tile_pointers(context, builder, sig, args, rm, rn):
+    """(W, r, k8, XH, t0, out) of a tile intrinsic: byte pointers to rows r..r+rm-1 of W and tokens t0..t0+rn-1 of
+    XH, out's data pointer and strides."""
+    W, r, k8, XH, t0, out = args
+    byte = ir.IntType(8).as_pointer()
+    wa, xa, oa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
+    w_p, x_p, o_p = (builder.bitcast(a.data, byte) for a in (wa, xa, oa))
+    w_st, x_st, o_st = (cgutils.unpack_tuple(builder, a.strides) for a in (wa, xa, oa))
+    rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(I64, i)), w_st[0])]) for i in range(rm)]
+    toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(I64, j)), x_st[0])]) for j in range(rn)]
+    return rows, toks, o_p, o_st
+
+
 def _f16_tile_codegen(rm, rn):
     """IR for out[t0 + j, r + i] (i < rm, j < rn) = tinyBLAS's F16 dot: 8 lanes, one fma chain each over
     k = lane, lane + 8, ..., then hsum_float_8; rm rows x rn tokens of accumulators in registers."""
     def codegen(context, builder, sig, args):
-        W, r, k8, XH, t0, out = args
-        byte = ir.IntType(8).as_pointer()
-        wa, xa, oa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
-        w_p, x_p, o_p = (builder.bitcast(a.data, byte) for a in (wa, xa, oa))
-        w_st, x_st, o_st = (cgutils.unpack_tuple(builder, a.strides) for a in (wa, xa, oa))
-        rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(I64, i)), w_st[0])]) for i in range(rm)]
-        toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(I64, j)), x_st[0])]) for j in range(rn)]
+        r, k8, t0 = args[1], args[2], args[4]
+        rows, toks, o_p, o_st = _tile_pointers(context, builder, sig, args, rm, rn)
         zero = ir.Constant(V8F, [0.0] * 8)
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(rn)] for _ in range(rm)]
         with cgutils.for_range(builder, k8) as loop:
@@ -117,13 +125,8 @@ def _f16_tile512_codegen(rm, rn):
     V16F = ir.VectorType(F32, 16)
 
     def codegen(context, builder, sig, args):
-        W, r, k8, XH, t0, out = args
-        byte = ir.IntType(8).as_pointer()
-        wa, xa, oa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
-        w_p, x_p, o_p = (builder.bitcast(a.data, byte) for a in (wa, xa, oa))
-        w_st, x_st, o_st = (cgutils.unpack_tuple(builder, a.strides) for a in (wa, xa, oa))
-        rows = [builder.gep(w_p, [builder.mul(builder.add(r, ir.Constant(I64, i)), w_st[0])]) for i in range(rm)]
-        toks = [builder.gep(x_p, [builder.mul(builder.add(t0, ir.Constant(I64, j)), x_st[0])]) for j in range(rn)]
+        r, k8, t0 = args[1], args[2], args[4]
+        rows, toks, o_p, o_st = _tile_pointers(context, builder, sig, args, rm, rn)
         fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16F, [V16F] * 3), "llvm.fma.v16f32")
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(V16F, [0.0] * 16)) for _ in range(rn)]
                 for _ in range(rm // 2)]

@@ -94,9 +94,8 @@ _BLOCK_BYTES = 1 << 18     # a block of tokens' int8 activations that stays in L
 
 
 @njit(cache=True, parallel=True)
-def q4_1_matmul_avx2(W, K, XQ, DX, S, out, n_threads):
-    """out (T, N) = ggml_vec_dot_q4_1_q8_1 of every (token, row): XQ (T, K) int8, DX, S (T, K/32) float32
-    (prepare_activations' Q8_1 values); tokens in groups of _RN per pass over a row. Each thread takes a
+def _blocks_matmul_avx2(W, K, XQ, DX, S, out, n_threads, q4_1):
+    """out (T, N) for Q4_1 (q4_1) or Q8_0 rows: tokens in groups of _RN per pass over a row; each thread takes a
     contiguous share of the rows over blocks of tokens (the block's activations stay in cache)."""
     T, N = XQ.shape[0], W.shape[0]
     nw = min(n_threads, N)
@@ -107,27 +106,26 @@ def q4_1_matmul_avx2(W, K, XQ, DX, S, out, n_threads):
             T8 = te - (te - tb) % _RN
             for r in range(wk * N // nw, (wk + 1) * N // nw):
                 for t0 in range(tb, T8, _RN):
-                    _q4_1_tile(W, r, K // 32, XQ, DX, S, t0, out)
+                    if q4_1:
+                        _q4_1_tile(W, r, K // 32, XQ, DX, S, t0, out)
+                    else:
+                        _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
                 for t0 in range(T8, te):
-                    _q4_1_tile1(W, r, K // 32, XQ, DX, S, t0, out)
+                    if q4_1:
+                        _q4_1_tile1(W, r, K // 32, XQ, DX, S, t0, out)
+                    else:
+                        _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
 
 
-@njit(cache=True, parallel=True)
+def q4_1_matmul_avx2(W, K, XQ, DX, S, out, n_threads):
+    """out (T, N) = ggml_vec_dot_q4_1_q8_1 of every (token, row): XQ (T, K) int8, DX, S (T, K/32) float32
+    (prepare_activations' Q8_1 values)."""
+    _blocks_matmul_avx2(W, K, XQ, DX, S, out, n_threads, True)
+
+
 def q8_0_matmul_avx2(W, K, XQ, DX, out, n_threads):
-    """out (T, N) = ggml_vec_dot_q8_0_q8_0 (= tinyBLAS_Q0_AVX's sums) of every (token, row), blocked as
-    q4_1_matmul_avx2."""
-    T, N = XQ.shape[0], W.shape[0]
-    nw = min(n_threads, N)
-    tblock = max(_RN, _BLOCK_BYTES // K // _RN * _RN)
-    for wk in prange(nw):
-        for tb in range(0, T, tblock):
-            te = min(T, tb + tblock)
-            T8 = te - (te - tb) % _RN
-            for r in range(wk * N // nw, (wk + 1) * N // nw):
-                for t0 in range(tb, T8, _RN):
-                    _q8_0_tile(W, r, K // 32, XQ, DX, DX, t0, out)
-                for t0 in range(T8, te):
-                    _q8_0_tile1(W, r, K // 32, XQ, DX, DX, t0, out)
+    """out (T, N) = ggml_vec_dot_q8_0_q8_0 (= tinyBLAS_Q0_AVX's sums) of every (token, row)."""
+    _blocks_matmul_avx2(W, K, XQ, DX, DX, out, n_threads, False)
 
 
 @njit(cache=True, parallel=True)
