@@ -1,20 +1,26 @@
-"""The prompt (many-token) product of repacked Q4_0 weights as LLVM vector code, tiled R rows x T tokens.
+"""Many-token (prompt) products as integer tiles of R rows x T tokens, in LLVM vector code, for the weight types
+whose ggml sums are exact integers per block followed by a few float steps:
 
-ggml's order (repack.b32_q8_0, the spec): per row r, token t and block b of 32, the exact integer dot
-isum = sum_j (nibble_j - 8) * xq_j, then acc = fma((float) isum, d_w[r, b] * d_x[t, b], acc) block after block.
+  Q4_0   repacked gemm/gemv: acc = fma((float) isum_b, d_w * d_x, acc) per block of 32 (repack.b32_q8_0)
+  Q4_K   repacked gemm (fma pair per two sub-blocks) or gemv (per super-block) (repack.q4_K_q8_K)
+  Q6_K   tiled.cpp from 8 tokens: res = d_w * (float) s1, out = fma(res, d_x, out) per super-block
+         (tiled.kquant_q8_K, tiled=True)
+  Q8_0   tinyBLAS_Q0_AVX / vec_dot: 8 float lanes per (row, token), hsum_float_8 (vec_dot.q8_0_q8_0)
 
-How the integers are formed here (any order is exact):
-* A tile's R rows are unpacked once into bytes 0..15, laid out per block as 8 groups of 4 values x R rows
-  (`unpack_q4_0`): one vector of 4R bytes holds values 4g..4g+3 of the R rows.
-* A token's 4 activations 4g..4g+3 are broadcast to the R int32 lanes and multiplied with the nibbles
+How the integers are formed (any order is exact), Q4_0 / Q4_K / Q6_K:
+* A tile's R rows are unpacked once into bytes (the unsigned 4- or 6-bit values), laid out as groups of 4 values
+  x R rows (`unpack_*`): one vector of 4R bytes holds values 4g..4g+3 of the R rows.
+* A token's 4 activations 4g..4g+3 are broadcast to the R int32 lanes and multiplied with those bytes
   (unsigned) as int8 (signed):
-  - AVX-512 VNNI (R = 16, T = 8): vpdpbusd adds each lane's 4 products into an int32 accumulator;
-  - AVX2 (R = 8, T = 4): vpmaddubsw gives each row two int16 pair sums, which add up over the block's 8 groups
-    without overflow (16 * 15 * 127 = 30480 < 2^15); one vpmaddwd with ones makes them int32;
+  - AVX-512 VNNI (R = 16): vpdpbusd adds each lane's 4 products into an int32 accumulator;
+  - AVX2 (R = 8): vpmaddubsw gives each row two int16 pair sums, added in int16 while no overflow is possible
+    (Q4: a block's 8 groups, 16 * 15 * 127 = 30480 < 2^15; Q6_K: 2 groups), then vpmaddwd with ones;
   - portable: the same sums with widening multiplies.
-* isum = that sum - 8 * sum(xq of the block) (`block_sums`).
-Then the float steps are ggml's: one lane per row, fma into the token's accumulator of R rows.
-tests/test_repack.py checks both against repack.b32_q8_0.
+* The offsets of the signed formats come from the activations' block sums (`block_sums`): Q4_0's 8 * sum,
+  Q6_K's 32 * sum per sub-block of 16; Q4_K's mins multiply the sums per 32.
+Then the float steps are ggml's: one lane per row, one accumulator per token. Q8_0 keeps ggml's lanes (the 4-value
+groups of a block) and puts two tokens in one 512-bit vector instead (see its section).
+tests/test_gemm_tiles.py checks every variant this host can run against the spec kernels named above.
 """
 from __future__ import annotations
 
