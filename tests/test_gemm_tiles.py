@@ -1,10 +1,11 @@
-"""workbench.cpu.gemm_tiles: the many-token integer tiles (rows x tokens) of repacked Q4_0 / Q4_K and tiled Q6_K,
-each variant this host can run (portable; AVX2; AVX-512 VNNI) against the readable spec kernels, bit for bit."""
+"""workbench.cpu.gemm_tiles / gemm_q8_0: the many-token integer tiles (rows x tokens) of repacked Q4_0 / Q4_K, tiled
+Q6_K and Q8_0, each variant this host can run (portable; AVX2; AVX-512 VNNI) against the readable spec kernels, bit
+for bit."""
 import numpy as np
 import pytest
 
 from workbench.gguf import GGMLType
-from workbench.cpu import gemm_tiles, repack, tiled, vec_dot
+from workbench.cpu import gemm_q8_0, gemm_tiles, repack, tiled, vec_dot
 from workbench.cpu.act_quant import prepare_activations
 from workbench.cpu.features import has_avx2
 from workbench.quant import quantize
@@ -108,5 +109,5 @@ def test_q8_0_pair_tiles_equal_vec_dot(N, K, T):
     want = np.empty((T, N), np.float32)
     vec_dot.q8_0_q8_0(rows, K, xq, dx, want)
     got = np.full((T, N), np.nan, np.float32)
-    assert gemm_tiles.q8_0_gemm(rows, K, xq, dx, got, 2)
+    assert gemm_q8_0.q8_0_gemm(rows, K, xq, dx, got, 2)
     _same_bits(got, want, "vnni512")

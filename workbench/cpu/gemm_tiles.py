@@ -5,7 +5,7 @@ whose ggml sums are exact integers per block followed by a few float steps:
   Q4_K   repacked gemm (fma pair per two sub-blocks) or gemv (per super-block) (repack.q4_K_q8_K)
   Q6_K   tiled.cpp from 8 tokens: res = d_w * (float) s1, out = fma(res, d_x, out) per super-block
          (tiled.kquant_q8_K, tiled=True)
-  Q8_0   tinyBLAS_Q0_AVX / vec_dot: 8 float lanes per (row, token), hsum_float_8 (vec_dot.q8_0_q8_0)
+  (Q8_0 on AVX-512 VNNI: gemm_q8_0, which uses the helpers here)
 
 How the integers are formed (any order is exact), Q4_0 / Q4_K / Q6_K:
 * A tile's R rows are unpacked once into bytes (the unsigned 4- or 6-bit values), laid out as groups of 4 values
@@ -18,8 +18,7 @@ How the integers are formed (any order is exact), Q4_0 / Q4_K / Q6_K:
   - portable: the same sums with widening multiplies.
 * The offsets of the signed formats come from the activations' block sums (`block_sums`): Q4_0's 8 * sum,
   Q6_K's 32 * sum per sub-block of 16; Q4_K's mins multiply the sums per 32.
-Then the float steps are ggml's: one lane per row, one accumulator per token. Q8_0 keeps ggml's lanes (the 4-value
-groups of a block) and puts two tokens in one 512-bit vector instead (see its section).
+Then the float steps are ggml's: one lane per row, one accumulator per token.
 tests/test_gemm_tiles.py checks every variant this host can run against the spec kernels named above.
 """
 from __future__ import annotations
@@ -34,7 +33,7 @@ from numba.extending import intrinsic
 
 from workbench.cpu import features
 from workbench.cpu.fp16 import get_fp16
-from workbench.cpu.ir import F32, I8, I16, I32, c64, fp16, hsum_float_8, load, madd, maddubs, splat, x86
+from workbench.cpu.ir import F32, I8, I16, I32, c64, load, madd, maddubs, splat, x86
 
 # variant -> (rows per tile = float lanes, tokens per tile)
 SHAPES = {"vnni512": (16, 8), "avx2": (8, 4), "portable": (8, 4)}
@@ -92,7 +91,7 @@ def _for_kind(driver, kind):
 
 
 @njit(cache=True, inline="always")
-def _tile_out(tile, out, t0, r0, R, TOK, T):
+def tile_out(tile, out, t0, r0, R, TOK, T):
     """out[t0 + t, r0 + r] = tile[t * R + r] for the tile's tokens below T (the rest are padding)."""
     for t in range(min(TOK, T - t0)):
         for r in range(R):
@@ -167,7 +166,7 @@ def _int_dots(builder, kind, buf, wbase, n_groups, xq, xbase, toks, K, i16_run=8
     return ints
 
 
-def _fma_fn(builder, vf):
+def fma_fn(builder, vf):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), f"llvm.fma.v{vf.count}f32")
 
 
@@ -189,7 +188,7 @@ def _tile_codegen(kind):
         t0, nb, K = args[6], args[7], args[8]
         dw, dx = builder.bitcast(dw, F32.as_pointer()), builder.bitcast(dx, F32.as_pointer())
         ys8 = builder.bitcast(ys8, I32.as_pointer())
-        fma = _fma_fn(builder, vf)
+        fma = fma_fn(builder, vf)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * R)) for _ in range(TOK)]
         tok = [builder.add(t0, c64(t)) for t in range(TOK)]
         with cgutils.for_range(builder, nb) as loop:
@@ -228,7 +227,7 @@ def _q4_0_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
             unpack_q4_0(W, r0, R, nb, buf, dw)
             for t0 in range(0, Tp, TOK):
                 _q4_0_tile(buf, dw, xq, ys8, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                _tile_out(tile, out, t0, r0, R, TOK, T)
+                tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def q4_0_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -285,7 +284,7 @@ def _q4_K_tile_codegen(kind, step):
         t0, nb, K = args[9], args[10], args[11]
         d, dmin, dx = (builder.bitcast(p, F32.as_pointer()) for p in (d, dmin, dx))
         sc, m, bs = (builder.bitcast(p, I32.as_pointer()) for p in (sc, m, bs))
-        fma = _fma_fn(builder, vf)
+        fma = fma_fn(builder, vf)
         zf, zi = ir.Constant(vf, [0.0] * R), ir.Constant(vi, [0] * R)
         accs = [cgutils.alloca_once_value(builder, zf) for _ in range(TOK)]
         accms = [cgutils.alloca_once_value(builder, zf) for _ in range(TOK)]
@@ -366,7 +365,7 @@ def _q4_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK, gemm_order):
                     _q4_K_tile_gemm(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
                 else:
                     _q4_K_tile_gemv(buf, d, dmin, sc, m, xq, bs, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                _tile_out(tile, out, t0, r0, R, TOK, T)
+                tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def _padded(xq, dx, tokens):
@@ -433,7 +432,7 @@ def _q6_K_tile_codegen(kind):
         t0, nb, K = args[7], args[8], args[9]
         d, dx = (builder.bitcast(p, F32.as_pointer()) for p in (d, dx))
         sc, bs32 = (builder.bitcast(p, I32.as_pointer()) for p in (sc, bs32))
-        fma = _fma_fn(builder, vf)
+        fma = fma_fn(builder, vf)
         zi = ir.Constant(vi, [0] * R)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * R)) for _ in range(TOK)]
         tok = [builder.add(t0, c64(t)) for t in range(TOK)]
@@ -484,7 +483,7 @@ def _q6_K_gemm(W, K, xq, dx, T, out, n_threads, R, TOK):
             unpack_q6_K(W, r0, R, nb, buf, d, sc)
             for t0 in range(0, Tp, TOK):
                 _q6_K_tile(buf, d, sc, xq, bs32, dx, tile, np.int64(t0), np.int64(nb), np.int64(K))
-                _tile_out(tile, out, t0, r0, R, TOK, T)
+                tile_out(tile, out, t0, r0, R, TOK, T)
 
 
 def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
@@ -497,137 +496,4 @@ def q6_K_gemm(rows, K, xq, dx, out, n_threads, kind=None):
     T = xq.shape[0]
     xq, dx = _padded(xq, dx, TOK)
     _for_kind(_q6_K_gemm, kind)(rows, K, xq, dx, T, out, n_threads, R, TOK)
-    return True
-
-
-# --- Q8_0 (tinyBLAS_Q0_AVX / ggml_vec_dot_q8_0_q8_0: one float order) on AVX-512 VNNI -------------------------
-# Per (row, token): 8 float lanes; per block of 32, lane l gets acc_l = fma(d_w * d_x, (float) isum_l, acc_l), isum_l
-# the exact dot of the 4 int8 values 4l..4l+3; at the end hsum_float_8 (vec_dot_avx2's tile, the spec). Here one
-# 512-bit vector carries the 8 lanes of TWO tokens for one row: the weights as unsigned bytes w + 128 (xor 0x80),
-# vpdpbusd into an accumulator that starts at -128 * (the lane's sum of x), so isum_l is exact; each half ends in its
-# own hsum_float_8. Activations packed per pair of tokens (`pack_q8_0_pairs`).
-
-Q8_0_ROWS, Q8_0_PAIRS = 4, 4       # tile: 4 rows x 4 pairs of tokens (16 accumulators)
-
-
-@njit(cache=True, parallel=True)
-def pack_q8_0_pairs(xq, dx):
-    """Q8_0 activations by pairs of tokens (an odd last token paired with zeros): xp[p, b] the 32 int8 of tokens 2p
-    and 2p + 1 in block b, neg[p, b] -128 * the sums of their 4-value lanes (int32 x 16), dxp[p, b] their d_x, 8 each."""
-    T, K = xq.shape
-    nb = K // 32
-    TP = (T + 1) // 2
-    xp = np.zeros((TP, nb, 64), np.int8)
-    neg = np.zeros((TP, nb, 16), np.int32)
-    dxp = np.zeros((TP, nb, 16), np.float32)
-    for p in prange(TP):
-        for h in range(min(2, T - 2 * p)):
-            t = 2 * p + h
-            for b in range(nb):
-                for i in range(32):
-                    xp[p, b, 32 * h + i] = xq[t, 32 * b + i]
-                for lane in range(8):
-                    s = np.int32(0)
-                    for i in range(4):
-                        s += np.int32(xq[t, 32 * b + 4 * lane + i])
-                    neg[p, b, 8 * h + lane] = -128 * s
-                    dxp[p, b, 8 * h + lane] = dx[t, b]
-    return xp, neg, dxp
-
-
-def _q8_0_pairs_codegen(rm, rn):
-    V16F, V16I, V64B = ir.VectorType(F32, 16), ir.VectorType(I32, 16), ir.VectorType(I8, 64)
-
-    def codegen(context, builder, sig, args):
-        W, r, nb, xp, neg, dxp, p0, tile = args
-        wa = context.make_array(sig.args[0])(context, builder, W)
-        stride = cgutils.unpack_tuple(builder, wa.strides)[0]
-        base = builder.bitcast(wa.data, I8.as_pointer())
-        rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(rm)]
-        xp, neg, dxp, tile = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
-                                              I8.as_pointer()) for i in (3, 4, 5, 7))
-        fma = _fma_fn(builder, V16F)
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(V16F, [0.0] * 16)) for _ in range(rn)]
-                for _ in range(rm)]
-        dup = ir.Constant(ir.VectorType(I32, 64), list(range(32)) * 2)
-        flip = ir.Constant(ir.VectorType(I8, 32), [-128] * 32)
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            o = builder.mul(b, c64(34))
-            ws, ds = [], []
-            for row in rows:
-                w = builder.xor(load(builder, row, builder.add(o, c64(2)), ir.VectorType(I8, 32)), flip)
-                ws.append(builder.bitcast(builder.shuffle_vector(w, w, dup), V16I))
-                ds.append(splat(builder, fp16(builder, row, o), 16))
-            for j in range(rn):
-                at = builder.add(builder.mul(builder.add(p0, c64(j)), nb), b)        # (pair, block)
-                x = builder.bitcast(load(builder, xp, builder.mul(at, c64(64)), V64B), V16I)
-                n0 = load(builder, neg, builder.mul(at, c64(64)), V16I)
-                dx = load(builder, dxp, builder.mul(at, c64(64)), V16F)
-                for i in range(rm):
-                    isum = x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [n0, ws[i], x])
-                    dd = builder.fmul(ds[i], dx)
-                    builder.store(builder.call(fma, [dd, builder.sitofp(isum, V16F), builder.load(accs[i][j])]),
-                                  accs[i][j])
-        out = builder.bitcast(tile, F32.as_pointer())
-        for i in range(rm):
-            for j in range(rn):
-                acc = builder.load(accs[i][j])
-                for h in range(2):
-                    half = builder.shuffle_vector(acc, acc, ir.Constant(ir.VectorType(I32, 8), list(range(8 * h, 8 * h + 8))))
-                    builder.store(hsum_float_8(builder, half), builder.gep(out, [c64((2 * j + h) * rm + i)]))
-        return context.get_dummy_value()
-    return codegen
-
-
-def _q8_0_pairs_tile(rm, rn):
-    def tile_intrinsic(typingctx, W, r, nb, xp, neg, dxp, p0, tile):
-        return types.void(W, r, nb, xp, neg, dxp, p0, tile), _q8_0_pairs_codegen(rm, rn)
-    tile_intrinsic.__name__ = f"_q8_0_pairs_{rm}x{rn}"
-    return intrinsic(tile_intrinsic)
-
-
-_q8_0_tile = _q8_0_pairs_tile(Q8_0_ROWS, Q8_0_PAIRS)
-_q8_0_tile_r1 = _q8_0_pairs_tile(1, Q8_0_PAIRS)
-_Q8_0_BLOCK_BYTES = 1 << 18     # a block of token pairs whose activations stay in L2 while a thread's rows pass
-
-
-@njit(cache=True, parallel=True)
-def _q8_0_gemm_vnni512(W, K, xp, neg, dxp, T, out, n_threads):
-    N = W.shape[0]
-    nb = K // 32
-    TP = xp.shape[0]
-    PP = -(-TP // Q8_0_PAIRS) * Q8_0_PAIRS
-    n_groups = -(-N // Q8_0_ROWS)
-    nw = min(n_threads, n_groups)
-    pblock = max(Q8_0_PAIRS, _Q8_0_BLOCK_BYTES // (64 * nb) // Q8_0_PAIRS * Q8_0_PAIRS)
-    for wk in prange(nw):
-        tile = np.empty(2 * Q8_0_PAIRS * Q8_0_ROWS, np.float32)
-        for pb in range(0, PP, pblock):
-            for g in range(wk * n_groups // nw, (wk + 1) * n_groups // nw):
-                r0 = g * Q8_0_ROWS
-                rm = min(Q8_0_ROWS, N - r0)
-                for p0 in range(pb, min(PP, pb + pblock), Q8_0_PAIRS):
-                    if rm == Q8_0_ROWS:
-                        _q8_0_tile(W, r0, nb, xp, neg, dxp, p0, tile)
-                        _tile_out(tile, out, 2 * p0, r0, Q8_0_ROWS, 2 * Q8_0_PAIRS, T)
-                    else:
-                        for i in range(rm):
-                            _q8_0_tile_r1(W, r0 + i, nb, xp, neg, dxp, p0, tile)
-                            _tile_out(tile, out, 2 * p0, r0 + i, 1, 2 * Q8_0_PAIRS, T)
-
-
-def q8_0_gemm(rows, K, xq, dx, out, n_threads):
-    """out (T, N) = tinyBLAS_Q0_AVX's Q8_0 product (= ggml_vec_dot_q8_0_q8_0 per (row, token)) on an AVX-512 VNNI
-    host; False (nothing written) elsewhere: vec_dot_avx2's tiles hold the same order on AVX2."""
-    if variant() != "vnni512":
-        return False
-    xp, neg, dxp = pack_q8_0_pairs(xq, dx)
-    PP = -(-xp.shape[0] // Q8_0_PAIRS) * Q8_0_PAIRS          # whole tiles of pairs (zero pairs after the last)
-    if PP != xp.shape[0]:
-        pad = PP - xp.shape[0]
-        xp = np.concatenate([xp, np.zeros((pad,) + xp.shape[1:], np.int8)])
-        neg = np.concatenate([neg, np.zeros((pad,) + neg.shape[1:], np.int32)])
-        dxp = np.concatenate([dxp, np.zeros((pad,) + dxp.shape[1:], np.float32)])
-    _q8_0_gemm_vnni512(rows, K, xp, neg, dxp, xq.shape[0], out, n_threads)
     return True

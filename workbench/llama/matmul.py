@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from workbench.gguf import GGMLType
 
-from workbench.cpu import features, gemm_tiles, repack, tiled, vec_dot_q5
+from workbench.cpu import features, gemm_q8_0, repack, tiled, vec_dot_q5
 from workbench.cpu.act_quant import prepare_activations, vec_dot_type
 from workbench.cpu.fp16 import get_fp16
 from workbench.cpu.sgemm_f16 import f16_matmul, f16_matvec
@@ -169,7 +169,7 @@ def _q8_blocks(rows, wtype, K, x, out, mul_mat_id, spec=False):
         return _one_token(rows, wtype, K, x, out)
     _, s, xq, dx = prepare_activations(x, vec_dot_type(wtype), 32, True, with_ints=True)
     q4_1 = wtype == GGMLType.Q4_1
-    if not spec and not q4_1 and gemm_tiles.q8_0_gemm(rows, K, xq, dx, out, numba.get_num_threads()):
+    if not spec and not q4_1 and gemm_q8_0.q8_0_gemm(rows, K, xq, dx, out, numba.get_num_threads()):
         return out          # AVX-512 VNNI: two tokens per 512-bit vector, the same order
     if spec or not (features.has_avx2() or features.hardware_fma()):
         q4_1_q8_1(rows, K, xq, dx, s, out) if q4_1 else q8_0_q8_0(rows, K, xq, dx, out)
