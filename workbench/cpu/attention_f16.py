@@ -251,12 +251,13 @@ def attention_f16(q, kb, vb, n_past, n_head_kv, scale, out):
                     v = vf[j, c0:c0 + D]
                     for d in range(D):
                         a[d] = pj * v[d] + a[d]
-        for j in range(0 if batch else n_kv):
-            pj = p[j]
-            a = acc[j % nl]
-            v = vb[j, c0:c0 + D]
-            for d in range(D):
-                a[d] = pj * half_to_float(v[d]) + a[d]
+        else:               # ggml_vec_dot_f16's 32 lanes, keys in order
+            for j in range(n_kv):
+                pj = p[j]
+                a = acc[j % nl]
+                v = vb[j, c0:c0 + D]
+                for d in range(D):
+                    a[d] = pj * half_to_float(v[d]) + a[d]
         o = out[t, h * D:(h + 1) * D]
         if batch:
             for d in range(D):

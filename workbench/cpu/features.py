@@ -37,6 +37,12 @@ def has_avx2() -> bool:
 
 
 @functools.cache
+def has_avx512f() -> bool:
+    """Does numba compile for a CPU with AVX-512 F (512-bit vectors: the wider F16 batch tiles)?"""
+    return host_feature("avx512f")
+
+
+@functools.cache
 def has_f16c() -> bool:
     """Does numba compile for a CPU that converts fp16 in hardware (x86 F16C: vcvtph2ps)?"""
     return host_feature("f16c")

@@ -14,7 +14,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from workbench.cpu.features import host_feature
+from workbench.cpu.features import has_avx512f
 from workbench.cpu.fp16 import round_fp16
 from workbench.cpu.ir import F32, I32, I64, V8F, fma, half_to_f32, half_to_float, hsum_float_8, load, ptr
 
@@ -168,7 +168,7 @@ _F16_BLOCK_BYTES = 1 << 18     # a block of tokens' activations that stays in L2
 
 def f16_matmul(W16, K, XH, out, n_threads):
     """_f16_matmul with the host's widest tile (512-bit where the CPU has AVX-512)."""
-    (_f16_matmul512 if host_feature("avx512f") else _f16_matmul)(W16, K, XH, out, n_threads)
+    (_f16_matmul512 if has_avx512f() else _f16_matmul)(W16, K, XH, out, n_threads)
 
 
 @njit(cache=True, parallel=True)
