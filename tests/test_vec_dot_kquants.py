@@ -119,6 +119,27 @@ def test_quantized_blocks_and_strided_rows(wtype):
         _check(got, ref)
 
 
+@pytest.mark.parametrize("N,strided", [(16, False), (37, False), (130, True)])
+def test_q4_0_gemv_variants(N, strided):
+    """Every Q4_0 gemv this host can run (16 rows per vector on AVX-512 VNNI, 4 rows with AVX2's instructions,
+    portable) gives the scalar order's bits: whole 16-row groups, 4-row groups after them, a tail of 1-3 rows,
+    rows read through a view."""
+    from workbench.cpu import gemm_tiles
+    K = 1024
+    rows = _random_rows(GGMLType.Q4_0, 2 * N if strided else N, K, seed=N)
+    rows = rows[::2] if strided else rows
+    kernels = [repack_gemv.q4_0_matvec_portable] + ([repack_gemv.q4_0_matvec_avx2] if has_avx2() else []) + \
+        ([repack_gemv.q4_0_matvec_vnni] if gemm_tiles.variant() == "vnni512" else [])
+    for seed in range(2):
+        x = _activations(K, seed=seed)
+        x[0, 32:64] = 127.0 / 4                      # a block of equal activations: |q| = 127 everywhere
+        ref = _spec(GGMLType.Q4_0, rows, K, x)[0]
+        for kernel in kernels:
+            got = np.full(N, np.nan, np.float32)
+            kernel(rows, K, x[0], got)
+            _check(got, ref)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_q8_K_token_is_quantize_row_q8_K(seed):
     """q8_K_token gives prepare_activations' int8 values and scales, and block_q8_K's bsums (per 16)."""

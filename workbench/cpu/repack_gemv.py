@@ -24,10 +24,11 @@ from numba.extending import intrinsic
 
 from workbench.gguf.constants import QK_K
 
-from workbench.cpu import features
+from workbench.cpu import features, gemm_tiles
 from workbench.cpu.act_quant import q8_K_token, q8_lanes
-from workbench.cpu.ir import (F32, V8I, V16B, V16S, V32B, byte_vec, c64, fma, fp16, hsum_i32, iq4nl_lookup,
-                              lanes_mask, load, madd, maddubs, row_pointers, scales_mins_k4, signed_products)
+from workbench.cpu.ir import (F32, V8I, V16B, V16I, V16S, V32B, byte_vec, c64, fma, fp16, half_to_f32, hsum_i32,
+                              iq4nl_lookup, lanes_mask, load, madd, maddubs, row_pointers, scales_mins_k4,
+                              signed_products, splat, x86)
 
 
 # --- Q4_K: ggml_gemv_q4_K_8x8_q8_K ---------------------------------------------------------------------
@@ -218,10 +219,107 @@ def iq4_nl_matvec_portable(W, K, x, out):
         out[N4:] = part[:N - N4]
 
 
+# --- Q4_0 on AVX-512 VNNI: 16 rows per <16 x float> ------------------------------------------------------
+# The same per-row sums as above with vpdpbusd on the unsigned nibbles: 4 rows' 16 bytes of a block fill one
+# zmm (row r0 + L in 128-bit lane L); its low and high nibbles meet the activations' first and second 16 bytes
+# (broadcast to the 4 lanes). Four such accumulators (16 rows) reduce to one <16 x i32> by two rounds of
+# unpack + add, whose lane 4L + j holds row r + 4j + L; minus 8 * the block's activation sum that is the
+# exact isum of Q4_0's signed values. The d_w are gathered in that lane order, so each lane runs
+# acc = fma((float) isum, d_w * d_x, acc) for its row, block after block, and one shuffle puts the rows in order.
+
+V64B = ir.VectorType(ir.IntType(8), 64)
+V16F = ir.VectorType(F32, 16)
+_ROW_OF_LANE = [4 * (i % 4) + i // 4 for i in range(16)]      # lane 4L + j -> row 4j + L (and back: same map)
+
+
+def _q4_0_rows16_codegen(context, builder, sig, args):
+    W, r, nb, xq, bs8, dx, out = args
+    wa = context.make_array(sig.args[0])(context, builder, W)
+    stride = cgutils.unpack_tuple(builder, wa.strides)[0]
+    base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
+    rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(16)]
+    xq, bs8, dx, out = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
+                                        ir.IntType(8).as_pointer()) for i in (3, 4, 5, 6))
+    bs8 = builder.bitcast(bs8, ir.IntType(32).as_pointer())
+    dx = builder.bitcast(dx, F32.as_pointer())
+    acc = cgutils.alloca_once_value(builder, ir.Constant(V16F, [0.0] * 16))
+    zero = ir.Constant(V16I, [0] * 16)
+    fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16F, [V16F] * 3), "llvm.fma.v16f32")
+
+    def two_sources(a, b, idx):
+        return builder.shuffle_vector(a, b, lanes_mask(idx))
+
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        o = builder.mul(b, c64(18))
+        xb = builder.mul(b, c64(32))
+        xlo = load(builder, xq, xb, V16B)
+        xhi = load(builder, xq, builder.add(xb, c64(16)), V16B)
+        xlo, xhi = (builder.bitcast(builder.shuffle_vector(v, v, lanes_mask(list(range(16)) * 4)), V16I)
+                    for v in (xlo, xhi))
+        dots = []
+        for g in range(4):
+            q = [load(builder, rows[4 * g + L], builder.add(o, c64(2)), V16B) for L in range(4)]
+            q = two_sources(two_sources(q[0], q[1], range(32)), two_sources(q[2], q[3], range(32)), range(64))
+            lo = builder.and_(q, byte_vec(15, 64))
+            hi = builder.and_(builder.lshr(q, byte_vec(4, 64)), byte_vec(15, 64))
+            d = x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [zero, builder.bitcast(lo, V16I), xlo])
+            dots.append(x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [d, builder.bitcast(hi, V16I), xhi]))
+        lo32 = [i for L in range(4) for i in (4 * L, 16 + 4 * L, 4 * L + 1, 17 + 4 * L)]
+        hi32 = [i + 2 for i in lo32]
+        p = [builder.add(two_sources(u, v, lo32), two_sources(u, v, hi32)) for u, v in (dots[:2], dots[2:])]
+        lo64 = [i for L in range(4) for i in (4 * L, 4 * L + 1, 16 + 4 * L, 17 + 4 * L)]
+        hi64 = [i + 2 for i in lo64]
+        isum = builder.sub(builder.add(two_sources(p[0], p[1], lo64), two_sources(p[0], p[1], hi64)),
+                           splat(builder, builder.load(builder.gep(bs8, [b])), 16))
+        dw = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
+        for i in range(16):
+            dw = builder.insert_element(dw, load(builder, rows[_ROW_OF_LANE[i]], o, ir.IntType(16)),
+                                        ir.Constant(ir.IntType(32), i))
+        dd = builder.fmul(half_to_f32(builder, dw), splat(builder, builder.load(builder.gep(dx, [b])), 16))
+        builder.store(builder.call(fma16, [builder.sitofp(isum, V16F), dd, builder.load(acc)]), acc)
+    a = builder.load(acc)
+    builder.store(builder.shuffle_vector(a, a, lanes_mask(_ROW_OF_LANE)),
+                  builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]), V16F.as_pointer()),
+                  align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _q4_0_rows16_vnni(typingctx, W, r, nb, xq, bs8, dx, out):
+    return types.void(W, r, nb, xq, bs8, dx, out), _q4_0_rows16_codegen
+
+
+@njit(cache=True, parallel=True)
+def q4_0_matvec_vnni(W, K, x, out):
+    """q4_0_matvec_avx2 on AVX-512 VNNI: 16 rows at a time (the rows after the last 16 as there, 4 at a time)."""
+    xq, _, dx, _ = q8_lanes(x, 0, False)
+    nb = K // 32
+    bs8 = np.empty(nb, np.int32)
+    for b in range(nb):
+        s = 0
+        for i in range(32):
+            s += np.int32(xq[32 * b + i])
+        bs8[b] = 8 * s
+    N = W.shape[0]
+    N16 = N - N % 16
+    for g in prange(N16 // 16):
+        _q4_0_rows16_vnni(W, 16 * g, nb, xq, bs8, dx, out)
+    N4 = N - N % 4
+    for g in range(N16 // 4, N4 // 4):
+        _q4_0_rows4_avx2(W, 4 * g, nb, xq, dx, out)
+    if N4 < N:
+        part = np.empty(4, np.float32)
+        _q4_0_rows4_avx2(_tail4(W, N4), 0, nb, xq, dx, part)
+        out[N4:] = part[:N - N4]
+
+
 # --- entry point for repack.matmul (below 4 tokens every token goes through the gemv) -------------------
 
 # weight type -> (kernel with ggml's AVX2 instructions, portable kernel)
-MATVEC = {"Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable), "Q4_0": (q4_0_matvec_avx2, q4_0_matvec_portable),
+# (on an AVX-512 VNNI host the Q4_0 kernel is the 16-row one)
+MATVEC = {"Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable),
+          "Q4_0": (q4_0_matvec_vnni if gemm_tiles.variant() == "vnni512" else q4_0_matvec_avx2, q4_0_matvec_portable),
           "IQ4_NL": (iq4_nl_matvec_avx2, iq4_nl_matvec_portable)}
 
 
