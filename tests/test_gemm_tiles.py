@@ -111,3 +111,19 @@ def test_q8_0_pair_tiles_equal_vec_dot(N, K, T):
     got = np.full((T, N), np.nan, np.float32)
     assert gemm_q8_0.q8_0_gemm(rows, K, xq, dx, got, 2)
     _same_bits(got, want, "vnni512")
+
+
+@pytest.mark.skipif(gemm_tiles.variant() != "vnni512", reason="the Q8_0 row-pair gemv needs AVX-512 VNNI")
+@pytest.mark.parametrize("N,K,strided", [(8, 64, False), (13, 4096, False), (1, 96, False), (21, 512, True)])
+def test_q8_0_gemv_row_pairs_equal_vec_dot(N, K, strided):
+    """gemm_q8_0's one-token kernel (two rows per 512-bit vector, 8 rows per call, the last group partial) gives
+    ggml_vec_dot_q8_0_q8_0's bits for every row, the extreme weights included, rows read through a view."""
+    rows, x = _case(GGMLType.Q8_0, N=2 * N if strided else N, K=K, T=1, seed=N)
+    rows.reshape(-1, K // 32, 34)[0, 0, 2:6] = [0x80, 0x7F, 0x80, 0x81]
+    rows = rows[::2] if strided else rows
+    _, _, xq, dx = _act(GGMLType.Q4_0, x)
+    want = np.empty((1, N), np.float32)
+    vec_dot.q8_0_q8_0(np.ascontiguousarray(rows), K, xq, dx, want)
+    got = np.full(N, np.nan, np.float32)
+    gemm_q8_0.q8_0_matvec_vnni(rows, K, x[0], got)
+    _same_bits(got[None], want, "vnni512")

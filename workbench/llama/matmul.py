@@ -159,7 +159,9 @@ def _one_token(rows, wtype, K, x, out):
     if wtype == GGMLType.Q4_1:
         (q4_1_matvec_avx2 if features.has_avx2() else q4_1_matvec)(rows, K, x[0], out[0])
     else:
-        (q8_0_matvec_avx2 if features.has_avx2() else q8_0_matvec)(rows, K, x[0], out[0])
+        q8 = gemm_q8_0.q8_0_matvec_vnni if gemm_q8_0.variant() == "vnni512" else \
+            q8_0_matvec_avx2 if features.has_avx2() else q8_0_matvec
+        q8(rows, K, x[0], out[0])
     return out
 
 
