@@ -130,10 +130,28 @@ def test_q4_0_gemv_variants(N, strided):
     rows = rows[::2] if strided else rows
     kernels = [repack_gemv.q4_0_matvec_portable] + ([repack_gemv.q4_0_matvec_avx2] if has_avx2() else []) + \
         ([repack_gemv.q4_0_matvec_vnni] if gemm_tiles.variant() == "vnni512" else [])
+    _all_kernels_agree(GGMLType.Q4_0, rows, K, kernels)
+
+
+@pytest.mark.parametrize("N,strided", [(16, False), (37, True)])
+def test_q4_K_gemv_variants(N, strided):
+    """The Q4_K gemv with 16 rows per vector (AVX-512 hosts), beside the one-row kernels: the scalar order's bits,
+    with a tail of single rows after the 16-row groups, and rows read through a view."""
+    from workbench.cpu import gemm_tiles
+    K = 1024
+    rows = _random_rows(GGMLType.Q4_K, 2 * N if strided else N, K, seed=N)
+    rows = rows[::2] if strided else rows
+    kernels = [repack_gemv.q4_K_matvec_portable] + ([repack_gemv.q4_K_matvec_avx2] if has_avx2() else []) + \
+        ([repack_gemv.q4_K_matvec_avx512] if gemm_tiles.variant() == "vnni512" else [])
+    _all_kernels_agree(GGMLType.Q4_K, rows, K, kernels)
+
+
+def _all_kernels_agree(wtype, rows, K, kernels):
+    N = rows.shape[0]
     for seed in range(2):
         x = _activations(K, seed=seed)
         x[0, 32:64] = 127.0 / 4                      # a block of equal activations: |q| = 127 everywhere
-        ref = _spec(GGMLType.Q4_0, rows, K, x)[0]
+        ref = _spec(wtype, rows, K, x)[0]
         for kernel in kernels:
             got = np.full(N, np.nan, np.float32)
             kernel(rows, K, x[0], got)

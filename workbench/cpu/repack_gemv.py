@@ -314,11 +314,117 @@ def q4_0_matvec_vnni(W, K, x, out):
         out[N4:] = part[:N - N4]
 
 
+# --- Q4_K on AVX-512 (BW): 16 rows per <16 x float> ---------------------------------------------------------
+# _q4_K_codegen's integer steps with 512-bit vectors, two rows per vector (8 int32 lanes each): vpmaddubsw of the
+# nibbles with the activations, vpmaddwd with the row's sub-block scale; the mins times the activations' sums per
+# 32 likewise. Per super-block the 8 vectors of a 16-row group fold to one <16 x i32> (isum, then imin) in the
+# lane order of the Q4_0 kernel above (lane 4L + j: row 4j + L), and each lane runs ggml's two fma chains.
+
+V32S_ = ir.VectorType(ir.IntType(16), 32)
+
+
+def _fold16(builder, vecs):
+    """8 vectors [row 2g: 8 lanes | row 2g + 1: 8 lanes] (g = 0..7) -> one <16 x i32> of the 16 row sums, lane 4L + j
+    holding row 4j + L (exact: integer additions)."""
+    def two(a, b, idx):
+        return builder.shuffle_vector(a, b, lanes_mask(idx))
+    quads = []
+    for k in range(4):                                   # rows 4k .. 4k + 3 in 4-lane groups
+        u, v = vecs[2 * k], vecs[2 * k + 1]
+        lo = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]
+        quads.append(builder.add(two(u, v, lo), two(u, v, [i + 4 for i in lo])))
+    lo32 = [i for L in range(4) for i in (4 * L, 16 + 4 * L, 4 * L + 1, 17 + 4 * L)]
+    p = [builder.add(two(u, v, lo32), two(u, v, [i + 2 for i in lo32])) for u, v in (quads[:2], quads[2:])]
+    lo64 = [i for L in range(4) for i in (4 * L, 4 * L + 1, 16 + 4 * L, 17 + 4 * L)]
+    return builder.add(two(p[0], p[1], lo64), two(p[0], p[1], [i + 2 for i in lo64]))
+
+
+def _q4_K_rows16_codegen(context, builder, sig, args):
+    W, r, nb, xq, xd, bs32, out = args
+    wa = context.make_array(sig.args[0])(context, builder, W)
+    stride = cgutils.unpack_tuple(builder, wa.strides)[0]
+    base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
+    rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(16)]
+    xq, xd, bs32, out = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
+                                         ir.IntType(8).as_pointer()) for i in (3, 4, 5, 6))
+    xd = builder.bitcast(xd, F32.as_pointer())
+    zero16 = ir.Constant(V16F, [0.0] * 16)
+    acc = cgutils.alloca_once_value(builder, zero16)
+    accm = cgutils.alloca_once_value(builder, zero16)
+    fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V16F, [V16F] * 3), "llvm.fma.v16f32")
+
+    def two(a, b, idx):
+        return builder.shuffle_vector(a, b, lanes_mask(idx))
+
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        o = builder.mul(b, c64(144))                       # block_q4_K: d dmin scales[12] qs[128]
+        ys = []
+        for j in range(8):
+            y = load(builder, xq, builder.add(builder.mul(b, c64(QK_K)), c64(32 * j)), V32B)
+            ys.append(two(y, y, list(range(32)) * 2))
+        bs = builder.load(builder.bitcast(builder.gep(bs32, [builder.mul(b, c64(32))]), V8I.as_pointer()), align=4)
+        bs = two(bs, bs, list(range(8)) * 2)
+        isums, imins = [], []
+        for g in range(8):
+            ra, rb = rows[2 * g], rows[2 * g + 1]
+            sa, sb = scales_mins_k4(builder, ra, o), scales_mins_k4(builder, rb, o)
+            iacc = ir.Constant(V16I, [0] * 16)
+            for p in range(4):
+                raw = two(load(builder, ra, builder.add(o, c64(16 + 32 * p)), V32B),
+                          load(builder, rb, builder.add(o, c64(16 + 32 * p)), V32B), range(64))
+                for h, nib in enumerate((builder.and_(raw, byte_vec(15, 64)),
+                                         builder.and_(builder.lshr(raw, byte_vec(4, 64)), byte_vec(15, 64)))):
+                    j = 2 * p + h
+                    sc = builder.zext(two(sa, sb, [j] * 16 + [16 + j] * 16), V32S_)
+                    pairs = x86(builder, "llvm.x86.avx512.pmaddubs.w.512", V32S_, [nib, ys[j]])
+                    iacc = builder.add(iacc, x86(builder, "llvm.x86.avx512.pmaddw.d.512", V16I, [sc, pairs]))
+            isums.append(iacc)
+            mins = builder.zext(two(sa, sb, list(range(8, 16)) + list(range(24, 32))), V16I)
+            imins.append(builder.mul(mins, bs))
+        isum, imin = _fold16(builder, isums), _fold16(builder, imins)
+        d = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
+        dm = d
+        for i in range(16):
+            row = rows[_ROW_OF_LANE[i]]
+            d = builder.insert_element(d, load(builder, row, o, ir.IntType(16)), ir.Constant(ir.IntType(32), i))
+            dm = builder.insert_element(dm, load(builder, row, builder.add(o, c64(2)), ir.IntType(16)),
+                                        ir.Constant(ir.IntType(32), i))
+        dy = splat(builder, builder.load(builder.gep(xd, [b])), 16)
+        dd, ddm = builder.fmul(half_to_f32(builder, d), dy), builder.fmul(half_to_f32(builder, dm), dy)
+        builder.store(builder.call(fma16, [builder.sitofp(isum, V16F), dd, builder.load(acc)]), acc)
+        builder.store(builder.call(fma16, [builder.sitofp(imin, V16F), ddm, builder.load(accm)]), accm)
+    res = builder.fsub(builder.load(acc), builder.load(accm))
+    builder.store(builder.shuffle_vector(res, res, lanes_mask(_ROW_OF_LANE)),
+                  builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]), V16F.as_pointer()),
+                  align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _q4_K_rows16_avx512(typingctx, W, r, nb, xq, xd, bs32, out):
+    return types.void(W, r, nb, xq, xd, bs32, out), _q4_K_rows16_codegen
+
+
+@njit(cache=True, parallel=True)
+def q4_K_matvec_avx512(W, K, x, out):
+    """q4_K_matvec_avx2 on AVX-512 BW: 16 rows at a time (the rows after the last 16 one at a time, as there)."""
+    xq, xd, _, bs32 = q8_K_token(x)
+    nb = K // QK_K
+    N = W.shape[0]
+    N16 = N - N % 16
+    for g in prange(N16 // 16):
+        _q4_K_rows16_avx512(W, 16 * g, nb, xq, xd, bs32, out)
+    for r in range(N16, N):
+        out[r] = _q4_K_row_avx2(W, r, nb, xq, xd, bs32)
+
+
 # --- entry point for repack.matmul (below 4 tokens every token goes through the gemv) -------------------
 
 # weight type -> (kernel with ggml's AVX2 instructions, portable kernel)
-# (on an AVX-512 VNNI host the Q4_0 kernel is the 16-row one)
-MATVEC = {"Q4_K": (q4_K_matvec_avx2, q4_K_matvec_portable),
+# (on an AVX-512 VNNI host the Q4_0 and Q4_K kernels are the 16-row ones)
+MATVEC = {"Q4_K": (q4_K_matvec_avx512 if gemm_tiles.variant() == "vnni512" else q4_K_matvec_avx2,
+                   q4_K_matvec_portable),
           "Q4_0": (q4_0_matvec_vnni if gemm_tiles.variant() == "vnni512" else q4_0_matvec_avx2, q4_0_matvec_portable),
           "IQ4_NL": (iq4_nl_matvec_avx2, iq4_nl_matvec_portable)}
 
