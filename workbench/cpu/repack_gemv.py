@@ -232,6 +232,17 @@ V16F = ir.VectorType(F32, 16)
 _ROW_OF_LANE = [4 * (i % 4) + i // 4 for i in range(16)]      # lane 4L + j -> row 4j + L (and back: same map)
 
 
+def _fold4(builder, vecs):
+    """4 <16 x i32> whose 128-bit lane L holds 4 partial sums of row 4k + L (k: the vector) -> one <16 x i32> of the
+    row sums, lane 4L + k holding row 4k + L: two rounds of unpack (32-bit, then 64-bit) and add."""
+    def two(a, b, idx):
+        return builder.shuffle_vector(a, b, lanes_mask(idx))
+    lo32 = [i for L in range(4) for i in (4 * L, 16 + 4 * L, 4 * L + 1, 17 + 4 * L)]
+    p = [builder.add(two(u, v, lo32), two(u, v, [i + 2 for i in lo32])) for u, v in (vecs[:2], vecs[2:])]
+    lo64 = [i for L in range(4) for i in (4 * L, 4 * L + 1, 16 + 4 * L, 17 + 4 * L)]
+    return builder.add(two(p[0], p[1], lo64), two(p[0], p[1], [i + 2 for i in lo64]))
+
+
 def _q4_0_rows16_codegen(context, builder, sig, args):
     W, r, nb, xq, bs8, dx, out = args
     wa = context.make_array(sig.args[0])(context, builder, W)
@@ -265,13 +276,7 @@ def _q4_0_rows16_codegen(context, builder, sig, args):
             hi = builder.and_(builder.lshr(q, byte_vec(4, 64)), byte_vec(15, 64))
             d = x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [zero, builder.bitcast(lo, V16I), xlo])
             dots.append(x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [d, builder.bitcast(hi, V16I), xhi]))
-        lo32 = [i for L in range(4) for i in (4 * L, 16 + 4 * L, 4 * L + 1, 17 + 4 * L)]
-        hi32 = [i + 2 for i in lo32]
-        p = [builder.add(two_sources(u, v, lo32), two_sources(u, v, hi32)) for u, v in (dots[:2], dots[2:])]
-        lo64 = [i for L in range(4) for i in (4 * L, 4 * L + 1, 16 + 4 * L, 17 + 4 * L)]
-        hi64 = [i + 2 for i in lo64]
-        isum = builder.sub(builder.add(two_sources(p[0], p[1], lo64), two_sources(p[0], p[1], hi64)),
-                           splat(builder, builder.load(builder.gep(bs8, [b])), 16))
+        isum = builder.sub(_fold4(builder, dots), splat(builder, builder.load(builder.gep(bs8, [b])), 16))
         dw = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
         for i in range(16):
             dw = builder.insert_element(dw, load(builder, rows[_ROW_OF_LANE[i]], o, ir.IntType(16)),
@@ -325,7 +330,7 @@ V32S_ = ir.VectorType(ir.IntType(16), 32)
 
 def _fold16(builder, vecs):
     """8 vectors [row 2g: 8 lanes | row 2g + 1: 8 lanes] (g = 0..7) -> one <16 x i32> of the 16 row sums, lane 4L + j
-    holding row 4j + L (exact: integer additions)."""
+    holding row 4j + L (exact: integer additions): each pair of vectors folds its lanes 4-7 onto 0-3, then _fold4."""
     def two(a, b, idx):
         return builder.shuffle_vector(a, b, lanes_mask(idx))
     quads = []
@@ -333,10 +338,7 @@ def _fold16(builder, vecs):
         u, v = vecs[2 * k], vecs[2 * k + 1]
         lo = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]
         quads.append(builder.add(two(u, v, lo), two(u, v, [i + 4 for i in lo])))
-    lo32 = [i for L in range(4) for i in (4 * L, 16 + 4 * L, 4 * L + 1, 17 + 4 * L)]
-    p = [builder.add(two(u, v, lo32), two(u, v, [i + 2 for i in lo32])) for u, v in (quads[:2], quads[2:])]
-    lo64 = [i for L in range(4) for i in (4 * L, 4 * L + 1, 16 + 4 * L, 17 + 4 * L)]
-    return builder.add(two(p[0], p[1], lo64), two(p[0], p[1], [i + 2 for i in lo64]))
+    return _fold4(builder, quads)
 
 
 def _q4_K_rows16_codegen(context, builder, sig, args):
