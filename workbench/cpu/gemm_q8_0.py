@@ -154,7 +154,7 @@ GEMV_PAIRS = 4     # row pairs per call (8 rows): the token's block is loaded on
 def _q8_0_rows_codegen(context, builder, sig, args):
     """Rows r .. r + 2 * GEMV_PAIRS - 1 (clamped to the last row: a partial group reads it again) against one token:
     tile[i] = row r + i's result."""
-    V16F, V16I, V64B = ir.VectorType(F32, 16), ir.VectorType(I32, 16), ir.VectorType(I8, 64)
+    V16F, V16I = ir.VectorType(F32, 16), ir.VectorType(I32, 16)
     W, r, nb, xq, neg, dx, tile = args
     wa = context.make_array(sig.args[0])(context, builder, W)
     stride = cgutils.unpack_tuple(builder, wa.strides)[0]

@@ -26,7 +26,7 @@ from workbench.gguf.constants import QK_K
 
 from workbench.cpu import features, gemm_tiles
 from workbench.cpu.act_quant import q8_K_token, q8_lanes
-from workbench.cpu.ir import (F32, V8I, V16B, V16I, V16S, V32B, byte_vec, c64, fma, fp16, half_to_f32, hsum_i32,
+from workbench.cpu.ir import (F32, I32, V8I, V16B, V16I, V16S, V32B, byte_vec, c64, fma, fp16, half_to_f32, hsum_i32,
                               iq4nl_lookup, lanes_mask, load, madd, maddubs, row_pointers, scales_mins_k4,
                               signed_products, splat, x86)
 
@@ -232,6 +232,31 @@ V16F = ir.VectorType(F32, 16)
 _ROW_OF_LANE = [4 * (i % 4) + i // 4 for i in range(16)]      # lane 4L + j -> row 4j + L (and back: same map)
 
 
+def _rows16(context, builder, sig, args):
+    """(W, r, nb, arrays...) of a 16-row intrinsic: byte pointers to rows r..r+15 of W, and to the arrays' data."""
+    wa = context.make_array(sig.args[0])(context, builder, args[0])
+    stride = cgutils.unpack_tuple(builder, wa.strides)[0]
+    base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
+    rows = [builder.gep(base, [builder.mul(builder.add(args[1], c64(i)), stride)]) for i in range(16)]
+    return rows, [builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
+                                  ir.IntType(8).as_pointer()) for i in range(3, len(args))]
+
+
+def _f16_by_lane(builder, rows, o):
+    """The fp16 at byte o of each of the 16 rows, as float32 in the folded lane order (lane 4L + j: row 4j + L)."""
+    v = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
+    for i in range(16):
+        v = builder.insert_element(v, load(builder, rows[_ROW_OF_LANE[i]], o, ir.IntType(16)), ir.Constant(I32, i))
+    return half_to_f32(builder, v)
+
+
+def _store_rows16(builder, out, r, v):
+    """out[r..r+15] = v, whose lanes are in the folded order."""
+    builder.store(builder.shuffle_vector(v, v, lanes_mask(_ROW_OF_LANE)),
+                  builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]), V16F.as_pointer()),
+                  align=4)
+
+
 def _fold4(builder, vecs):
     """4 <16 x i32> whose 128-bit lane L holds 4 partial sums of row 4k + L (k: the vector) -> one <16 x i32> of the
     row sums, lane 4L + k holding row 4k + L: two rounds of unpack (32-bit, then 64-bit) and add."""
@@ -244,13 +269,8 @@ def _fold4(builder, vecs):
 
 
 def _q4_0_rows16_codegen(context, builder, sig, args):
-    W, r, nb, xq, bs8, dx, out = args
-    wa = context.make_array(sig.args[0])(context, builder, W)
-    stride = cgutils.unpack_tuple(builder, wa.strides)[0]
-    base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
-    rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(16)]
-    xq, bs8, dx, out = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
-                                        ir.IntType(8).as_pointer()) for i in (3, 4, 5, 6))
+    r, nb = args[1], args[2]
+    rows, (xq, bs8, dx, out) = _rows16(context, builder, sig, args)
     bs8 = builder.bitcast(bs8, ir.IntType(32).as_pointer())
     dx = builder.bitcast(dx, F32.as_pointer())
     acc = cgutils.alloca_once_value(builder, ir.Constant(V16F, [0.0] * 16))
@@ -277,16 +297,9 @@ def _q4_0_rows16_codegen(context, builder, sig, args):
             d = x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [zero, builder.bitcast(lo, V16I), xlo])
             dots.append(x86(builder, "llvm.x86.avx512.vpdpbusd.512", V16I, [d, builder.bitcast(hi, V16I), xhi]))
         isum = builder.sub(_fold4(builder, dots), splat(builder, builder.load(builder.gep(bs8, [b])), 16))
-        dw = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
-        for i in range(16):
-            dw = builder.insert_element(dw, load(builder, rows[_ROW_OF_LANE[i]], o, ir.IntType(16)),
-                                        ir.Constant(ir.IntType(32), i))
-        dd = builder.fmul(half_to_f32(builder, dw), splat(builder, builder.load(builder.gep(dx, [b])), 16))
+        dd = builder.fmul(_f16_by_lane(builder, rows, o), splat(builder, builder.load(builder.gep(dx, [b])), 16))
         builder.store(builder.call(fma16, [builder.sitofp(isum, V16F), dd, builder.load(acc)]), acc)
-    a = builder.load(acc)
-    builder.store(builder.shuffle_vector(a, a, lanes_mask(_ROW_OF_LANE)),
-                  builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]), V16F.as_pointer()),
-                  align=4)
+    _store_rows16(builder, out, r, builder.load(acc))
     return context.get_dummy_value()
 
 
@@ -342,13 +355,8 @@ def _fold16(builder, vecs):
 
 
 def _q4_K_rows16_codegen(context, builder, sig, args):
-    W, r, nb, xq, xd, bs32, out = args
-    wa = context.make_array(sig.args[0])(context, builder, W)
-    stride = cgutils.unpack_tuple(builder, wa.strides)[0]
-    base = builder.bitcast(wa.data, ir.IntType(8).as_pointer())
-    rows = [builder.gep(base, [builder.mul(builder.add(r, c64(i)), stride)]) for i in range(16)]
-    xq, xd, bs32, out = (builder.bitcast(context.make_array(sig.args[i])(context, builder, args[i]).data,
-                                         ir.IntType(8).as_pointer()) for i in (3, 4, 5, 6))
+    r, nb = args[1], args[2]
+    rows, (xq, xd, bs32, out) = _rows16(context, builder, sig, args)
     xd = builder.bitcast(xd, F32.as_pointer())
     zero16 = ir.Constant(V16F, [0.0] * 16)
     acc = cgutils.alloca_once_value(builder, zero16)
@@ -385,21 +393,12 @@ def _q4_K_rows16_codegen(context, builder, sig, args):
             mins = builder.zext(two(sa, sb, list(range(8, 16)) + list(range(24, 32))), V16I)
             imins.append(builder.mul(mins, bs))
         isum, imin = _fold16(builder, isums), _fold16(builder, imins)
-        d = ir.Constant(ir.VectorType(ir.IntType(16), 16), ir.Undefined)
-        dm = d
-        for i in range(16):
-            row = rows[_ROW_OF_LANE[i]]
-            d = builder.insert_element(d, load(builder, row, o, ir.IntType(16)), ir.Constant(ir.IntType(32), i))
-            dm = builder.insert_element(dm, load(builder, row, builder.add(o, c64(2)), ir.IntType(16)),
-                                        ir.Constant(ir.IntType(32), i))
         dy = splat(builder, builder.load(builder.gep(xd, [b])), 16)
-        dd, ddm = builder.fmul(half_to_f32(builder, d), dy), builder.fmul(half_to_f32(builder, dm), dy)
+        dd = builder.fmul(_f16_by_lane(builder, rows, o), dy)
+        ddm = builder.fmul(_f16_by_lane(builder, rows, builder.add(o, c64(2))), dy)
         builder.store(builder.call(fma16, [builder.sitofp(isum, V16F), dd, builder.load(acc)]), acc)
         builder.store(builder.call(fma16, [builder.sitofp(imin, V16F), ddm, builder.load(accm)]), accm)
-    res = builder.fsub(builder.load(acc), builder.load(accm))
-    builder.store(builder.shuffle_vector(res, res, lanes_mask(_ROW_OF_LANE)),
-                  builder.bitcast(builder.gep(builder.bitcast(out, F32.as_pointer()), [r]), V16F.as_pointer()),
-                  align=4)
+    _store_rows16(builder, out, r, builder.fsub(builder.load(acc), builder.load(accm)))
     return context.get_dummy_value()
 
 
