@@ -227,7 +227,6 @@ def iq4_nl_matvec_portable(W, K, x, out):
 # exact isum of Q4_0's signed values. The d_w are gathered in that lane order, so each lane runs
 # acc = fma((float) isum, d_w * d_x, acc) for its row, block after block, and one shuffle puts the rows in order.
 
-V64B = ir.VectorType(ir.IntType(8), 64)
 V16F = ir.VectorType(F32, 16)
 _ROW_OF_LANE = [4 * (i % 4) + i // 4 for i in range(16)]      # lane 4L + j -> row 4j + L (and back: same map)
 
