@@ -61,11 +61,11 @@ def quantized_metadata(metadata, ftype: LlamaFileType, imat=None):
 
 
 def to_f32(t: TensorInfo, rows: slice = slice(None)) -> np.ndarray:
-    """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row), or those rows of it."""
+    """llama_tensor_dequantize_impl: the tensor as float32 rows (n_rows, n_per_row), or those rows of it. F16 goes
+    through the format's own vector kernel, rows in parallel (numpy's single-threaded cast was half the time of a
+    7B Q4_0 quantize)."""
     if t.type == GGMLType.F32:
         return t.numpy().reshape(-1, t.n_per_row)[rows]
-    if t.type == GGMLType.F16:
-        return t.numpy().reshape(-1, t.n_per_row)[rows].astype(np.float32)
     if t.type == GGMLType.BF16:
         return (t.numpy().reshape(-1, t.n_per_row)[rows].astype(np.uint32) << 16).view(np.float32)
     return dequantize(np.ascontiguousarray(t.rows()[rows]), t.type, t.n_per_row)
