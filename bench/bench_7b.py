@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -159,7 +160,6 @@ def main(argv=None) -> int:
         wall, rss, _ = measured(["-m", "workbench", "convert", str(hf), "--outfile", str(f16), "--outtype", "f16",
                                  "--no-progress"])
         row("convert", "workbench", wall, rss, bytes=f16.stat().st_size)
-        import shutil
         shutil.rmtree(hf)
     if args.prepare_only:
         return 0

@@ -17,7 +17,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from workbench.cpu.act_quant import q8_lanes
-from workbench.cpu.gemm_tiles import fma_fn, tile_out, variant
+from workbench.cpu.gemm_tiles import block_sums, fma_fn, tile_out, variant
 from workbench.cpu.ir import F32, I8, I32, c64, fp16, hsum_float_8, load, splat, x86
 
 Q8_0_ROWS, Q8_0_PAIRS = 4, 4       # tile: 4 rows x 4 pairs of tokens (16 accumulators)
@@ -211,12 +211,7 @@ def q8_0_matvec_vnni(W, K, x, out):
     sums), on AVX-512 VNNI: 8 rows per call, two per vector."""
     xq, _, dx, _ = q8_lanes(x, 0, False)
     nb = K // 32
-    neg = np.empty(nb * 8, np.int32)
-    for i in range(nb * 8):
-        s = np.int32(0)
-        for j in range(4):
-            s += np.int32(xq[4 * i + j])
-        neg[i] = -128 * s
+    neg = block_sums(xq.reshape(1, K), 4, -128)[0]          # per 4-value lane: vpdpbusd's start
     N = W.shape[0]
     R = 2 * GEMV_PAIRS
     for g in prange(-(-N // R)):

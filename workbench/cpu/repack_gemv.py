@@ -312,12 +312,7 @@ def q4_0_matvec_vnni(W, K, x, out):
     """q4_0_matvec_avx2 on AVX-512 VNNI: 16 rows at a time (the rows after the last 16 as there, 4 at a time)."""
     xq, _, dx, _ = q8_lanes(x, 0, False)
     nb = K // 32
-    bs8 = np.empty(nb, np.int32)
-    for b in range(nb):
-        s = 0
-        for i in range(32):
-            s += np.int32(xq[32 * b + i])
-        bs8[b] = 8 * s
+    bs8 = gemm_tiles.block_sums(xq.reshape(1, K), 32, 8)[0]
     N = W.shape[0]
     N16 = N - N % 16
     for g in prange(N16 // 16):
