@@ -369,24 +369,34 @@ def rtn_quantize(w: np.ndarray, bits: int, gs: int):
     return codes.reshape(w.shape).astype(np.uint8), scale.T, zero.T
 
 
-def test_toy_gptq_converts_and_runs(toy_dir, tmp_path):
-    src = toy_dir / "tiny-llama"
-    gptq = tmp_path / "tiny-llama-gptq"
-    gptq.mkdir()
+def toy_gptq_folder(toy_dir, folder, bits: int = 4, group_size: int = 32, model: str = "tiny-llama"):
+    """A toy model as a GPTQ folder: the linears of its blocks (experts too, not the router) rounded to `bits`
+    per group of `group_size` (-1: one group), scales that convert to Q4_1 exactly; tokenizer files and config
+    copied. Returns the linears."""
+    src = toy_dir / model
+    folder.mkdir()
     for f in ("tokenizer.model", "tokenizer_config.json", "generation_config.json"):
-        shutil.copyfile(src / f, gptq / f)
+        shutil.copyfile(src / f, folder / f)
     float_sd = {n: t.numpy() for n, t in open_checkpoint(src).items()}
     linears, others = {}, {}
     for n, w in float_sd.items():
         p = n[:-len(".weight")]
-        if n.startswith("model.layers.") and p.endswith(tuple(LINEARS)):
-            codes, scales, zeros = rtn_quantize(w, 4, 32)
-            linears[p] = GPTQTensor.from_codes(codes, scales, zeros, default_g_idx(w.shape[1], 32), 4, 32, name=p)
+        if n.startswith("model.layers.") and w.ndim == 2 and "norm" not in n and not p.endswith("moe.gate"):
+            gs = w.shape[1] if group_size == -1 else group_size
+            codes, scales, zeros = rtn_quantize(w, bits, gs)
+            linears[p] = GPTQTensor.from_codes(codes, scales, zeros, default_g_idx(w.shape[1], group_size), bits,
+                                               group_size, name=p)
         else:
             others[n] = w
-    assert len(linears) == 14
     hf_config = json.loads((src / "config.json").read_text())
-    write_gptq_checkpoint(gptq, GPTQConfig(4, 32, sym=False), linears, others, hf_config=hf_config)
+    write_gptq_checkpoint(folder, GPTQConfig(bits, group_size, sym=False), linears, others, hf_config=hf_config)
+    return linears
+
+
+def test_toy_gptq_converts_and_runs(toy_dir, tmp_path):
+    gptq = tmp_path / "tiny-llama-gptq"
+    linears = toy_gptq_folder(toy_dir, gptq)
+    assert len(linears) == 14
     assert all(to_q4_1_blocks(t) is not None for t in linears.values())     # our scales convert exactly
     out = tmp_path / "tiny-llama"
     write_dequantized_checkpoint(gptq, out)

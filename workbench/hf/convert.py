@@ -115,19 +115,35 @@ def _encode(x: np.ndarray, gtype: GGMLType) -> np.ndarray:
     return quantize(rows, gtype.name)
 
 
-def plan_tensors(model_dir: Path, hp: dict, ftype_type: GGMLType) -> list[PlannedTensor]:
-    """Every output tensor in llama.cpp's order, with validated shapes; nothing is read yet."""
-    try:
-        tensors = open_checkpoint(model_dir)
-    except SafetensorsError as e:
-        raise ConvertError(str(e)) from None
+def plan_tensors(model_dir: Path, hp: dict, ftype_type: GGMLType, tensors: dict | None = None,
+                 stored: dict[str, tuple[GGMLType, Callable[[], np.ndarray]]] | None = None) -> list[PlannedTensor]:
+    """Every output tensor in llama.cpp's order, with validated shapes; nothing is read yet. tensors: the
+    checkpoint's tensors by HF name (default: its safetensors; anything with shape, dtype, file, numpy()).
+    stored: HF name -> (type, load) for weights whose GGUF bytes come ready-made, a row of blocks per HF row
+    (rows are permuted for q/k and stacked for experts like the float weights)."""
+    if tensors is None:
+        try:
+            tensors = open_checkpoint(model_dir)
+        except SafetensorsError as e:
+            raise ConvertError(str(e)) from None
+    stored = stored or {}
     n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
     n_layers, n_experts = hp["num_hidden_layers"], hp.get("num_local_experts", 0)
     plan: list[PlannedTensor] = []
 
-    def add(name: str, shape: tuple[int, ...], load: Callable[[], np.ndarray]) -> None:
+    def add(name: str, shape: tuple[int, ...], load: Callable[[], np.ndarray], hf: list[str] = ()) -> None:
+        """hf: the HF tensors behind it; if stored has them all, their ready bytes (of one type) are used."""
+        ready = [stored[h] for h in hf if h in stored]
+        if ready and len(ready) == len(hf) and len({g for g, _ in ready}) == 1:
+            plan.append(PlannedTensor(name, ready[0][0], shape, load))
+            return
+        if ready:
+            raise ConvertError(f"{name}: only some of {list(hf)} have stored bytes, or of different types")
         gtype = tensor_type(name, shape, ftype_type)
         plan.append(PlannedTensor(name, gtype, shape, lambda: _encode(load(), gtype)))
+
+    def source(hf: str, t) -> Callable[[], np.ndarray]:
+        return stored[hf][1] if hf in stored else lambda: _as_float(t)
 
     factors = llama3_rope_factors(hp)
     if factors is not None:
@@ -146,25 +162,27 @@ def plan_tensors(model_dir: Path, hp: dict, ftype_type: GGMLType) -> list[Planne
             bid, xid, w = ex
             if xid >= n_experts:
                 raise ConvertError(f"{t.file}: tensor {hf!r} is expert {xid} but num_local_experts is {n_experts}")
-            experts.setdefault(bid, {})[(xid, w)] = t
+            experts.setdefault(bid, {})[(xid, w)] = (hf, t)
             if len(experts[bid]) >= n_experts * 3:  # all of this block's experts read: emit w1, w2, w3 stacks
                 group = experts.pop(bid)
                 for w in EXPERT_NAMES:
                     parts = [group[(x, w)] for x in range(n_experts)]
-                    add(tensor_name(EXPERT_NAMES[w], bid), (n_experts, *parts[0].shape),
-                        lambda parts=parts: np.stack([_as_float(p) for p in parts]))
+                    add(tensor_name(EXPERT_NAMES[w], bid), (n_experts, *parts[0][1].shape),
+                        lambda fs=[source(h, p) for h, p in parts]: np.stack([f() for f in fs]),
+                        [h for h, _ in parts])
             continue
         try:
             name = gguf_name(hf)
         except TensorNameError as e:
             raise ConvertError(f"{t.file}: {e}") from None
+        src = source(hf, t)
         if hf.endswith(("q_proj.weight", "q_proj.bias")):
-            load = lambda t=t: permute_qk(_as_float(t), n_head, n_head)
+            load = lambda src=src: permute_qk(src(), n_head, n_head)
         elif hf.endswith(("k_proj.weight", "k_proj.bias")):
-            load = lambda t=t: permute_qk(_as_float(t), n_head, n_kv)
+            load = lambda src=src: permute_qk(src(), n_head, n_kv)
         else:
-            load = lambda t=t: _as_float(t)
-        add(name, tuple(t.shape), load)
+            load = src
+        add(name, tuple(t.shape), load, [hf])
     if experts:
         bid, group = next(iter(experts.items()))
         raise ConvertError(f"{model_dir}: block {bid} has {len(group)} expert tensors, expected {n_experts * 3}")
@@ -236,7 +254,12 @@ def convert_hf(model_dir, outfile, outtype: str = "auto", progress: bool = True)
         ftype_type = {LlamaFileType.BF16: GGMLType.BF16, LlamaFileType.F16: GGMLType.F16}[ftype]
     else:
         ftype, ftype_type = OUTTYPES[outtype]
-    plan = plan_tensors(model_dir, hp, ftype_type)
+    return write_plan(model_dir, hp, ftype, plan_tensors(model_dir, hp, ftype_type), outfile, progress)
+
+
+def write_plan(model_dir: Path, hp: dict, ftype: LlamaFileType, plan: list[PlannedTensor], outfile: Path,
+               progress: bool = True) -> Path:
+    """Metadata, output name, and one streaming pass over the planned tensors (convert_hf's last steps)."""
     md = build_metadata(model_dir, hp, ftype, plan)
     outfile = output_path(outfile, md, ftype)
     infos = [TensorInfo(p.name, p.type, p.shape) for p in plan]
