@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench.eval.gptq_model import FLOAT_TYPES, calibration_inputs, sequential_blocks
+from workbench.eval.gptq_model import FLOAT_TYPES, calibration_inputs, matrices, sequential_blocks
 from workbench.gguf import GGUFValueType as VT
 from workbench.gguf import TensorInfo
 from workbench.gguf.constants import GGMLType, LlamaFileType
@@ -71,19 +71,15 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
     def quantize_matrix(w: Weight, attr: str, hs) -> Weight:
         t0 = time.perf_counter()
         full = to_f32(by_name[w.name])
-        n_mat = w.shape[0] if len(w.shape) == 3 else 1
-        rows_per = full.shape[0] // n_mat
         out = np.empty(full.shape, np.float16)
         packed[w.name], seen = 0, []
-        for e in range(n_mat):
-            h, n_rows = hs.get(attr, e if n_mat > 1 else -1)
-            name = w.name if n_mat == 1 else f"{w.name}[{e}]"
+        for name, part, _, h, n_rows in matrices(w, full, hs, attr):
             if h is None:
                 raise QuantizeError(f"{name}: no calibration token reached it (an expert the router never "
                                     f"chose): use a longer or more varied calibration text")
-            t = gptq_tensor(np.ascontiguousarray(full[e * rows_per:(e + 1) * rows_per]), h, bits, group_size,
+            t = gptq_tensor(np.ascontiguousarray(full[part]), h, bits, group_size,
                             sym=sym, act_order=act_order, damp=damp, shrink=shrink, name=name)
-            out[e * rows_per:(e + 1) * rows_per] = t.dequantize().astype(np.float16)
+            out[part] = t.dequantize().astype(np.float16)
             packed[w.name] += packed_bytes(t)
             seen.append(n_rows)
         gf.release(by_name[w.name])

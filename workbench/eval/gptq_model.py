@@ -40,6 +40,7 @@ from workbench.quant.gptq import (
     SHRINK,
     GPTQError,
     accumulate_hessian,
+    check_settings,
     gptq_quantize,
     mirror_upper,
     prepare,
@@ -94,6 +95,17 @@ class _Hessians:
         if key not in self.prepared:
             self.prepared[key] = prepare(h, damp, act_order, shrink)
         return self.prepared[key]
+
+
+def matrices(w: Weight, full: np.ndarray, hs: _Hessians, attr: str):
+    """(name, rows, e, H, tokens seen) for each matrix of w as GPTQ takes them: w itself (e = -1), or each
+    expert e of a stack (rows: its slice of `full`, the stack's rows)."""
+    n_mat = w.shape[0] if len(w.shape) == 3 else 1
+    per = full.shape[0] // n_mat
+    for i in range(n_mat):
+        e = i if n_mat > 1 else -1
+        h, seen = hs.get(attr, e)
+        yield (w.name if e < 0 else f"{w.name}[{e}]"), slice(i * per, (i + 1) * per), e, h, seen
 
 
 # the last product of a block: the float pass only needs what enters it (for H), not what comes out
@@ -196,9 +208,10 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"destination {dst} is the source file: choose another output path")
-    for name, v in (("damp", damp), ("shrink", shrink)):
-        if not (np.isfinite(v) and v >= 0):
-            raise QuantizeError(f"{name}={v}: must be a finite number >= 0")
+    try:
+        check_settings(damp, shrink)
+    except GPTQError as e:
+        raise QuantizeError(str(e)) from None
     model = load(src, n_ctx=n_ctx, n_threads=n_threads, flash_attn=True)
     gf = model.gguf                  # one memory map: each matrix's pages are released once it is quantized
     plans = plan_types(gf.tensors, model_shape(gf.metadata), ftype, has_imatrix=True, pure=pure,
@@ -221,22 +234,16 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
             return None
         src_t = by_name[w.name]
         full = to_f32(src_t)
-        n_mat = w.shape[0] if len(w.shape) == 3 else 1
-        rows_per = full.shape[0] // n_mat
         out = np.empty((full.shape[0], p.dst_type.row_bytes(w.n_per_row)), np.uint8)
         methods, seen = [], []
-        for e in range(n_mat):
-            h, n_rows = hs.get(attr, e if n_mat > 1 else -1)
-            part = slice(e * rows_per, (e + 1) * rows_per)
+        for name, part, e, h, n_rows in matrices(w, full, hs, attr):
             if h is None or n_rows == 0:                    # an expert no calibration token chose
                 out[part] = quantize(np.ascontiguousarray(full[part]), p.dst_type)
                 methods.append("rtn")
             else:
-                name = w.name if n_mat == 1 else f"{w.name}[{e}]"
                 out[part] = gptq_quantize(np.ascontiguousarray(full[part]), h, p.dst_type, damp=damp,
                                           act_order=act_order, block_size=block_size, name=name,
-                                          prepared=hs.prepare(attr, e if n_mat > 1 else -1, h, damp, act_order,
-                                                            shrink))
+                                          prepared=hs.prepare(attr, e, h, damp, act_order, shrink))
                 methods.append("gptq")
             seen.append(n_rows)
         gf.release(src_t)
@@ -284,4 +291,4 @@ def gptq_quantize_model(src, dst, ftype, calibration: str, *, n_ctx: int = 512, 
     return pd.DataFrame(report)
 
 
-__all__ = ["GPTQError", "QuantizeError", "gptq_quantize_model"]
+__all__ = ["GPTQError", "QuantizeError", "gptq_quantize_model", "matrices"]

@@ -387,13 +387,18 @@ def lazy_step(block_size: int, unit: int) -> int:
     return max(unit, -(-block_size // unit) * unit)
 
 
+def check_settings(damp: float, shrink: float) -> None:
+    """damp and shrink (see damped) must be finite numbers >= 0."""
+    for name, v in (("damp", damp), ("shrink", shrink)):
+        if not (0.0 <= v and np.isfinite(v)):
+            raise GPTQError(f"{name}={v}: must be a finite number >= 0")
+
+
 def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
             shrink: float = SHRINK) -> tuple[np.ndarray, np.ndarray]:
     """(perm, U): the column order and the inverse Cholesky factor of the permuted, damped H, float32. Matrices
     that read the same input (q, k, v) share one."""
-    for name, v in (("damp", damp), ("shrink", shrink)):
-        if not (0.0 <= v and np.isfinite(v)):
-            raise GPTQError(f"{name}={v}: must be a finite number >= 0")
+    check_settings(damp, shrink)
     if act_order:
         perm = np.argsort(-np.diag(h), kind="stable")
         h = h[np.ix_(perm, perm)]
