@@ -311,6 +311,76 @@ def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1
         w[:, j + 1:e] -= g[:, None] * u[j, j + 1:e][None, :]
 
 
+# ------------------------------------------------------------------------------------ the block's scale
+
+SCALE_TYPES = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL")   # one fp16 d, first in the block; a = d * c, b = d * c'
+SCALE_STEPS = 12                                   # candidate scales each side of the format's own ...
+SCALE_SPAN = 0.15                                  # ... spread over +-15% of it
+
+
+@njit(parallel=True, cache=True)
+def block_losses(w, u, j0, j1, A, B, sorted_levels, loss):
+    """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
+    time to the nearest level of the grid A[k, r] * level + B[k, r] with error feedback inside the block (as
+    quantize_columns rounds them), for each candidate grid k."""
+    K, rows = A.shape
+    n = j1 - j0
+    ident = np.arange(len(sorted_levels))
+    for r in prange(rows):
+        x = np.empty(n, np.float32)
+        for k in range(K):
+            a, b = A[k, r], B[k, r]
+            for j in range(n):
+                x[j] = w[r, j0 + j]
+            s = 0.0
+            for j in range(n):
+                v = x[j]
+                lev = sorted_levels[_nearest_code((v - b) / a, sorted_levels, ident)] if a != 0.0 else 0.0
+                g = (v - np.float32(a * lev + b)) / u[j0 + j, j0 + j]
+                s += np.float64(g) * g
+                for m in range(j + 1, n):
+                    x[m] -= g * u[j0 + j, j0 + m]
+            loss[k, r] = s
+
+
+def block_losses_ref(w, u, j0, j1, A, B, sorted_levels, loss):
+    """numpy spec of block_losses (every row and candidate at once)."""
+    x = np.broadcast_to(w[:, j0:j1], A.shape + (j1 - j0,)).astype(np.float32)
+    live = A != 0.0
+    loss[:] = 0.0
+    for j in range(j1 - j0):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(live, (x[..., j] - B) / np.where(live, A, 1.0), 0.0)
+        hi = np.clip(np.searchsorted(sorted_levels, t, side="right"), 1, len(sorted_levels) - 1)
+        lo = hi - 1
+        lev = np.where(live, sorted_levels[np.where(t - sorted_levels[lo] <= sorted_levels[hi] - t, lo, hi)], 0.0)
+        g = (x[..., j] - (A * lev + B).astype(np.float32)) / u[j0 + j, j0 + j]
+        loss += g.astype(np.float64) ** 2
+        x[..., j + 1:] -= g[..., None] * u[j0 + j, j0 + j + 1:j1]
+
+
+def search_scale(blk: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray, j0: int, j1: int) -> np.ndarray:
+    """blk (one block per row of a SCALE_TYPES type, as its quantizer chose it for w[:, j0:j1]) with each row's
+    fp16 d replaced by the candidate (d itself, or d times 1 +- k/SCALE_STEPS * SCALE_SPAN, rounded to fp16)
+    whose grid gives the least block_losses. The format's scale search assumes plain rounding; under GPTQ the
+    columns are rounded with feedback, and another scale of the same grid may then lose less."""
+    sorted_levels = layout.levels[layout.order]
+    a, b, _ = _grids(layout, blk, j1 - j0)
+    d = blk[:, :2].copy().view(np.float16)[:, 0].astype(np.float64)
+    steps = np.arange(-SCALE_STEPS, SCALE_STEPS + 1)
+    f = np.concatenate([[1.0], 1.0 + SCALE_SPAN * steps[steps != 0] / SCALE_STEPS])   # own scale first: wins ties
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        dk = (d[None, :] * f[:, None]).astype(np.float16).astype(np.float64)
+        ratio = np.where(np.isfinite(dk) & (d != 0.0), dk / np.where(d != 0.0, d, 1.0), 1.0)
+    loss = np.empty(ratio.shape)
+    block_losses(w, u, j0, j1, a[:, 0] * ratio, b[:, 0] * ratio, sorted_levels, loss)
+    best = np.argmin(loss, axis=0)
+    out = blk.copy()
+    pick = ratio[best, np.arange(len(d))] != 1.0
+    out[pick, :2] = dk[best, np.arange(len(d))][pick].astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return out
+
+
 LAZY_COLS = 256    # columns of u one task's rows sweep at a time
 
 
@@ -446,6 +516,8 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
         if not act_order:
             blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
+            if t.name in SCALE_TYPES:
+                blk = search_scale(blk, layout, work, u, j0, j1)
             out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
             a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
 
