@@ -11,10 +11,13 @@ from workbench.quant import dequantize, quantize
 from workbench.quant.code_bits import CodeLayoutError, code_layout
 from workbench.quant.gptq import (
     GPTQError,
+    SCALE_TYPES,
     _cholesky_upper,
     _upper_inverse_rows,
     accumulate_hessian,
     accumulate_hessian_ref,
+    block_losses,
+    block_losses_ref,
     cholesky_upper_ref,
     damped,
     gptq_quantize,
@@ -23,6 +26,7 @@ from workbench.quant.gptq import (
     lazy_update_ref,
     quantize_columns,
     quantize_columns_ref,
+    search_scale,
     symmetric,
     upper_inverse_ref,
 )
@@ -164,6 +168,36 @@ def test_register_tile_equals_its_spec_with_negative_strides_and_mixed_types(dty
         untouched = np.ones(c.shape, bool)
         untouched[1:5, 3:11] = False
         assert np.array_equal(c1[untouched], c[untouched])
+
+
+@pytest.mark.parametrize("t", SCALE_TYPES)
+def test_block_scale_search_equals_its_spec_and_never_loses(t):
+    w, x = correlated(16, 64, 256, seed=4)
+    h = hessian(x)
+    u = inverse_cholesky(h, 0.01).astype(np.float32)
+    lay = code_layout(t)
+    levels = lay.levels[lay.order]
+    blk = quantize(np.ascontiguousarray(w[:, 32:]), t, imatrix=np.diag(h)[32:].astype(np.float32))
+    a, b = lay.affine(blk, 32)
+    ratio = np.array([1.0, 0.9, 0.97, 1.04, 1.12])[:, None] * np.ones(16)
+    A, B = a[:, 0] * ratio, b[:, 0] * ratio
+    A[2, 3] = B[2, 3] = 0.0                                     # a zero scale: every weight rounds to 0
+    losses = [np.full(A.shape, np.nan) for _ in range(2)]
+    block_losses(w, u, 32, 64, A, B, levels, losses[0])
+    block_losses_ref(w, u, 32, 64, A, B, levels, losses[1])
+    assert np.array_equal(losses[0], losses[1]) and np.isfinite(losses[0]).all()
+
+    def own_loss(bl):
+        aa, bb = lay.affine(bl, 32)
+        out = np.empty((1, 16))
+        block_losses(w, u, 32, 64, aa[None, :, 0], bb[None, :, 0], levels, out)
+        return out[0]
+
+    found = search_scale(blk, lay, w, u, 32, 64)
+    changed = (found != blk).any(axis=1)
+    assert np.array_equal(found[:, 2:], blk[:, 2:])                       # only the fp16 d can change
+    assert changed.any() and (own_loss(found)[changed] < own_loss(blk)[changed]).all()
+    assert np.array_equal(own_loss(found)[~changed], own_loss(blk)[~changed])
 
 
 @pytest.mark.parametrize("t", ["Q4_0", "Q5_1", "Q4_K", "Q3_K", "Q6_K", "IQ4_NL", "IQ4_XS"])
@@ -332,3 +366,30 @@ def test_gptq_checkpoint_model_holds_the_checkpoint_grid_and_its_size(toy_moe, c
                 want += 2 * int(np.prod(s.shape))
         assert ck.checkpoint_bytes == want and out.metadata["quantize.gptq.act_order"] == ao
         assert np.isfinite(load(dst, n_ctx=64).logits(np.arange(3, 20))).all()
+
+
+def test_gptq_checkpoint_folder_reads_back_as_the_model_measured(toy_moe, calibration, tmp_path):
+    """The checkpoint folder of a whole (toy MoE) model: read back and converted (as floats, and with --outtype
+    auto to Q4_1 blocks), its matrices are the very values of the F16 GGUF the KLD was measured on."""
+    from workbench.eval.gptq_checkpoint_model import gptq_checkpoint_model
+    from workbench.gguf import read_gguf
+    from workbench.hf.gptq_checkpoint import read_gptq_checkpoint
+    from workbench.hf.gptq_gguf import convert_gptq
+
+    dst, folder = tmp_path / "ck.gguf", tmp_path / "gptq"
+    ck = gptq_checkpoint_model(toy_moe, dst, calibration, bits=4, group_size=32, n_ctx=64, n_chunks=4,
+                               progress=False, checkpoint_dir=folder)
+    cfg, linears, others = read_gptq_checkpoint(folder)
+    assert (cfg.bits, cfg.group_size, cfg.desc_act, cfg.sym) == (4, 32, False, False)
+    assert any(".experts.3.w2" in p for p in linears) and "model.embed_tokens.weight" in others
+    floats, _ = convert_gptq(folder, tmp_path / "f16.gguf", outtype="f16", progress=False)
+    q4, report = convert_gptq(folder, tmp_path / "q4.gguf", progress=False)
+    assert len(report) == len(linears) and all(r["how"] == "exact" for r in report)
+    with read_gguf(dst) as want, read_gguf(floats) as got, read_gguf(q4) as q:
+        for name in set(ck.report.name) | {"token_embd.weight"}:
+            assert np.array_equal(np.asarray(got.tensor(name).data), np.asarray(want.tensor(name).data)), name
+        for name in ("blk.0.attn_q.weight", "blk.1.ffn_down_exps.weight"):
+            t = q.tensor(name)
+            n_in = t.shape[-1]
+            deq = dequantize(np.asarray(t.data).reshape(-1, n_in // 32 * 20), "Q4_1", n_in).astype(np.float16)
+            assert np.array_equal(deq.reshape(t.shape), want.tensor(name).numpy()), name

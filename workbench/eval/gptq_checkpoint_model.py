@@ -7,6 +7,10 @@ is written as an F16 GGUF of the dequantized weights: float16 of each checkpoint
 the fp16 weight AutoGPTQ / GPTQModel dequantize to, so the perplexity and KLD of that file are the checkpoint's.
 token_embd, the norms and output.weight stay as in the source (AutoGPTQ leaves the embeddings and lm_head float).
 
+A 4-bit, group-32, asymmetric checkpoint without act-order takes the scales that make it ggml Q4_1 blocks exactly
+(gptq_tensor's q4_1_exact). With `checkpoint_dir` the checkpoint itself is written too, as a GPTQ v1 folder (workbench.hf.gptq_write): what
+`convert` reads back (a 4-bit group-32 one, to Q4_1 blocks with the same values).
+
 The report gives the checkpoint's own size, what a user downloads: qweight, qzeros, scales and g_idx of every
 quantized matrix, the other tensors in fp16.
 """
@@ -24,7 +28,8 @@ from workbench.gguf import GGUFValueType as VT
 from workbench.gguf import TensorInfo
 from workbench.gguf.constants import GGMLType, LlamaFileType
 from workbench.gguf.writer import GGUFWriter
-from workbench.hf.gptq_write import gptq_tensor
+from workbench.hf.gptq_checkpoint import GPTQConfig
+from workbench.hf.gptq_write import gptq_tensor, write_checkpoint_folder
 from workbench.llama import load
 from workbench.llama.weights import Weight
 from workbench.quant.gptq import SHRINK
@@ -50,9 +55,11 @@ def packed_bytes(t) -> int:
 
 def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_size: int = 128,
                           act_order: bool = False, sym: bool = False, damp: float = 0.01, shrink: float = SHRINK,
-                          n_ctx: int = 512, n_chunks: int | None = 32, progress: bool = True) -> CheckpointModel:
+                          n_ctx: int = 512, n_chunks: int | None = 32, progress: bool = True,
+                          checkpoint_dir=None) -> CheckpointModel:
     """Quantize every matrix of the float GGUF `src`'s blocks onto the GPTQ checkpoint grid (bits 2/3/4/8,
-    group_size or -1, act-order / desc_act, sym) and write the dequantized model to the F16 GGUF `dst`."""
+    group_size or -1, act-order / desc_act, sym) and write the dequantized model to the F16 GGUF `dst` (and the
+    checkpoint folder to `checkpoint_dir` when given)."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise QuantizeError(f"destination {dst} is the source file: choose another output path")
@@ -64,8 +71,10 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
         raise QuantizeError(f"{bad[0]} is {by_name[bad[0]].type.name}: a GPTQ checkpoint is made from float weights "
                             f"(F32, F16, BF16); convert the model to F16 first")
     x = calibration_inputs(model, calibration, n_ctx, n_chunks)
+    q4_1 = bits == 4 and group_size == 32 and not sym and not act_order     # scales that convert to Q4_1 exactly
     done: dict[str, np.ndarray] = {}
     packed: dict[str, int] = {}
+    kept: dict[str, list] = {}
     report = []
 
     def quantize_matrix(w: Weight, attr: str, hs) -> Weight:
@@ -77,10 +86,12 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
             if h is None:
                 raise QuantizeError(f"{name}: no calibration token reached it (an expert the router never "
                                     f"chose): use a longer or more varied calibration text")
-            t = gptq_tensor(np.ascontiguousarray(full[part]), h, bits, group_size,
-                            sym=sym, act_order=act_order, damp=damp, shrink=shrink, name=name)
+            t = gptq_tensor(np.ascontiguousarray(full[part]), h, bits, group_size, sym=sym, act_order=act_order,
+                            damp=damp, shrink=shrink, name=name, q4_1_exact=q4_1)
             out[part] = t.dequantize().astype(np.float16)
             packed[w.name] += packed_bytes(t)
+            if checkpoint_dir is not None:
+                kept.setdefault(w.name, []).append(t)
             seen.append(n_rows)
         gf.release(by_name[w.name])
         done[w.name] = out
@@ -100,6 +111,9 @@ def gptq_checkpoint_model(src, dst, calibration: str, *, bits: int = 4, group_si
         for t in gf.tensors:
             wr.write_tensor(t.name, done.get(t.name, t.data))
     gf.close()
+    if checkpoint_dir is not None:
+        write_checkpoint_folder(dst, checkpoint_dir, GPTQConfig(bits, group_size, bool(act_order), bool(sym), damp),
+                                kept)
     return CheckpointModel(dst, ckpt, n_params, pd.DataFrame(report))
 
 

@@ -291,15 +291,29 @@ def export_hf(gguf_path, out_dir, dtype: str = "f16", max_shard_bytes: int = 5 *
         out.mkdir(parents=True, exist_ok=True)
         write_sharded(out, tensors, max_shard_bytes, metadata={"format": "pt"})
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
-        gen.update({hf: (_f32(md[k]) if isinstance(md[k], float) else md[k])
-                    for k, hf in SAMPLING_TO_GENERATION.items() if k in md})
-        (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-        (out / "tokenizer_config.json").write_text(
-            json.dumps(tokenizer_config(md, spm is not None), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if tok_json is not None:
-            (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
-        if spm is not None:
-            (out / "tokenizer.model").write_bytes(spm)
-        (out / "README.md").write_text(model_card(md), encoding="utf-8")
+        write_side_files(gf, cfg, out, tok_json, spm)
     return out
+
+
+def write_side_files(gf: GGUFFile, cfg: dict, out: Path, tok_json=None, spm=None) -> None:
+    """What a Hugging Face folder holds besides its weights and config.json: generation_config.json, the
+    tokenizer (tokenizer.model for SentencePiece, tokenizer.json for BPE; built from the GGUF's vocabulary
+    unless given) and README.md."""
+    md = gf.metadata
+    if tok_json is None and spm is None:
+        model = md.get(K.MODEL)
+        if model not in ("llama", "gpt2"):
+            raise ExportError(f"{gf.path}: tokenizer model {model!r} cannot be exported (llama or gpt2 only)")
+        tok_json = tokenizer_json(md) if model == "gpt2" else None
+        spm = sentencepiece_model(md) if model == "llama" else None
+    gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}
+    gen.update({hf: (_f32(md[k]) if isinstance(md[k], float) else md[k])
+                for k, hf in SAMPLING_TO_GENERATION.items() if k in md})
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config(md, spm is not None), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if tok_json is not None:
+        (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
+    if spm is not None:
+        (out / "tokenizer.model").write_bytes(spm)
+    (out / "README.md").write_text(model_card(md), encoding="utf-8")

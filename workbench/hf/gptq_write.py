@@ -11,16 +11,25 @@ feedback used (AutoGPTQ rounds with the float32 scale and stores its fp16). A re
 v1 format cannot hold 0 (workbench.hf.gptq_checkpoint.GPTQTensor.from_codes). `q4_1_exact=True` (4 bits,
 group 32, asymmetric, no act-order) also moves each scale to the nearest fp16 value whose Q4_1 conversion is
 exact (q4_1_exact_scales), so the checkpoint converts to GGUF Q4_1 blocks without a change of value.
+
+write_checkpoint_folder writes a whole model's tensors as a GPTQ v1 folder under their Hugging Face names.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from workbench.gguf import read_gguf
+from workbench.hf.export import hf_config, hf_tensors, write_side_files
 from workbench.hf.gptq_checkpoint import (
     GPTQCheckpointError,
+    GPTQConfig,
     GPTQTensor,
     q4_1_exact_scales,
+    write_gptq_checkpoint,
 )
+from workbench.hf.names import hf_name, unpermute_qk
 from workbench.quant.gptq import SHRINK, check_hessian, prepare, run_columns
 
 
@@ -83,3 +92,38 @@ def gptq_tensor(w: np.ndarray, h: np.ndarray, bits: int, group_size: int = 128, 
     g_idx = np.empty(n, np.int32)
     g_idx[perm] = np.arange(n) // group
     return GPTQTensor.from_codes(final, scales, zeros, g_idx, bits, group_size, name=name)
+
+
+def rows_taken(t: GPTQTensor, idx: np.ndarray, name: str) -> GPTQTensor:
+    """t with its output rows in the order idx (row i of the result is row idx[i] of t), renamed."""
+    return GPTQTensor.from_codes(t.codes()[idx], t.scales[:, idx], t.zeros()[:, idx], t.g_idx, t.bits, t.group_size,
+                                 None if t.bias is None else t.bias[idx], name=name)
+
+
+def write_checkpoint_folder(gguf_path, out_dir, config: GPTQConfig, tensors: dict[str, list[GPTQTensor]]) -> Path:
+    """A GPTQ v1 folder for the model of the float GGUF `gguf_path` whose matrices `tensors` holds as GPTQ
+    tensors (GGUF name -> one per matrix, one per expert for a stack; rows in GGUF order): the linears under their
+    Hugging Face names, q/k rows back in HF order, every other tensor float16 from the GGUF, config.json with the
+    quantization_config, quantize_config.json, the tokenizer and generation config. Returns out_dir."""
+    out = Path(out_dir)
+    with read_gguf(gguf_path) as gf:
+        cfg = hf_config(gf)
+        cfg["torch_dtype"] = "float16"
+        floats = hf_tensors(gf, cfg, "f16")
+        heads = {"q_proj": (cfg["num_attention_heads"],) * 2,
+                 "k_proj": (cfg["num_attention_heads"], cfg["num_key_value_heads"])}
+        linears: dict[str, GPTQTensor] = {}
+        for gname, parts in tensors.items():
+            hf = hf_name(gname)
+            for x, t in enumerate(parts):
+                name = hf.format(xid=x) if "{xid}" in hf else hf
+                prefix = name[:-len(".weight")]
+                h = heads.get(prefix.rsplit(".", 1)[-1])
+                idx = unpermute_qk(np.arange(t.out_features), *h) if h else np.arange(t.out_features)
+                linears[prefix] = rows_taken(t, idx, prefix)
+                floats.pop(name)
+        others = {n: lz.load() for n, lz in floats.items()}
+        out.mkdir(parents=True, exist_ok=True)
+        write_side_files(gf, cfg, out)
+    write_gptq_checkpoint(out, config, linears, others, hf_config=cfg)
+    return out
