@@ -11,7 +11,7 @@ from workbench.quant import dequantize, quantize
 from workbench.quant.code_bits import CodeLayoutError, code_layout
 from workbench.quant.gptq import (
     GPTQError,
-    SCALE_TYPES,
+    D_OFFSET,
     _cholesky_upper,
     _upper_inverse_rows,
     accumulate_hessian,
@@ -26,6 +26,7 @@ from workbench.quant.gptq import (
     lazy_update_ref,
     quantize_columns,
     quantize_columns_ref,
+    scale_field,
     search_scale,
     symmetric,
     upper_inverse_ref,
@@ -170,32 +171,37 @@ def test_register_tile_equals_its_spec_with_negative_strides_and_mixed_types(dty
         assert np.array_equal(c1[untouched], c[untouched])
 
 
-@pytest.mark.parametrize("t", SCALE_TYPES)
+@pytest.mark.parametrize("t", sorted(D_OFFSET))
 def test_block_scale_search_equals_its_spec_and_never_loses(t):
-    w, x = correlated(16, 64, 256, seed=4)
+    off, scale_b = scale_field(t)
+    assert scale_b == (t not in ("Q4_1", "Q5_1", "Q2_K"))                  # a separate min stays put
+    w, x = correlated(16, 512, 1024, seed=4)
     h = hessian(x)
     u = inverse_cholesky(h, 0.01).astype(np.float32)
     lay = code_layout(t)
     levels = lay.levels[lay.order]
-    blk = quantize(np.ascontiguousarray(w[:, 32:]), t, imatrix=np.diag(h)[32:].astype(np.float32))
-    a, b = lay.affine(blk, 32)
+    bs = lay.type.block_size
+    j0, j1 = 256, 256 + bs
+    blk = quantize(np.ascontiguousarray(w[:, j0:j1]), t, imatrix=np.diag(h)[j0:j1].astype(np.float32))
+    a, b = lay.affine(blk, bs)
     ratio = np.array([1.0, 0.9, 0.97, 1.04, 1.12])[:, None] * np.ones(16)
-    A, B = a[:, 0] * ratio, b[:, 0] * ratio
-    A[2, 3] = B[2, 3] = 0.0                                     # a zero scale: every weight rounds to 0
-    losses = [np.full(A.shape, np.nan) for _ in range(2)]
-    block_losses(w, u, 32, 64, A, B, levels, losses[0])
-    block_losses_ref(w, u, 32, 64, A, B, levels, losses[1])
+    ratio[2, 3] = 0.0                                           # a zero scale: every weight rounds to b
+    losses = [np.full(ratio.shape, np.nan) for _ in range(2)]
+    block_losses(w, u, j0, j1, a, b, ratio, scale_b, levels, losses[0])
+    block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, levels, losses[1])
     assert np.array_equal(losses[0], losses[1]) and np.isfinite(losses[0]).all()
 
     def own_loss(bl):
-        aa, bb = lay.affine(bl, 32)
+        aa, bb = lay.affine(bl, bs)
         out = np.empty((1, 16))
-        block_losses(w, u, 32, 64, aa[None, :, 0], bb[None, :, 0], levels, out)
+        block_losses(w, u, j0, j1, aa, bb, np.ones((1, 16)), scale_b, levels, out)
         return out[0]
 
-    found = search_scale(blk, lay, w, u, 32, 64)
+    found = search_scale(blk, lay, w, u, j0, j1)
     changed = (found != blk).any(axis=1)
-    assert np.array_equal(found[:, 2:], blk[:, 2:])                       # only the fp16 d can change
+    keep = np.ones(found.shape[1], bool)
+    keep[off:off + 2] = False
+    assert np.array_equal(found[:, keep], blk[:, keep])                    # only the fp16 d can change
     assert changed.any() and (own_loss(found)[changed] < own_loss(blk)[changed]).all()
     assert np.array_equal(own_loss(found)[~changed], own_loss(blk)[~changed])
 

@@ -139,7 +139,7 @@ def _write_codes(out, codes, col, bit):
                 out[r, col[p, k]] = np.uint8((v | m) if (c >> k) & 1 else (v & (0xFF ^ m)))
 
 
-def _probe_blocks(t: GGMLType) -> np.ndarray:
+def probe_blocks(t: GGMLType) -> np.ndarray:
     rng = np.random.default_rng(PROBE_SEED)
     x = rng.standard_normal((PROBE_ROWS, t.block_size)).astype(np.float32)
     imatrix = (rng.random(t.block_size) + 0.5).astype(np.float32) if getattr(
@@ -154,7 +154,7 @@ def code_layout(type_) -> CodeLayout:
     if t.block_size == 1:
         raise CodeLayoutError(f"{t.name} is a float type: no codes")
     n = t.block_size
-    blocks = _probe_blocks(t)
+    blocks = probe_blocks(t)
     base = dequantize(blocks, t, n)
     owner = np.full(8 * t.type_size, -2)                 # -2: changes nothing, -1: a scale bit, else weight
     spread = np.zeros(8 * t.type_size, np.int64)         # how many weights of a block a flip of the bit changed

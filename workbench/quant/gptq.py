@@ -22,13 +22,15 @@ element's sums in one sequence), so the same inputs give the same bytes on every
 """
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from numba import njit, prange
 
 from workbench.cpu.tile import MR, NR, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
-from workbench.quant.code_bits import CodeLayout, code_layout
+from workbench.quant.code_bits import CodeLayout, CodeLayoutError, code_layout, probe_blocks
 from workbench.quant.formats import parse_type
 
 
@@ -313,42 +315,78 @@ def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1
 
 # ------------------------------------------------------------------------------------ the block's scale
 
-SCALE_TYPES = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL")   # one fp16 d, first in the block; a = d * c, b = d * c'
+# where each type keeps the fp16 d that multiplies all its weights (ggml-common.h: block_q4_0 ... block_iq4_xs).
+# Q4_K, Q5_K and Q6_K are left out: their own searches (make_qkx3_quants, make_qx_quants with many tries) leave
+# nothing to gain on the super-block's d (1 row of 128 changed on a correlated test matrix, against 51 for IQ4_XS
+# and 77 for Q3_K), and they are most of a k-quant model's tensors
+D_OFFSET = {"Q4_0": 0, "Q4_1": 0, "Q5_0": 0, "Q5_1": 0, "Q8_0": 0, "IQ4_NL": 0, "Q2_K": 80, "Q3_K": 108,
+            "IQ4_XS": 0}
 SCALE_STEPS = 12                                   # candidate scales each side of the format's own ...
 SCALE_SPAN = 0.15                                  # ... spread over +-15% of it
+SEGMENT = 32                                       # columns whose feedback block_losses follows (a sub-block)
+
+
+@cache
+def scale_field(type_) -> tuple[int, bool] | None:
+    """(byte offset of the block's fp16 d, whether b scales with it) for a type whose every weight is
+    d * (a per-weight factor) * level + b, b either proportional to d or independent of it (a separate min),
+    checked on the format's probe blocks: doubling d doubles every a; None for the other types."""
+    t = parse_type(type_)
+    off = D_OFFSET.get(t.name)
+    if off is None:
+        return None
+    layout = code_layout(t)
+    blocks = probe_blocks(t)
+    a, b = layout.affine(blocks, t.block_size)
+    twice = blocks.copy()
+    d = twice[:, off:off + 2].copy().view(np.float16)
+    twice[:, off:off + 2] = (d * np.float16(2)).view(np.uint8)
+    a2, b2 = layout.affine(twice, t.block_size)
+    if not np.allclose(a2, 2 * a, rtol=1e-6, atol=0):
+        raise CodeLayoutError(f"{t.name}: bytes {off}..{off + 1} are not the scale d of every weight")
+    if np.allclose(b2, 2 * b, rtol=1e-6, atol=0):
+        return off, True
+    if np.allclose(b2, b, rtol=1e-6, atol=0):
+        return off, False
+    raise CodeLayoutError(f"{t.name}: b is neither proportional to d nor independent of it")
 
 
 @njit(parallel=True, cache=True)
-def block_losses(w, u, j0, j1, A, B, sorted_levels, loss):
+def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
     """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
-    time to the nearest level of the grid A[k, r] * level + B[k, r] with error feedback inside the block (as
-    quantize_columns rounds them), for each candidate grid k."""
-    K, rows = A.shape
+    time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
+    scale_b), with error feedback inside each SEGMENT of columns (as quantize_columns rounds them; a segment's
+    updates to the next ones are left out: they cost SEGMENT x more and move little)."""
+    K, rows = ratio.shape
     n = j1 - j0
     ident = np.arange(len(sorted_levels))
     for r in prange(rows):
         x = np.empty(n, np.float32)
         for k in range(K):
-            a, b = A[k, r], B[k, r]
+            f = ratio[k, r]
+            fb = f if scale_b else 1.0
             for j in range(n):
                 x[j] = w[r, j0 + j]
             s = 0.0
             for j in range(n):
                 v = x[j]
-                lev = sorted_levels[_nearest_code((v - b) / a, sorted_levels, ident)] if a != 0.0 else 0.0
-                g = (v - np.float32(a * lev + b)) / u[j0 + j, j0 + j]
+                aj, bj = a[r, j] * f, b[r, j] * fb
+                lev = sorted_levels[_nearest_code((v - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
+                g = (v - np.float32(aj * lev + bj)) / u[j0 + j, j0 + j]
                 s += np.float64(g) * g
-                for m in range(j + 1, n):
+                for m in range(j + 1, min(n, (j // SEGMENT + 1) * SEGMENT)):
                     x[m] -= g * u[j0 + j, j0 + m]
             loss[k, r] = s
 
 
-def block_losses_ref(w, u, j0, j1, A, B, sorted_levels, loss):
+def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
     """numpy spec of block_losses (every row and candidate at once)."""
-    x = np.broadcast_to(w[:, j0:j1], A.shape + (j1 - j0,)).astype(np.float32)
-    live = A != 0.0
+    n = j1 - j0
+    x = np.broadcast_to(w[:, j0:j1], ratio.shape + (n,)).astype(np.float32)
     loss[:] = 0.0
-    for j in range(j1 - j0):
+    for j in range(n):
+        A, B = a[:, j] * ratio, b[:, j] * (ratio if scale_b else 1.0)
+        live = A != 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(live, (x[..., j] - B) / np.where(live, A, 1.0), 0.0)
         hi = np.clip(np.searchsorted(sorted_levels, t, side="right"), 1, len(sorted_levels) - 1)
@@ -356,28 +394,30 @@ def block_losses_ref(w, u, j0, j1, A, B, sorted_levels, loss):
         lev = np.where(live, sorted_levels[np.where(t - sorted_levels[lo] <= sorted_levels[hi] - t, lo, hi)], 0.0)
         g = (x[..., j] - (A * lev + B).astype(np.float32)) / u[j0 + j, j0 + j]
         loss += g.astype(np.float64) ** 2
-        x[..., j + 1:] -= g[..., None] * u[j0 + j, j0 + j + 1:j1]
+        end = min(n, (j // SEGMENT + 1) * SEGMENT)
+        x[..., j + 1:end] -= g[..., None] * u[j0 + j, j0 + j + 1:j0 + end]
 
 
 def search_scale(blk: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray, j0: int, j1: int) -> np.ndarray:
-    """blk (one block per row of a SCALE_TYPES type, as its quantizer chose it for w[:, j0:j1]) with each row's
-    fp16 d replaced by the candidate (d itself, or d times 1 +- k/SCALE_STEPS * SCALE_SPAN, rounded to fp16)
-    whose grid gives the least block_losses. The format's scale search assumes plain rounding; under GPTQ the
-    columns are rounded with feedback, and another scale of the same grid may then lose less."""
+    """blk (one block per row, as the format's quantizer chose it for w[:, j0:j1]; a type with a scale_field)
+    with each row's fp16 d replaced by the candidate (d itself, or d times 1 +- k/SCALE_STEPS * SCALE_SPAN,
+    rounded to fp16) whose grid gives the least block_losses. The format's scale search assumes plain rounding;
+    under GPTQ the columns are rounded with feedback, and another scale of the same grid may then lose less."""
+    off, scale_b = scale_field(layout.type)
     sorted_levels = layout.levels[layout.order]
     a, b, _ = _grids(layout, blk, j1 - j0)
-    d = blk[:, :2].copy().view(np.float16)[:, 0].astype(np.float64)
+    d = blk[:, off:off + 2].copy().view(np.float16)[:, 0].astype(np.float64)
     steps = np.arange(-SCALE_STEPS, SCALE_STEPS + 1)
     f = np.concatenate([[1.0], 1.0 + SCALE_SPAN * steps[steps != 0] / SCALE_STEPS])   # own scale first: wins ties
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         dk = (d[None, :] * f[:, None]).astype(np.float16).astype(np.float64)
         ratio = np.where(np.isfinite(dk) & (d != 0.0), dk / np.where(d != 0.0, d, 1.0), 1.0)
     loss = np.empty(ratio.shape)
-    block_losses(w, u, j0, j1, a[:, 0] * ratio, b[:, 0] * ratio, sorted_levels, loss)
+    block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss)
     best = np.argmin(loss, axis=0)
     out = blk.copy()
     pick = ratio[best, np.arange(len(d))] != 1.0
-    out[pick, :2] = dk[best, np.arange(len(d))][pick].astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[pick, off:off + 2] = dk[best, np.arange(len(d))][pick].astype(np.float16).view(np.uint8).reshape(-1, 2)
     return out
 
 
@@ -516,7 +556,7 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
         if not act_order:
             blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
-            if t.name in SCALE_TYPES:
+            if scale_field(t) is not None:
                 blk = search_scale(blk, layout, work, u, j0, j1)
             out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
             a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
