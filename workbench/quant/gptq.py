@@ -356,27 +356,33 @@ def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
     """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
     time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
     scale_b), with error feedback inside each SEGMENT of columns (as quantize_columns rounds them; a segment's
-    updates to the next ones are left out: they cost SEGMENT x more and move little)."""
+    updates to the next ones are left out: they cost SEGMENT x more and move little). The candidates of a row
+    go side by side (x[m, k]: the feedback updates are vectors over k)."""
     K, rows = ratio.shape
     n = j1 - j0
     ident = np.arange(len(sorted_levels))
     for r in prange(rows):
-        x = np.empty(n, np.float32)
-        for k in range(K):
-            f = ratio[k, r]
-            fb = f if scale_b else 1.0
-            for j in range(n):
-                x[j] = w[r, j0 + j]
-            s = 0.0
-            for j in range(n):
-                v = x[j]
-                aj, bj = a[r, j] * f, b[r, j] * fb
+        x = np.empty((n, K), np.float32)
+        g = np.empty(K, np.float32)
+        s = np.zeros(K)
+        for j in range(n):
+            for k in range(K):
+                x[j, k] = w[r, j0 + j]
+        for j in range(n):
+            d = u[j0 + j, j0 + j]
+            for k in range(K):
+                v = x[j, k]
+                f = ratio[k, r]
+                aj, bj = a[r, j] * f, b[r, j] * (f if scale_b else 1.0)
                 lev = sorted_levels[_nearest_code((v - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
-                g = (v - np.float32(aj * lev + bj)) / u[j0 + j, j0 + j]
-                s += np.float64(g) * g
-                for m in range(j + 1, min(n, (j // SEGMENT + 1) * SEGMENT)):
-                    x[m] -= g * u[j0 + j, j0 + m]
-            loss[k, r] = s
+                g[k] = (v - np.float32(aj * lev + bj)) / d
+                s[k] += np.float64(g[k]) * g[k]
+            for m in range(j + 1, min(n, (j // SEGMENT + 1) * SEGMENT)):
+                um = u[j0 + j, j0 + m]
+                for k in range(K):
+                    x[m, k] -= g[k] * um
+        for k in range(K):
+            loss[k, r] = s[k]
 
 
 def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
