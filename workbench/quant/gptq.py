@@ -12,9 +12,11 @@ block). What is new here is the rounding: each column is rounded on the grid of 
 When the first column of a block comes up, the block's scales are chosen by the format's own quantizer (its scale
 search and importance weighting, on the weights as the error feedback has left them), and from then on each
 column of the block is rounded to the nearest value those scales allow (workbench.quant.code_bits gives every
-weight's value as a * level[code] + b). The result is an ordinary block of the type: llama.cpp reads it as any
-other. With act_order the columns go by decreasing H[j, j]; the blocks' scales are then fixed up front from the
-original weights (GPTQ's static groups), since a block's columns no longer come up together.
+weight's value as a * level[code] + b); for the 32-weight types the block's fp16 scale is first moved to the
+one, of the format's own and 24 others within +-15%, that gives the least GPTQ loss over the block's columns
+(search_scale). The result is an ordinary block of the type: llama.cpp reads it as any other. With act_order the
+columns go by decreasing H[j, j]; the blocks' scales are then fixed up front from the original weights (GPTQ's
+static groups), since a block's columns no longer come up together.
 
 Every floating-point operation runs in a fixed order (numba kernels without fastmath, rows in parallel, each
 element's sums in one sequence), so the same inputs give the same bytes on every host; no BLAS or LAPACK call
@@ -322,7 +324,6 @@ def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1
 D_OFFSET = {"Q4_0": 0, "Q4_1": 0, "Q5_0": 0, "Q5_1": 0, "Q8_0": 0, "IQ4_NL": 0}
 SCALE_STEPS = 12                                   # candidate scales each side of the format's own ...
 SCALE_SPAN = 0.15                                  # ... spread over +-15% of it
-SEGMENT = 32                                       # columns whose feedback block_losses follows (a sub-block)
 
 
 @cache
@@ -354,9 +355,8 @@ def scale_field(type_) -> tuple[int, bool] | None:
 def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
     """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
     time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
-    scale_b), with error feedback inside each SEGMENT of columns (as quantize_columns rounds them; a segment's
-    updates to the next ones are left out: they cost SEGMENT x more and move little). The candidates of a row
-    go side by side (x[m, k]: the feedback updates are vectors over k)."""
+    scale_b), with error feedback inside the block (as quantize_columns rounds them). The candidates of a row go
+    side by side (x[m, k]: the feedback updates are vectors over k)."""
     K, rows = ratio.shape
     n = j1 - j0
     ident = np.arange(len(sorted_levels))
@@ -376,7 +376,7 @@ def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
                 lev = sorted_levels[_nearest_code((v - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
                 g[k] = (v - np.float32(aj * lev + bj)) / d
                 s[k] += np.float64(g[k]) * g[k]
-            for m in range(j + 1, min(n, (j // SEGMENT + 1) * SEGMENT)):
+            for m in range(j + 1, n):
                 um = u[j0 + j, j0 + m]
                 for k in range(K):
                     x[m, k] -= g[k] * um
@@ -399,8 +399,7 @@ def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
         lev = np.where(live, sorted_levels[np.where(t - sorted_levels[lo] <= sorted_levels[hi] - t, lo, hi)], 0.0)
         g = (x[..., j] - (A * lev + B).astype(np.float32)) / u[j0 + j, j0 + j]
         loss += g.astype(np.float64) ** 2
-        end = min(n, (j // SEGMENT + 1) * SEGMENT)
-        x[..., j + 1:end] -= g[..., None] * u[j0 + j, j0 + j + 1:j0 + end]
+        x[..., j + 1:] -= g[..., None] * u[j0 + j, j0 + j + 1:j1]
 
 
 def search_scale(blk: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray, j0: int, j1: int) -> np.ndarray:
