@@ -197,7 +197,9 @@ def test_block_scale_search_equals_its_spec_and_never_loses(t):
         block_losses(w, u, j0, j1, aa, bb, np.ones((1, 16)), scale_b, levels, out)
         return out[0]
 
-    found = search_scale(blk, lay, w, u, j0, j1)
+    found, fa, fb = search_scale(blk, a, b, lay, w, u, j0, j1)
+    ra, rb = lay.affine(found, bs)
+    assert np.array_equal(fa, ra) and np.array_equal(fb, rb)               # the grid of the bytes returned
     changed = (found != blk).any(axis=1)
     keep = np.ones(found.shape[1], bool)
     keep[off:off + 2] = False

@@ -560,7 +560,7 @@ def q4_1_exact_scales(scale_f16, zero) -> np.ndarray:
 
 def q4_1_mismatch(t: GPTQTensor) -> str | None:
     """Why `t` cannot be turned into ggml Q4_1 blocks exactly (None: it can, see to_q4_1_blocks)."""
-    return _q4_1(t)[1]
+    return q4_1_conversion(t)[1]
 
 
 def to_q4_1_blocks(t: GPTQTensor) -> np.ndarray | None:
@@ -570,10 +570,10 @@ def to_q4_1_blocks(t: GPTQTensor) -> np.ndarray | None:
     so that dequantize_row_q4_1's d*q + m equals GPTQTensor.dequantize() bit for bit. None when that is not
     so: another layout, or a block whose -scale*zero is not an fp16 value (q4_1_mismatch says which); the
     caller then requantizes. q4_1_exact_scales gives scales that always convert."""
-    return _q4_1(t)[0]
+    return q4_1_conversion(t)[0]
 
 
-def _q4_1(t: GPTQTensor) -> tuple[np.ndarray | None, str | None]:
+def q4_1_conversion(t: GPTQTensor) -> tuple[np.ndarray | None, str | None]:
     if t.bits != 4 or t.group_size != Q4_1_QK:
         return None, f"{t.name}: bits {t.bits}, group_size {t.group_size}; Q4_1 needs 4 bits, group size 32"
     if not np.array_equal(t.g_idx, default_g_idx(t.in_features, Q4_1_QK)):

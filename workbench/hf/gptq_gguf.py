@@ -27,9 +27,8 @@ from workbench.hf.gptq_checkpoint import (
     QUANTIZE_CONFIG,
     GPTQCheckpointError,
     GPTQTensor,
-    q4_1_mismatch,
+    q4_1_conversion,
     read_gptq_checkpoint,
-    to_q4_1_blocks,
 )
 from workbench.quant import quantize
 
@@ -63,11 +62,11 @@ class _Source:
 
 def _blocks(t: GPTQTensor, target: GGMLType, report: list[dict], name: str) -> Callable[[], np.ndarray]:
     def run() -> np.ndarray:
-        exact = to_q4_1_blocks(t) if target == GGMLType.Q4_1 else None
+        exact, why = q4_1_conversion(t) if target == GGMLType.Q4_1 else \
+            (None, f"{t.name}: {t.bits}-bit codes have no exact ggml grid")
         if exact is not None:
             report.append({"name": name, "type": target.name, "how": "exact", "why": ""})
             return exact
-        why = q4_1_mismatch(t) if target == GGMLType.Q4_1 else f"{t.name}: {t.bits}-bit codes have no exact ggml grid"
         report.append({"name": name, "type": target.name, "how": "requantized", "why": why})
         return quantize(np.ascontiguousarray(t.dequantize(), np.float32), target)
     return run

@@ -402,14 +402,16 @@ def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
         x[..., j + 1:] -= g[..., None] * u[j0 + j, j0 + j + 1:j1]
 
 
-def search_scale(blk: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray, j0: int, j1: int) -> np.ndarray:
-    """blk (one block per row, as the format's quantizer chose it for w[:, j0:j1]; a type with a scale_field)
-    with each row's fp16 d replaced by the candidate (d itself, or d times 1 +- k/SCALE_STEPS * SCALE_SPAN,
-    rounded to fp16) whose grid gives the least block_losses. The format's scale search assumes plain rounding;
-    under GPTQ the columns are rounded with feedback, and another scale of the same grid may then lose less."""
+def search_scale(blk: np.ndarray, a: np.ndarray, b: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray,
+                 j0: int, j1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """blk (one block per row, as the format's quantizer chose it for w[:, j0:j1]; a type with a scale_field) and
+    its grid (a, b) -> the same with each row's fp16 d replaced by the candidate (d itself, or d times
+    1 +- k/SCALE_STEPS * SCALE_SPAN, rounded to fp16) whose grid gives the least block_losses; the rows whose d
+    moved have their grid read again from their bytes (the codes do not move). The format's scale search assumes
+    plain rounding; under GPTQ the columns are rounded with feedback, and another scale of the same grid may then
+    lose less."""
     off, scale_b = scale_field(layout.type)
     sorted_levels = layout.levels[layout.order]
-    a, b, _ = _grids(layout, blk, j1 - j0)
     d = blk[:, off:off + 2].copy().view(np.float16)[:, 0].astype(np.float64)
     steps = np.arange(-SCALE_STEPS, SCALE_STEPS + 1)
     f = np.concatenate([[1.0], 1.0 + SCALE_SPAN * steps[steps != 0] / SCALE_STEPS])   # own scale first: wins ties
@@ -419,10 +421,12 @@ def search_scale(blk: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarr
     loss = np.empty(ratio.shape)
     block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss)
     best = np.argmin(loss, axis=0)
-    out = blk.copy()
+    out, a, b = blk.copy(), a.copy(), b.copy()
     pick = ratio[best, np.arange(len(d))] != 1.0
     out[pick, off:off + 2] = dk[best, np.arange(len(d))][pick].astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return out
+    if pick.any():
+        a[pick], b[pick] = layout.affine(out[pick], j1 - j0)
+    return out, a, b
 
 
 LAZY_COLS = 256    # columns of u one task's rows sweep at a time
@@ -560,10 +564,11 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
         if not act_order:
             blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
+            ga, gb, codes[:, j0:j1] = _grids(layout, blk, bs)
             if scale_field(t) is not None:
-                blk = search_scale(blk, layout, work, u, j0, j1)
+                blk, ga, gb = search_scale(blk, ga, gb, layout, work, u, j0, j1)
             out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
-            a[:, j0:j1], b[:, j0:j1], codes[:, j0:j1] = _grids(layout, blk, bs)
+            a[:, j0:j1], b[:, j0:j1] = ga, gb
 
     run_columns(work, u, a, b, codes, levels, order, step, unit, block_start)
     if not natural:
