@@ -4,9 +4,10 @@ refused before anything is written."""
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 import pytest
 
-from workbench.cpu.tile import tile, tile_ref
+from workbench.cpu.tile import MR, NR, gram_add, tile, tile_ref
 from workbench.quant import dequantize, quantize
 from workbench.quant.code_bits import CodeLayoutError, code_layout
 from workbench.quant.gptq import (
@@ -29,6 +30,7 @@ from workbench.quant.gptq import (
     scale_field,
     search_scale,
     symmetric,
+    uniform_top,
     upper_inverse_ref,
 )
 
@@ -95,6 +97,29 @@ def test_formats_with_shared_codes_have_no_layout(t):
         code_layout(t)
 
 
+@pytest.mark.parametrize("t", ["Q4_0", "Q5_1", "Q8_0", "Q2_K", "Q6_K", "IQ4_NL"])
+def test_the_uniform_search_finds_the_binary_searchs_level(t):
+    """_nearest_step on the grids i / top picks what _nearest_code picks, at every level, every midpoint (ties go
+    down) and one float64 step either side of them, beyond both ends, and on random values; IQ4_NL's table is
+    not uniform and keeps the binary search."""
+    from workbench.quant.gptq import _nearest_code, _nearest_step
+
+    lay = code_layout(t)
+    levels = lay.levels[lay.order]
+    top = uniform_top(levels)
+    if t == "IQ4_NL":
+        assert top == 0
+        return
+    assert top == len(levels) - 1
+    ident = np.arange(len(levels))
+    mids = (levels[:-1] + levels[1:]) / 2
+    pts = np.concatenate([levels, mids, np.random.default_rng(0).uniform(-0.5, 1.5, 4000), [-1e300, 1e300, -0.0]])
+    pts = np.concatenate([pts, np.nextafter(pts, -np.inf), np.nextafter(pts, np.inf)])
+    got = np.array([_nearest_step(u, top) for u in pts])
+    want = np.array([_nearest_code(u, levels, ident) for u in pts])
+    assert np.array_equal(got, want)
+
+
 def test_kernels_equal_their_numpy_specs_bit_for_bit():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((40, 37)).astype(np.float32)
@@ -114,10 +139,12 @@ def test_kernels_equal_their_numpy_specs_bit_for_bit():
     cs = [codes[:, :32].copy() for _ in range(2)]
     errs = [np.zeros((5, 32), np.float32) for _ in range(2)]
     args = (lay.levels, lay.levels[lay.order], lay.order.astype(np.int64))
-    quantize_columns(ws[0], u32, aa, bb, cs[0], *args, 0, 32, 0, 32, errs[0])
     quantize_columns_ref(ws[1], u32, aa, bb, cs[1], *args, 0, 32, 0, 32, errs[1])
-    assert np.array_equal(ws[0], ws[1]) and np.array_equal(cs[0], cs[1]) and np.array_equal(errs[0], errs[1])
-    assert cs[0][0, 3] == codes[0, 3]
+    for top in (0, uniform_top(lay.levels[lay.order])):                 # the binary search and the uniform one
+        wk, ck, ek = np.ascontiguousarray(w[:, :32]), codes[:, :32].copy(), np.zeros((5, 32), np.float32)
+        quantize_columns(wk, u32, aa, bb, ck, *args, 0, 32, 0, 32, ek, top)
+        assert np.array_equal(wk, ws[1]) and np.array_equal(ck, cs[1]) and np.array_equal(ek, errs[1])
+        assert ck[0, 3] == codes[0, 3]
     w2 = [rng.standard_normal((5, 37)).astype(np.float32) for _ in range(1)] * 2
     w2 = [w2[0].copy(), w2[0].copy()]
     e2 = rng.standard_normal((5, 8)).astype(np.float32)
@@ -129,7 +156,7 @@ def test_kernels_equal_their_numpy_specs_bit_for_bit():
 @pytest.mark.parametrize("n,tokens,rows", [(8, 9, 4), (37, 40, 5), (104, 300, 21), (300, 70, 37)])
 def test_tiled_kernels_equal_their_specs_across_panels_chunks_and_edges(n, tokens, rows):
     """Sizes that cross the kernels' blockings: several Cholesky panels and inverse blocks, more tokens than one
-    H pass (T_CHUNK), more columns than one lazy-update slab (LAZY_COLS), and partial 4 x 8 tiles at the edges."""
+    H pass (T_CHUNK), more columns than one lazy-update slab (LAZY_COLS), and partial tiles at the edges."""
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((tokens, n)) * rng.uniform(0.1, 4, n)).astype(np.float32)
     a, b = np.full((n, n), 0.5), np.full((n, n), 0.5)
@@ -157,18 +184,44 @@ def test_tiled_kernels_equal_their_specs_across_panels_chunks_and_edges(n, token
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_register_tile_equals_its_spec_with_negative_strides_and_mixed_types(dtype):
+    """The MR x NR tile (its shape is the host's) against tile_ref, k running backwards through strided rows."""
     rng = np.random.default_rng(7)
-    c = rng.standard_normal((6, 19)).astype(dtype)
-    a = rng.standard_normal((9, 11)).astype(np.float32)
-    b = rng.standard_normal((9, 13)).astype(dtype)
+    lc, la, lb = NR + 11, 2 * MR + 3, NR + 5
+    c = rng.standard_normal((MR + 2, lc)).astype(dtype)
+    a = rng.standard_normal((9, la)).astype(np.float32)
+    b = rng.standard_normal((9, lb)).astype(dtype)
     for sub in (False, True):
         c1, c2 = c.copy(), c.copy()
-        tile(c1, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, 4, 8, sub)   # k from the last row up
-        tile_ref(c2, 1 * 19 + 3, 19, a, 8 * 11 + 2, -11, 2, b, 8 * 13 + 4, -13, 9, sub)
+        tile(c1, 1 * lc + 3, lc, a, 8 * la + 2, -la, 2, b, 8 * lb + 4, -lb, 9, MR, NR, sub)   # k from the last row up
+        tile_ref(c2, 1 * lc + 3, lc, a, 8 * la + 2, -la, 2, b, 8 * lb + 4, -lb, 9, sub)
         assert np.array_equal(c1, c2) and not np.array_equal(c1, c)
         untouched = np.ones(c.shape, bool)
-        untouched[1:5, 3:11] = False
+        untouched[1:1 + MR, 3:3 + NR] = False
         assert np.array_equal(c1[untouched], c[untouched])
+
+
+@njit
+def _gram(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk):
+    gram_add(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+
+
+def test_gram_tile_with_fma_equals_multiply_then_add_for_float32_products():
+    """gram_add fuses the multiply and the add: the same bits as tile_ref where the products are exact (float32
+    values in float64), and different ones where they are not (so the fma is really there)."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((64, MR)).astype(np.float32).astype(np.float64)
+    b = rng.standard_normal((64, NR)).astype(np.float32).astype(np.float64)
+    c = rng.standard_normal((MR, NR))
+    c1, c2 = c.copy(), c.copy()
+    _gram(c1, 0, NR, a, 0, MR, 1, b, 0, NR, 64)
+    tile_ref(c2, 0, NR, a, 0, MR, 1, b, 0, NR, 64, False)
+    assert np.array_equal(c1, c2) and not np.array_equal(c1, c)
+    a, b = rng.standard_normal((64, MR)), rng.standard_normal((64, NR))      # full float64 products: fma differs
+    c1 = rng.standard_normal((MR, NR))
+    c2 = c1.copy()
+    _gram(c1, 0, NR, a, 0, MR, 1, b, 0, NR, 64)
+    tile_ref(c2, 0, NR, a, 0, MR, 1, b, 0, NR, 64, False)
+    assert not np.array_equal(c1, c2)
 
 
 @pytest.mark.parametrize("t", sorted(D_OFFSET))
@@ -187,9 +240,10 @@ def test_block_scale_search_equals_its_spec_and_never_loses(t):
     ratio = np.array([1.0, 0.9, 0.97, 1.04, 1.12])[:, None] * np.ones(16)
     ratio[2, 3] = 0.0                                           # a zero scale: every weight rounds to b
     losses = [np.full(ratio.shape, np.nan) for _ in range(2)]
-    block_losses(w, u, j0, j1, a, b, ratio, scale_b, levels, losses[0])
     block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, levels, losses[1])
-    assert np.array_equal(losses[0], losses[1]) and np.isfinite(losses[0]).all()
+    for top in {0, uniform_top(levels)}:                                # the binary search and the uniform one
+        block_losses(w, u, j0, j1, a, b, ratio, scale_b, levels, losses[0], top)
+        assert np.array_equal(losses[0], losses[1]) and np.isfinite(losses[0]).all()
 
     def own_loss(bl):
         aa, bb = lay.affine(bl, bs)

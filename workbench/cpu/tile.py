@@ -1,13 +1,15 @@
-"""A 4 x 8 register tile of a rank-k update, in a fixed order: vector code for GPTQ's float64/float32 products.
+"""A register tile (MR x NR: 8 x 16 where AVX-512's 32 registers hold it, else 4 x 8) of a rank-k update, in a fixed
+order: vector code for GPTQ's float64/float32 products.
 
     C[r, c] = C[r, c] + A(k, r) * B(k, c)      for k = 0, 1, ..., nk - 1 in that order   (tile_add)
     C[r, c] = C[r, c] - A(k, r) * B(k, c)                                                  (tile_sub)
 
-for r < 4, c < 8: one multiply, then one add or subtract, rounded each time (no fma contraction, no reordering),
+for r < MR, c < NR: one multiply, then one add or subtract, rounded each time (no fma contraction, no reordering),
 so each element gets exactly the operations of the scalar loop `for k: c -= a * b`, on every host whatever its
 vector width. Written as plain numba loops, LLVM keeps such a tile in memory and runs it in scalar code (numba's
-local arrays live on the heap); here the 4 rows of C are 4 <8 x T> values in registers for the whole k loop,
-each step one broadcast of A(k, r) and one load of the 8 B(k, c).
+local arrays live on the heap); here the MR rows of C are MR <NR x T> values in registers for the whole k loop,
+each step one broadcast of A(k, r) and one load of the NR B(k, c). The tile's shape changes which elements share
+a register, never an element's operations, so the bits do not depend on it.
 
 All arrays are addressed as flat element offsets into C-contiguous buffers, so one kernel serves the strided
 views GPTQ needs (a packed panel of activations, rows of a triangular factor read backwards):
@@ -17,6 +19,10 @@ views GPTQ needs (a packed panel of activations, rows of a triangular factor rea
     B(k, c)  = b_arr.flat[bi + k * b_k + c]
 
 A and B may be float32 under a float64 C (widened exactly before the product).
+
+`gram_add` is the same loop for a Gram matrix H += X^T X of float32 values in float64 (GPTQ's Hessian): there every
+product of two float32 values is exact in float64, so a fused multiply-add rounds exactly as the multiply, then add
+does, and the kernel uses fma.
 """
 from __future__ import annotations
 
@@ -26,16 +32,17 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from workbench.cpu.features import has_avx512f
 from workbench.cpu.ir import I64, splat
 
-MR, NR = 4, 8        # rows x columns of one tile
+MR, NR = (8, 16) if has_avx512f() else (4, 8)     # rows x columns of one tile: what the host's registers hold
 
 
 def _llvm_float(dtype) -> ir.Type:
     return ir.DoubleType() if dtype == types.float64 else ir.FloatType()
 
 
-def _tile(sub: bool):
+def _tile(sub: bool, mr: int = MR, nr: int = NR, fused: bool = False):
     @intrinsic
     def kernel(typingctx, c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk):
         sig = types.void(c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk)
@@ -43,17 +50,19 @@ def _tile(sub: bool):
         def codegen(context, builder, sig, args):
             c_arr, ci, ldc, a_arr, ai, a_k, a_r, b_arr, bi, b_k, nk = args
             ct = _llvm_float(sig.args[0].dtype)
-            vec = ir.VectorType(ct, NR)
+            vec = ir.VectorType(ct, nr)
             c_data = context.make_array(sig.args[0])(context, builder, c_arr).data
             a_data = context.make_array(sig.args[3])(context, builder, a_arr).data
             b_data = context.make_array(sig.args[7])(context, builder, b_arr).data
-            b_vec = ir.VectorType(_llvm_float(sig.args[7].dtype), NR)
+            b_vec = ir.VectorType(_llvm_float(sig.args[7].dtype), nr)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fma.v{nr}f{64 if ct == ir.DoubleType() else 32}")
 
             def widen(v, to):
                 return v if v.type == to else builder.fpext(v, to)
 
             rows = []
-            for r in range(MR):
+            for r in range(mr):
                 at = builder.add(ci, builder.mul(ir.Constant(I64, r), ldc))
                 p = builder.bitcast(builder.gep(c_data, [at]), vec.as_pointer())
                 slot = cgutils.alloca_once(builder, vec)          # promoted to a register by LLVM
@@ -66,8 +75,11 @@ def _tile(sub: bool):
                 a_row = builder.add(ai, builder.mul(k, a_k))
                 for r, (_, slot) in enumerate(rows):
                     x = builder.load(builder.gep(a_data, [builder.add(a_row, builder.mul(ir.Constant(I64, r), a_r))]))
-                    prod = builder.fmul(splat(builder, widen(x, ct), NR), y)
                     acc = builder.load(slot)
+                    if fused:
+                        builder.store(builder.call(fma, [splat(builder, widen(x, ct), nr), y, acc]), slot)
+                        continue
+                    prod = builder.fmul(splat(builder, widen(x, ct), nr), y)
                     builder.store(builder.fsub(acc, prod) if sub else builder.fadd(acc, prod), slot)
             for p, slot in rows:
                 builder.store(builder.load(slot), p, align=4)
@@ -78,6 +90,7 @@ def _tile(sub: bool):
 
 tile_add = _tile(sub=False)
 tile_sub = _tile(sub=True)
+gram_add = _tile(sub=False, fused=True)   # only for exact products (see above)
 
 
 @njit(cache=True)
@@ -114,4 +127,4 @@ def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
     cf[idx] = acc
 
 
-__all__ = ["MR", "NR", "tile", "tile_add", "tile_ref", "tile_sub"]
+__all__ = ["MR", "NR", "gram_add", "tile", "tile_add", "tile_ref", "tile_sub"]

@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.tile import MR, NR, tile
+from workbench.cpu.tile import MR, NR, gram_add, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, CodeLayoutError, code_layout, probe_blocks
@@ -43,12 +43,24 @@ class GPTQError(ValueError):
 # ------------------------------------------------------------------------------------ the Hessian
 
 HESS_ROWS = 32      # the rows of H one thread owns; H[i, j] is accumulated for j >= i - i % HESS_ROWS
-T_CHUNK = 256       # tokens per pass over a row block (its packed panels stay in cache)
+T_CHUNK = 128       # tokens per pass over a row block (its packed panels stay in cache)
+
+
+@njit(cache=True)
+def _gram_corner(h, hi, n, xp, ai, bi, nt, rows, cols):
+    """The rows x cols corner of a gram_add tile at a matrix edge, in scalar code (same products, same order)."""
+    hf, xf = h.reshape(-1), xp.reshape(-1)
+    for r in range(rows):
+        for c in range(cols):
+            s = hf[hi + r * n + c]
+            for k in range(nt):
+                s += xf[ai + k * NR + r] * xf[bi + k * NR + c]
+            hf[hi + r * n + c] = s
 
 
 @njit(parallel=True, cache=True)
 def _hess_tiles(h, xp, n):
-    """h[i, j] += x[t, i] * x[t, j] for t in order, with x packed as xp[j // 8, t, j % 8] (float32)."""
+    """h[i, j] += x[t, i] * x[t, j] for t in order, with x packed as xp[j // NR, t, j % NR] (float64)."""
     T = xp.shape[1]
     nib = (n + HESS_ROWS - 1) // HESS_ROWS
     ldp = T * NR
@@ -64,19 +76,23 @@ def _hess_tiles(h, xp, n):
                     for r0 in range(i0, min(n, i0 + HESS_ROWS), MR):
                         ai = r0 // NR * ldp + t0 * NR + r0 % NR
                         bi = j0 // NR * ldp + t0 * NR
-                        tile(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt, min(MR, n - r0), min(NR, n - j0),
-                             False)
+                        if r0 + MR <= n and j0 + NR <= n:
+                            gram_add(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt)
+                        else:
+                            _gram_corner(h, r0 * n + j0, n, xp, ai, bi, nt, min(MR, n - r0),
+                                         min(NR, n - j0))
 
 
 def accumulate_hessian(h, x):
     """h[i, j] += x[t, i] * x[t, j] for every token t in order, float64, for j >= i - i % HESS_ROWS (the upper
-    triangle and a few elements below it, never read). The products of float32 values are exact in float64;
-    the sums run token by token (workbench.cpu.tile: 4 x 8 tiles of h in registers while the tokens stream by)."""
+    triangle and a few elements below it, never read). The products of float32 values are exact in float64
+    (so a fused multiply-add rounds as the product and the sum do); the sums run token by token
+    (workbench.cpu.tile.gram_add: a tile of h in registers while the tokens stream by)."""
     n = h.shape[0]
     T = x.shape[0]
     nb = (n + NR - 1) // NR
-    xp = np.zeros((nb * NR, T), np.float32)             # panels of 8 columns, token-major inside
-    xp[:n] = x.T
+    xp = np.zeros((nb * NR, T))                    # panels of NR columns, token-major inside
+    xp[:n] = np.asarray(x, np.float32).T
     _hess_tiles(h, np.ascontiguousarray(xp.reshape(nb, NR, T).transpose(0, 2, 1)), n)
 
 
@@ -116,7 +132,7 @@ PANEL = 32
 @njit(parallel=True, cache=True)
 def _cholesky_upper(a):
     """In place: a (upper triangle read) -> R upper with a = R^T R, by row panels of PANEL; each element's
-    updates are applied in k order, as the unblocked algorithm does (the trailing rows by 4 x 8 tiles).
+    updates are applied in k order, as the unblocked algorithm does (the trailing rows by MR x NR tiles).
     Returns False if a is not positive definite."""
     n = a.shape[0]
     for k0 in range(0, n, PANEL):
@@ -170,7 +186,7 @@ INV_K = 256    # rows of x below a block taken per pass (the slab of r and x sta
 def _upper_inverse_rows(r, x):
     """x = r^-1 for upper-triangular r (x zero on entry), by blocks of PANEL rows from the bottom:
     x[i] = (e_i - sum over k = n-1 down to i+1 of r[i, k] x[k]) / r[i, i]. A block first takes the rows below it
-    (4 x 8 tiles, k descending), then its own rows from its last one up; columns in parallel. Terms with
+    (MR x NR tiles, k descending), then its own rows from its last one up; columns in parallel. Terms with
     x[k, j] = 0 (j < k) are skipped where a whole tile has them (they change at most the sign of a zero)."""
     n = r.shape[0]
     for i1 in range(n, 0, -PANEL):
@@ -279,18 +295,37 @@ def _nearest_code(u, sorted_levels, order):
     return order[lo] if u - sorted_levels[lo] <= sorted_levels[hi] - u else order[hi]
 
 
+@njit(cache=True)
+def _nearest_step(u, top):
+    """On the levels i / top (i = 0..top, float64 quotients): the index (as a float) of the one nearest to u, the
+    lower on a tie; the index _nearest_code finds there. The first guess floor(u * top) is within one of it; the
+    comparisons with the levels themselves (i / top, the same quotients) settle it. Branch-free: a loop over many
+    u becomes vector code."""
+    c = min(max(np.floor(u * top), 0.0), top - 1.0)
+    c = max(c - 1.0, 0.0) if c / top > u else c
+    c = c + 1.0 if c < top - 1.0 and (c + 1.0) / top <= u else c
+    return c + 1.0 if u - c / top > (c + 1.0) / top - u else c
+
+
+def uniform_top(sorted_levels: np.ndarray) -> int:
+    """top when the levels are exactly i / top for i = 0..top (the legacy, k-quant and Q8_0 grids), else 0 (IQ4_NL's
+    table): which search the kernels below may use."""
+    top = len(sorted_levels) - 1
+    return top if np.array_equal(sorted_levels, np.arange(top + 1) / np.float64(top)) else 0
+
+
 @njit(parallel=True, cache=True)
-def quantize_columns(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err):
+def quantize_columns(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err, top=0):
     """Columns j0..j1-1 (in processing order) of w (rows, n) float32: round each on its grid (a, b: float64
     (rows, n)), record the code, the scaled error err[:, j - s] = (w_j - q_j) / u[j, j], and update columns
-    j+1..e-1 at once (the lazy block [s, e))."""
+    j+1..e-1 at once (the lazy block [s, e)). top: uniform_top(sorted_levels)."""
     for r in prange(w.shape[0]):
         for j in range(j0, j1):
             x = w[r, j]
             ar = a[r, j]
             if ar != 0.0:
-                c = _nearest_code((x - b[r, j]) / ar, sorted_levels, order)
-                codes[r, j] = c
+                t = (x - b[r, j]) / ar
+                codes[r, j] = order[np.int64(_nearest_step(t, top))] if top else _nearest_code(t, sorted_levels, order)
             q = np.float32(ar * levels[codes[r, j]] + b[r, j])
             g = (x - q) / u[j, j]
             err[r, j - s] = g
@@ -351,12 +386,13 @@ def scale_field(type_) -> tuple[int, bool] | None:
     raise CodeLayoutError(f"{t.name}: b is neither proportional to d nor independent of it")
 
 
-@njit(parallel=True, cache=True)
-def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
+@njit(parallel=True, cache=True, error_model="numpy")
+def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss, top=0):
     """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
     time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
     scale_b), with error feedback inside the block (as quantize_columns rounds them). The candidates of a row go
-    side by side (x[m, k]: the feedback updates are vectors over k)."""
+    side by side (x[m, k]: the rounding and the feedback updates are vector code over k where the levels are
+    uniform, top = uniform_top(sorted_levels) > 0)."""
     K, rows = ratio.shape
     n = j1 - j0
     ident = np.arange(len(sorted_levels))
@@ -364,17 +400,28 @@ def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
         x = np.empty((n, K), np.float32)
         g = np.empty(K, np.float32)
         s = np.zeros(K)
+        f = np.empty(K)
+        fb = np.empty(K)
+        for k in range(K):
+            f[k] = ratio[k, r]
+            fb[k] = ratio[k, r] if scale_b else 1.0
         for j in range(n):
             for k in range(K):
                 x[j, k] = w[r, j0 + j]
         for j in range(n):
             d = u[j0 + j, j0 + j]
+            arj, brj = a[r, j], b[r, j]
+            if top:
+                for k in range(K):
+                    aj, bj = arj * f[k], brj * fb[k]
+                    lev = _nearest_step((x[j, k] - bj) / (aj if aj != 0.0 else 1.0), top) / top
+                    g[k] = (x[j, k] - np.float32(aj * (lev if aj != 0.0 else 0.0) + bj)) / d
+            else:
+                for k in range(K):
+                    aj, bj = arj * f[k], brj * fb[k]
+                    lev = sorted_levels[_nearest_code((x[j, k] - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
+                    g[k] = (x[j, k] - np.float32(aj * lev + bj)) / d
             for k in range(K):
-                v = x[j, k]
-                f = ratio[k, r]
-                aj, bj = a[r, j] * f, b[r, j] * (f if scale_b else 1.0)
-                lev = sorted_levels[_nearest_code((v - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
-                g[k] = (v - np.float32(aj * lev + bj)) / d
                 s[k] += np.float64(g[k]) * g[k]
             for m in range(j + 1, n):
                 um = u[j0 + j, j0 + m]
@@ -419,7 +466,7 @@ def search_scale(blk: np.ndarray, a: np.ndarray, b: np.ndarray, layout: CodeLayo
         dk = (d[None, :] * f[:, None]).astype(np.float16).astype(np.float64)
         ratio = np.where(np.isfinite(dk) & (d != 0.0), dk / np.where(d != 0.0, d, 1.0), 1.0)
     loss = np.empty(ratio.shape)
-    block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss)
+    block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss, uniform_top(sorted_levels))
     best = np.argmin(loss, axis=0)
     out, a, b = blk.copy(), a.copy(), b.copy()
     pick = ratio[best, np.arange(len(d))] != 1.0
@@ -434,7 +481,7 @@ LAZY_COLS = 256    # columns of u one task's rows sweep at a time
 
 @njit(parallel=True, cache=True)
 def lazy_update(w, err, u, s, e):
-    """w[:, e:] -= err @ u[s:e, e:], each element's terms added in k order (4 x 8 tiles; 16 rows a task,
+    """w[:, e:] -= err @ u[s:e, e:], each element's terms added in k order (MR x NR tiles; 16 rows a task,
     LAZY_COLS columns at a time so the slab of u stays in cache)."""
     rows, n = w.shape
     ld_err = err.shape[1]
@@ -482,6 +529,7 @@ def run_columns(work, u, a, b, codes, levels, order, step: int, unit: int, block
     lazy_update's tiles alike, so with the units on boundaries the result does not depend on step."""
     rows, n = work.shape
     sorted_levels = levels[order]
+    top = uniform_top(sorted_levels)
     err = np.empty((rows, step), np.float32)
     for s in range(0, n, step):
         e = min(n, s + step)
@@ -490,7 +538,7 @@ def run_columns(work, u, a, b, codes, levels, order, step: int, unit: int, block
             j1 = min(e, (j0 // unit + 1) * unit)
             if j0 % unit == 0:
                 block_start(j0, min(n, j0 + unit))
-            quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err)
+            quantize_columns(work, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err, top)
             j0 = j1
         if e < n:
             lazy_update(work, err, u, s, e)
