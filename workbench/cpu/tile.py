@@ -88,6 +88,34 @@ def _tile(sub: bool, mr: int = MR, nr: int = NR, fused: bool = False):
     return kernel
 
 
+def _rows_sub(width: int):
+    @intrinsic
+    def kernel(typingctx, x_arr, xi, g_arr, gi, u_arr, ui, nrows):
+        """x.flat[xi + r * width + c] -= g.flat[gi + c] * u.flat[ui + r] for r < nrows, c < width (float32: one
+        multiply, then one subtract): g stays in registers while the rows stream by."""
+        sig = types.void(x_arr, xi, g_arr, gi, u_arr, ui, nrows)
+
+        def codegen(context, builder, sig, args):
+            x_arr, xi, g_arr, gi, u_arr, ui, nrows = args
+            ft = ir.FloatType()
+            vec = ir.VectorType(ft, width)
+            x_data = context.make_array(sig.args[0])(context, builder, x_arr).data
+            g_data = context.make_array(sig.args[2])(context, builder, g_arr).data
+            u_data = context.make_array(sig.args[4])(context, builder, u_arr).data
+            g = builder.load(builder.bitcast(builder.gep(g_data, [gi]), vec.as_pointer()), align=4)
+            with cgutils.for_range(builder, nrows) as loop:
+                r = loop.index
+                p = builder.bitcast(builder.gep(x_data, [builder.add(xi, builder.mul(r, ir.Constant(I64, width)))]),
+                                    vec.as_pointer())
+                um = builder.load(builder.gep(u_data, [builder.add(ui, r)]))
+                builder.store(builder.fsub(builder.load(p, align=4), builder.fmul(g, splat(builder, um, width))), p,
+                              align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return kernel
+
+
+rows_sub16 = _rows_sub(16)       # block_losses' feedback, 16 rows of candidates side by side
 tile_add = _tile(sub=False)
 tile_sub = _tile(sub=True)
 gram_add = _tile(sub=False, fused=True)   # only for exact products (see above)
@@ -127,4 +155,4 @@ def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
     cf[idx] = acc
 
 
-__all__ = ["MR", "NR", "gram_add", "tile", "tile_add", "tile_ref", "tile_sub"]
+__all__ = ["MR", "NR", "gram_add", "rows_sub16", "tile", "tile_add", "tile_ref", "tile_sub"]

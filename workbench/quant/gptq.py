@@ -29,7 +29,7 @@ from functools import cache
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.tile import MR, NR, gram_add, tile
+from workbench.cpu.tile import MR, NR, gram_add, rows_sub16, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, CodeLayoutError, code_layout, probe_blocks
@@ -295,16 +295,22 @@ def _nearest_code(u, sorted_levels, order):
     return order[lo] if u - sorted_levels[lo] <= sorted_levels[hi] - u else order[hi]
 
 
+NEAR = 1e-6    # _nearest_step trusts y = u * top this far from an integer and from a midpoint
+
+
 @njit(cache=True)
 def _nearest_step(u, top):
-    """On the levels i / top (i = 0..top, float64 quotients): the index (as a float) of the one nearest to u, the
-    lower on a tie; the index _nearest_code finds there. The first guess floor(u * top) is within one of it; the
-    comparisons with the levels themselves (i / top, the same quotients) settle it. Branch-free: a loop over many
-    u becomes vector code."""
-    c = min(max(np.floor(u * top), 0.0), top - 1.0)
-    c = max(c - 1.0, 0.0) if c / top > u else c
-    c = c + 1.0 if c < top - 1.0 and (c + 1.0) / top <= u else c
-    return c + 1.0 if u - c / top > (c + 1.0) / top - u else c
+    """On uniform levels (level i = i / top, i = 0..top, float64 quotients; see uniform_top): (index, sure) of the
+    level nearest to u, the lower on a tie, from y = u * top alone: floor(y), plus one past the midpoint. The
+    rounding of y and of the levels moves y by ~1e-14 of a step, so where y is NEAR or more from every integer and
+    midpoint (or far outside [0, top]) the index is the one _nearest_code finds; elsewhere sure is False and the
+    caller asks _nearest_code. Branch-free: a loop over many u becomes vector code."""
+    y = u * top
+    cf = np.floor(y)
+    fr = y - cf
+    idx = min(max(cf + (1.0 if fr > 0.5 else 0.0), 0.0), top)
+    sure = y < -1.0 or y > top + 1.0 or (NEAR <= fr and fr <= 1.0 - NEAR and abs(fr - 0.5) >= NEAR)
+    return idx, sure
 
 
 def uniform_top(sorted_levels: np.ndarray) -> int:
@@ -325,7 +331,8 @@ def quantize_columns(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s,
             ar = a[r, j]
             if ar != 0.0:
                 t = (x - b[r, j]) / ar
-                codes[r, j] = order[np.int64(_nearest_step(t, top))] if top else _nearest_code(t, sorted_levels, order)
+                c, sure = _nearest_step(t, top) if top else (0.0, False)
+                codes[r, j] = order[np.int64(c)] if sure else _nearest_code(t, sorted_levels, order)
             q = np.float32(ar * levels[codes[r, j]] + b[r, j])
             g = (x - q) / u[j, j]
             err[r, j - s] = g
@@ -386,49 +393,63 @@ def scale_field(type_) -> tuple[int, bool] | None:
     raise CodeLayoutError(f"{t.name}: b is neither proportional to d nor independent of it")
 
 
+LANES = 16    # rows block_losses takes side by side (rows_sub16)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss, top=0):
     """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
     time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
-    scale_b), with error feedback inside the block (as quantize_columns rounds them). The candidates of a row go
-    side by side (x[m, k]: the rounding and the feedback updates are vector code over k where the levels are
-    uniform, top = uniform_top(sorted_levels) > 0)."""
+    scale_b), with error feedback inside the block (as quantize_columns rounds them). LANES rows go side by side
+    (x[m, lane]: the rounding, where the levels are uniform, top = uniform_top(sorted_levels) > 0, and the feedback
+    are vector code over the rows; the lanes past the last row compute on zeros and are not stored)."""
     K, rows = ratio.shape
     n = j1 - j0
     ident = np.arange(len(sorted_levels))
-    for r in prange(rows):
-        x = np.empty((n, K), np.float32)
-        g = np.empty(K, np.float32)
-        s = np.zeros(K)
-        f = np.empty(K)
-        fb = np.empty(K)
+    for c in prange((rows + LANES - 1) // LANES):
+        r0 = c * LANES
+        nr = min(rows, r0 + LANES) - r0
+        wl = np.zeros((n, LANES), np.float32)           # the block's weights, a and b, row-interleaved
+        al = np.zeros((n, LANES))
+        bl = np.zeros((n, LANES))
+        for i in range(nr):
+            for j in range(n):
+                wl[j, i] = w[r0 + i, j0 + j]
+                al[j, i] = a[r0 + i, j]
+                bl[j, i] = b[r0 + i, j]
+        x = np.empty((n, LANES), np.float32)
+        g = np.empty(LANES, np.float32)
+        again = np.empty(LANES, np.bool_)
+        s = np.empty(LANES)
+        f = np.ones(LANES)
+        fb = np.ones(LANES)
         for k in range(K):
-            f[k] = ratio[k, r]
-            fb[k] = ratio[k, r] if scale_b else 1.0
-        for j in range(n):
-            for k in range(K):
-                x[j, k] = w[r, j0 + j]
-        for j in range(n):
-            d = u[j0 + j, j0 + j]
-            arj, brj = a[r, j], b[r, j]
-            if top:
-                for k in range(K):
-                    aj, bj = arj * f[k], brj * fb[k]
-                    lev = _nearest_step((x[j, k] - bj) / (aj if aj != 0.0 else 1.0), top) / top
-                    g[k] = (x[j, k] - np.float32(aj * (lev if aj != 0.0 else 0.0) + bj)) / d
-            else:
-                for k in range(K):
-                    aj, bj = arj * f[k], brj * fb[k]
-                    lev = sorted_levels[_nearest_code((x[j, k] - bj) / aj, sorted_levels, ident)] if aj != 0.0 else 0.0
-                    g[k] = (x[j, k] - np.float32(aj * lev + bj)) / d
-            for k in range(K):
-                s[k] += np.float64(g[k]) * g[k]
-            for m in range(j + 1, n):
-                um = u[j0 + j, j0 + m]
-                for k in range(K):
-                    x[m, k] -= g[k] * um
-        for k in range(K):
-            loss[k, r] = s[k]
+            for i in range(nr):
+                f[i] = ratio[k, r0 + i]
+                fb[i] = f[i] if scale_b else 1.0
+            x[:] = wl
+            s[:] = 0.0
+            for j in range(n):
+                d = u[j0 + j, j0 + j]
+                if top:                                 # vector code; the lanes it is not sure of, again below
+                    for i in range(LANES):
+                        aj, bj = al[j, i] * f[i], bl[j, i] * fb[i]
+                        q, sure = _nearest_step((x[j, i] - bj) / (aj if aj != 0.0 else 1.0), top)
+                        again[i] = not sure and aj != 0.0
+                        g[i] = (x[j, i] - np.float32(aj * (q / top if aj != 0.0 else 0.0) + bj)) / d
+                else:
+                    again[:] = True
+                for i in range(LANES):
+                    if again[i]:
+                        aj, bj = al[j, i] * f[i], bl[j, i] * fb[i]
+                        lev = sorted_levels[_nearest_code((x[j, i] - bj) / aj, sorted_levels, ident)] \
+                            if aj != 0.0 else 0.0
+                        g[i] = (x[j, i] - np.float32(aj * lev + bj)) / d
+                for i in range(LANES):
+                    s[i] += np.float64(g[i]) * g[i]
+                rows_sub16(x, (j + 1) * LANES, g, 0, u, (j0 + j) * u.shape[1] + j0 + j + 1, n - j - 1)
+            for i in range(nr):
+                loss[k, r0 + i] = s[i]
 
 
 def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):

@@ -99,6 +99,43 @@ def _quantize_rows(x, qw, use_qw, out):
                     out[r, o + 2 + j] = q0 | (q1 << 4)
 
 
+NARROW_ROWS = 64       # rows searched side by side when a row holds too few blocks to batch on its own
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _quantize_narrow(x, qw, out):
+    """quantize_row_q4_0_impl on rows of few blocks (GPTQ quantizes one 32-column block of every row at a time):
+    the blocks of NARROW_ROWS rows go side by side through make_qx_quants_batch, whose groups are independent,
+    so each block gets the bytes _quantize_rows gives it."""
+    rows, n = x.shape
+    nb = n // QK
+    for c in prange((rows + NARROW_ROWS - 1) // NARROW_ROWS):
+        r0 = c * NARROW_ROWS
+        nr = min(rows, r0 + NARROW_ROWS) - r0
+        xt = np.empty((QK, nr * nb), np.float32)
+        wt = np.empty((QK, nr * nb), np.float32)
+        Lt = np.empty((QK, nr * nb), np.uint8)
+        d = np.empty(nr * nb, np.float32)
+        for rr in range(nr):
+            row = x[r0 + rr]
+            sum_x2 = F32(0.0)
+            for j in range(n):
+                sum_x2 += row[j] * row[j]
+            sigma2 = sum_x2 / F32(n)
+            for ib in range(nb):
+                for j in range(QK):
+                    v = row[ib * QK + j]
+                    xt[j, rr * nb + ib] = v
+                    wt[j, rr * nb + ib] = qw[ib * QK + j] * np.sqrt(sigma2 + v * v)
+        make_qx_quants_batch(8, xt, wt, Lt, d)
+        L = np.empty(QK, np.int8)
+        for rr in range(nr):
+            for ib in range(nb):
+                for j in range(QK):
+                    L[j] = Lt[j, rr * nb + ib]
+                _put_block(out[r0 + rr], ib * BYTES, d[rr * nb + ib], L)
+
+
 def _emit_block(builder, block, y):
     """y = d * (q - 8): low nibbles are weights 0..15, high nibbles 16..31."""
     d = lanes.fp16(builder, block, 0)
@@ -119,7 +156,10 @@ def _dequantize_rows(blocks, out):
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
     out = np.zeros((x.shape[0], x.shape[1] // QK * BYTES), dtype=np.uint8)
     qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
-    _quantize_rows(x, qw, imatrix is not None, out)
+    if imatrix is not None and x.shape[1] < 8 * QK:
+        _quantize_narrow(x, qw, out)
+    else:
+        _quantize_rows(x, qw, imatrix is not None, out)
     return out
 
 
