@@ -12,26 +12,28 @@ from workbench.quant import dequantize, quantize
 from workbench.quant.code_bits import CodeLayoutError, code_layout
 from workbench.quant.gptq import (
     GPTQError,
-    D_OFFSET,
     _cholesky_upper,
     _upper_inverse_rows,
     accumulate_hessian,
     accumulate_hessian_ref,
-    block_losses,
-    block_losses_ref,
     cholesky_upper_ref,
     damped,
     gptq_quantize,
     inverse_cholesky,
     lazy_update,
     lazy_update_ref,
+    symmetric,
+    upper_inverse_ref,
+)
+from workbench.quant.gptq_grid import (
+    D_OFFSET,
+    block_losses,
+    block_losses_ref,
     quantize_columns,
     quantize_columns_ref,
     scale_field,
     search_scale,
-    symmetric,
     uniform_top,
-    upper_inverse_ref,
 )
 
 PRIVATE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
@@ -102,7 +104,7 @@ def test_the_uniform_search_finds_the_binary_searchs_level(t):
     """_nearest_step on the grids i / top picks what _nearest_code picks wherever it is sure, and is not sure at the
     levels and midpoints (ties go down) or one float64 step either side of them; beyond both ends and on random
     values it is; IQ4_NL's table is not uniform and keeps the binary search."""
-    from workbench.quant.gptq import _nearest_code, _nearest_step
+    from workbench.quant.gptq_grid import _nearest_code, _nearest_step
 
     lay = code_layout(t)
     levels = lay.levels[lay.order]

@@ -14,9 +14,9 @@ search and importance weighting, on the weights as the error feedback has left t
 column of the block is rounded to the nearest value those scales allow (workbench.quant.code_bits gives every
 weight's value as a * level[code] + b); for the 32-weight types the block's fp16 scale is first moved to the
 one, of the format's own and 24 others within +-15%, that gives the least GPTQ loss over the block's columns
-(search_scale). The result is an ordinary block of the type: llama.cpp reads it as any other. With act_order the
-columns go by decreasing H[j, j]; the blocks' scales are then fixed up front from the original weights (GPTQ's
-static groups), since a block's columns no longer come up together.
+(workbench.quant.gptq_grid). The result is an ordinary block of the type: llama.cpp reads it as any other. With
+act_order the columns go by decreasing H[j, j]; the blocks' scales are then fixed up front from the original
+weights (GPTQ's static groups), since a block's columns no longer come up together.
 
 Every floating-point operation runs in a fixed order (numba kernels without fastmath, rows in parallel, each
 element's sums in one sequence), so the same inputs give the same bytes on every host; no BLAS or LAPACK call
@@ -24,15 +24,15 @@ element's sums in one sequence), so the same inputs give the same bytes on every
 """
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.tile import MR, NR, gram_add, rows_sub16, tile
+from workbench.cpu.tile import MR, NR, gram_add, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
-from workbench.quant.code_bits import CodeLayout, CodeLayoutError, code_layout, probe_blocks
+from workbench.quant.code_bits import CodeLayout, code_layout
+from workbench.quant.gptq_grid import (SUB_SCALES, quantize_columns, scale_field, search_scale, search_sub_scale,
+                                      uniform_top)
 from workbench.quant.formats import parse_type
 
 
@@ -276,227 +276,6 @@ def _anti_transpose(a, out):
                     out[i, j] = a[n - 1 - j, n - 1 - i]
 
 
-# ------------------------------------------------------------------------------------ rounding on the grid
-
-@njit(cache=True)
-def _nearest_code(u, sorted_levels, order):
-    """The code whose level is nearest to u (the lower one on a tie)."""
-    lo, hi = 0, len(sorted_levels) - 1
-    if u <= sorted_levels[0]:
-        return order[0]
-    if u >= sorted_levels[hi]:
-        return order[hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if sorted_levels[mid] <= u:
-            lo = mid
-        else:
-            hi = mid
-    return order[lo] if u - sorted_levels[lo] <= sorted_levels[hi] - u else order[hi]
-
-
-NEAR = 1e-6    # _nearest_step trusts y = u * top this far from an integer and from a midpoint
-
-
-@njit(cache=True)
-def _nearest_step(u, top):
-    """On uniform levels (level i = i / top, i = 0..top, float64 quotients; see uniform_top): (index, sure) of the
-    level nearest to u, the lower on a tie, from y = u * top alone: floor(y), plus one past the midpoint. The
-    rounding of y and of the levels moves y by ~1e-14 of a step, so where y is NEAR or more from every integer and
-    midpoint (or far outside [0, top]) the index is the one _nearest_code finds; elsewhere sure is False and the
-    caller asks _nearest_code. Branch-free: a loop over many u becomes vector code."""
-    y = u * top
-    cf = np.floor(y)
-    fr = y - cf
-    idx = min(max(cf + (1.0 if fr > 0.5 else 0.0), 0.0), top)
-    sure = y < -1.0 or y > top + 1.0 or (NEAR <= fr and fr <= 1.0 - NEAR and abs(fr - 0.5) >= NEAR)
-    return idx, sure
-
-
-def uniform_top(sorted_levels: np.ndarray) -> int:
-    """top when the levels are exactly i / top for i = 0..top (the legacy, k-quant and Q8_0 grids), else 0 (IQ4_NL's
-    table): which search the kernels below may use."""
-    top = len(sorted_levels) - 1
-    return top if np.array_equal(sorted_levels, np.arange(top + 1) / np.float64(top)) else 0
-
-
-@njit(parallel=True, cache=True)
-def quantize_columns(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err, top=0):
-    """Columns j0..j1-1 (in processing order) of w (rows, n) float32: round each on its grid (a, b: float64
-    (rows, n)), record the code, the scaled error err[:, j - s] = (w_j - q_j) / u[j, j], and update columns
-    j+1..e-1 at once (the lazy block [s, e)). top: uniform_top(sorted_levels)."""
-    for r in prange(w.shape[0]):
-        for j in range(j0, j1):
-            x = w[r, j]
-            ar = a[r, j]
-            if ar != 0.0:
-                t = (x - b[r, j]) / ar
-                c, sure = _nearest_step(t, top) if top else (0.0, False)
-                codes[r, j] = order[np.int64(c)] if sure else _nearest_code(t, sorted_levels, order)
-            q = np.float32(ar * levels[codes[r, j]] + b[r, j])
-            g = (x - q) / u[j, j]
-            err[r, j - s] = g
-            for k in range(j + 1, e):
-                w[r, k] -= g * u[j, k]
-
-
-def quantize_columns_ref(w, u, a, b, codes, levels, sorted_levels, order, j0, j1, s, e, err):
-    """numpy spec of quantize_columns (all rows at once)."""
-    for j in range(j0, j1):
-        x = w[:, j]
-        live = a[:, j] != 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            target = np.where(live, (x - b[:, j]) / np.where(live, a[:, j], 1.0), 0.0)
-        hi = np.clip(np.searchsorted(sorted_levels, target, side="right"), 1, len(sorted_levels) - 1)
-        lo = hi - 1
-        pick = np.where(target - sorted_levels[lo] <= sorted_levels[hi] - target, lo, hi)
-        codes[:, j] = np.where(live, order[pick], codes[:, j])
-        q = (a[:, j] * levels[codes[:, j]] + b[:, j]).astype(np.float32)
-        g = (x - q) / u[j, j]
-        err[:, j - s] = g
-        w[:, j + 1:e] -= g[:, None] * u[j, j + 1:e][None, :]
-
-
-# ------------------------------------------------------------------------------------ the block's scale
-
-# where each 32-weight type keeps the fp16 d that multiplies all its weights (ggml-common.h: block_q4_0 ...).
-# The 256-weight k-quants and IQ4_XS are left out: their own searches leave little to gain on the super-block's d
-# (Q4_K, Q5_K, Q6_K: 1 row of 128 changed on a correlated test matrix), and on SmolLM2 IQ4_XS with the search on its
-# super-block d (bench/bench_gptq.py) the Chinese KLD went from 0.969 to 0.999 of rtn+imatrix's, English unchanged
-D_OFFSET = {"Q4_0": 0, "Q4_1": 0, "Q5_0": 0, "Q5_1": 0, "Q8_0": 0, "IQ4_NL": 0}
-SCALE_STEPS = 12                                   # candidate scales each side of the format's own ...
-SCALE_SPAN = 0.15                                  # ... spread over +-15% of it
-
-
-@cache
-def scale_field(type_) -> tuple[int, bool] | None:
-    """(byte offset of the block's fp16 d, whether b scales with it) for a type whose every weight is
-    d * (a per-weight factor) * level + b, b either proportional to d or independent of it (a separate min),
-    checked on the format's probe blocks: doubling d doubles every a; None for the other types."""
-    t = parse_type(type_)
-    off = D_OFFSET.get(t.name)
-    if off is None:
-        return None
-    layout = code_layout(t)
-    blocks = probe_blocks(t)
-    a, b = layout.affine(blocks, t.block_size)
-    twice = blocks.copy()
-    d = twice[:, off:off + 2].copy().view(np.float16)
-    twice[:, off:off + 2] = (d * np.float16(2)).view(np.uint8)
-    a2, b2 = layout.affine(twice, t.block_size)
-    if not np.allclose(a2, 2 * a, rtol=1e-6, atol=0):
-        raise CodeLayoutError(f"{t.name}: bytes {off}..{off + 1} are not the scale d of every weight")
-    if np.allclose(b2, 2 * b, rtol=1e-6, atol=0):
-        return off, True
-    if np.allclose(b2, b, rtol=1e-6, atol=0):
-        return off, False
-    raise CodeLayoutError(f"{t.name}: b is neither proportional to d nor independent of it")
-
-
-LANES = 16    # rows block_losses takes side by side (rows_sub16)
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss, top=0):
-    """loss[k, r] = GPTQ's objective for columns j0..j1-1 of row r, sum of g_j^2, when they are rounded one at a
-    time to the nearest level of candidate grid k, a[r, j] * ratio[k, r] * level + b[r, j] (* ratio[k, r] when
-    scale_b), with error feedback inside the block (as quantize_columns rounds them). LANES rows go side by side
-    (x[m, lane]: the rounding, where the levels are uniform, top = uniform_top(sorted_levels) > 0, and the feedback
-    are vector code over the rows; the lanes past the last row compute on zeros and are not stored)."""
-    K, rows = ratio.shape
-    n = j1 - j0
-    ident = np.arange(len(sorted_levels))
-    for c in prange((rows + LANES - 1) // LANES):
-        r0 = c * LANES
-        nr = min(rows, r0 + LANES) - r0
-        wl = np.zeros((n, LANES), np.float32)           # the block's weights, a and b, row-interleaved
-        al = np.zeros((n, LANES))
-        bl = np.zeros((n, LANES))
-        for i in range(nr):
-            for j in range(n):
-                wl[j, i] = w[r0 + i, j0 + j]
-                al[j, i] = a[r0 + i, j]
-                bl[j, i] = b[r0 + i, j]
-        x = np.empty((n, LANES), np.float32)
-        g = np.empty(LANES, np.float32)
-        again = np.empty(LANES, np.bool_)
-        s = np.empty(LANES)
-        f = np.ones(LANES)
-        fb = np.ones(LANES)
-        for k in range(K):
-            for i in range(nr):
-                f[i] = ratio[k, r0 + i]
-                fb[i] = f[i] if scale_b else 1.0
-            x[:] = wl
-            s[:] = 0.0
-            for j in range(n):
-                d = u[j0 + j, j0 + j]
-                if top:                                 # vector code; the lanes it is not sure of, again below
-                    for i in range(LANES):
-                        aj, bj = al[j, i] * f[i], bl[j, i] * fb[i]
-                        q, sure = _nearest_step((x[j, i] - bj) / (aj if aj != 0.0 else 1.0), top)
-                        again[i] = not sure and aj != 0.0
-                        g[i] = (x[j, i] - np.float32(aj * (q / top if aj != 0.0 else 0.0) + bj)) / d
-                else:
-                    again[:] = True
-                for i in range(LANES):
-                    if again[i]:
-                        aj, bj = al[j, i] * f[i], bl[j, i] * fb[i]
-                        lev = sorted_levels[_nearest_code((x[j, i] - bj) / aj, sorted_levels, ident)] \
-                            if aj != 0.0 else 0.0
-                        g[i] = (x[j, i] - np.float32(aj * lev + bj)) / d
-                for i in range(LANES):
-                    s[i] += np.float64(g[i]) * g[i]
-                rows_sub16(x, (j + 1) * LANES, g, 0, u, (j0 + j) * u.shape[1] + j0 + j + 1, n - j - 1)
-            for i in range(nr):
-                loss[k, r0 + i] = s[i]
-
-
-def block_losses_ref(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss):
-    """numpy spec of block_losses (every row and candidate at once)."""
-    n = j1 - j0
-    x = np.broadcast_to(w[:, j0:j1], ratio.shape + (n,)).astype(np.float32)
-    loss[:] = 0.0
-    for j in range(n):
-        A, B = a[:, j] * ratio, b[:, j] * (ratio if scale_b else 1.0)
-        live = A != 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(live, (x[..., j] - B) / np.where(live, A, 1.0), 0.0)
-        hi = np.clip(np.searchsorted(sorted_levels, t, side="right"), 1, len(sorted_levels) - 1)
-        lo = hi - 1
-        lev = np.where(live, sorted_levels[np.where(t - sorted_levels[lo] <= sorted_levels[hi] - t, lo, hi)], 0.0)
-        g = (x[..., j] - (A * lev + B).astype(np.float32)) / u[j0 + j, j0 + j]
-        loss += g.astype(np.float64) ** 2
-        x[..., j + 1:] -= g[..., None] * u[j0 + j, j0 + j + 1:j1]
-
-
-def search_scale(blk: np.ndarray, a: np.ndarray, b: np.ndarray, layout: CodeLayout, w: np.ndarray, u: np.ndarray,
-                 j0: int, j1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """blk (one block per row, as the format's quantizer chose it for w[:, j0:j1]; a type with a scale_field) and
-    its grid (a, b) -> the same with each row's fp16 d replaced by the candidate (d itself, or d times
-    1 +- k/SCALE_STEPS * SCALE_SPAN, rounded to fp16) whose grid gives the least block_losses; the rows whose d
-    moved have their grid read again from their bytes (the codes do not move). The format's scale search assumes
-    plain rounding; under GPTQ the columns are rounded with feedback, and another scale of the same grid may then
-    lose less."""
-    off, scale_b = scale_field(layout.type)
-    sorted_levels = layout.levels[layout.order]
-    d = blk[:, off:off + 2].copy().view(np.float16)[:, 0].astype(np.float64)
-    steps = np.arange(-SCALE_STEPS, SCALE_STEPS + 1)
-    f = np.concatenate([[1.0], 1.0 + SCALE_SPAN * steps[steps != 0] / SCALE_STEPS])   # own scale first: wins ties
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        dk = (d[None, :] * f[:, None]).astype(np.float16).astype(np.float64)
-        ratio = np.where(np.isfinite(dk) & (d != 0.0), dk / np.where(d != 0.0, d, 1.0), 1.0)
-    loss = np.empty(ratio.shape)
-    block_losses(w, u, j0, j1, a, b, ratio, scale_b, sorted_levels, loss, uniform_top(sorted_levels))
-    best = np.argmin(loss, axis=0)
-    out, a, b = blk.copy(), a.copy(), b.copy()
-    pick = ratio[best, np.arange(len(d))] != 1.0
-    out[pick, off:off + 2] = dk[best, np.arange(len(d))][pick].astype(np.float16).view(np.uint8).reshape(-1, 2)
-    if pick.any():
-        a[pick], b[pick] = layout.affine(out[pick], j1 - j0)
-    return out, a, b
-
-
 LAZY_COLS = 256    # columns of u one task's rows sweep at a time
 
 
@@ -596,7 +375,7 @@ def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
 
 def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | None = None, damp: float = 0.01,
                   act_order: bool = False, block_size: int = 128, name: str = "weight", shrink: float = SHRINK,
-                  prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  prepared: tuple[np.ndarray, np.ndarray] | None = None, sub_search: bool = False) -> np.ndarray:
     """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
     under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
     llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), fitted
@@ -622,22 +401,30 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     codes = np.zeros((rows, n), np.uint16)
     out = np.empty((rows, t.row_bytes(n)), np.uint8)
     levels, order = layout.levels, layout.order.astype(np.int64)
+    sub = SUB_SCALES[t.name][0] if t.name in SUB_SCALES and sub_search else bs
     if act_order:                                       # static grids: every block's scales from the original w
         out[:] = quantize(np.ascontiguousarray(w), t, imatrix=imp)
         ga, gb, gc = _grids(layout, out, n)
         a[:], b[:], codes[:] = ga[:, perm], gb[:, perm], gc[:, perm]
-        step, unit = max(1, block_size), 1
+        step = max(1, block_size)
+        unit = step                                     # no block starts: a lazy block in one call
     else:
-        step, unit = lazy_step(block_size, bs), bs
+        step, unit = lazy_step(block_size, sub), sub
 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
-        if not act_order:
-            blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
-            ga, gb, codes[:, j0:j1] = _grids(layout, blk, bs)
+        if act_order:
+            return
+        at = slice(j0 // bs * t.type_size, (j0 // bs + 1) * t.type_size)
+        if j0 % bs == 0:
+            blk = quantize(np.ascontiguousarray(work[:, j0:j0 + bs]), t, imatrix=imp[j0:j0 + bs])
+            ga, gb, codes[:, j0:j0 + bs] = _grids(layout, blk, bs)
             if scale_field(t) is not None:
-                blk, ga, gb = search_scale(blk, ga, gb, layout, work, u, j0, j1)
-            out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
-            a[:, j0:j1], b[:, j0:j1] = ga, gb
+                blk, ga, gb = search_scale(blk, ga, gb, layout, work, u, j0, j0 + bs)
+            out[:, at] = blk
+            a[:, j0:j0 + bs], b[:, j0:j0 + bs] = ga, gb
+        if sub != bs:                                   # a sub-block starts: its scale by GPTQ's loss
+            out[:, at], a[:, j0:j1], b[:, j0:j1] = search_sub_scale(out[:, at], a[:, j0:j1], b[:, j0:j1], layout,
+                                                                    work, u, j0, j1)
 
     run_columns(work, u, a, b, codes, levels, order, step, unit, block_start)
     if not natural:
