@@ -31,8 +31,7 @@ from workbench.cpu.tile import MR, NR, gram_add, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, code_layout
-from workbench.quant.gptq_grid import (SUB_SCALES, quantize_columns, scale_field, search_scale, search_sub_scale,
-                                      uniform_top)
+from workbench.quant.gptq_grid import quantize_columns, scale_field, search_scale, uniform_top
 from workbench.quant.formats import parse_type
 
 
@@ -375,7 +374,7 @@ def prepare(h: np.ndarray, damp: float = 0.01, act_order: bool = False,
 
 def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | None = None, damp: float = 0.01,
                   act_order: bool = False, block_size: int = 128, name: str = "weight", shrink: float = SHRINK,
-                  prepared: tuple[np.ndarray, np.ndarray] | None = None, sub_search: bool = False) -> np.ndarray:
+                  prepared: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Quantize w (rows, n) float32 to ggml `type_` blocks (uint8 (rows, row_bytes)) with GPTQ error feedback
     under H (n, n). imatrix: the importance the format's scale search weights by (default diag H, i.e. what
     llama-imatrix would collect from the same text). block_size: GPTQ's lazy-update block (columns), fitted
@@ -401,7 +400,6 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
     codes = np.zeros((rows, n), np.uint16)
     out = np.empty((rows, t.row_bytes(n)), np.uint8)
     levels, order = layout.levels, layout.order.astype(np.int64)
-    sub = SUB_SCALES[t.name][0] if t.name in SUB_SCALES and sub_search else bs
     if act_order:                                       # static grids: every block's scales from the original w
         out[:] = quantize(np.ascontiguousarray(w), t, imatrix=imp)
         ga, gb, gc = _grids(layout, out, n)
@@ -409,22 +407,16 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, type_, *, imatrix: np.ndarray | 
         step = max(1, block_size)
         unit = step                                     # no block starts: a lazy block in one call
     else:
-        step, unit = lazy_step(block_size, sub), sub
+        step, unit = lazy_step(block_size, bs), bs
 
     def block_start(j0, j1):                            # a block starts: its scales from the current weights
-        if act_order:
-            return
-        at = slice(j0 // bs * t.type_size, (j0 // bs + 1) * t.type_size)
-        if j0 % bs == 0:
-            blk = quantize(np.ascontiguousarray(work[:, j0:j0 + bs]), t, imatrix=imp[j0:j0 + bs])
-            ga, gb, codes[:, j0:j0 + bs] = _grids(layout, blk, bs)
+        if not act_order:
+            blk = quantize(np.ascontiguousarray(work[:, j0:j1]), t, imatrix=imp[j0:j1])
+            ga, gb, codes[:, j0:j1] = _grids(layout, blk, bs)
             if scale_field(t) is not None:
-                blk, ga, gb = search_scale(blk, ga, gb, layout, work, u, j0, j0 + bs)
-            out[:, at] = blk
-            a[:, j0:j0 + bs], b[:, j0:j0 + bs] = ga, gb
-        if sub != bs:                                   # a sub-block starts: its scale by GPTQ's loss
-            out[:, at], a[:, j0:j1], b[:, j0:j1] = search_sub_scale(out[:, at], a[:, j0:j1], b[:, j0:j1], layout,
-                                                                    work, u, j0, j1)
+                blk, ga, gb = search_scale(blk, ga, gb, layout, work, u, j0, j1)
+            out[:, j0 // bs * t.type_size:(j0 // bs + 1) * t.type_size] = blk
+            a[:, j0:j1], b[:, j0:j1] = ga, gb
 
     run_columns(work, u, a, b, codes, levels, order, step, unit, block_start)
     if not natural:
