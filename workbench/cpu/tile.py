@@ -118,35 +118,6 @@ def _rows_sub(width: int):
 rows_sub16 = _rows_sub(16)
 
 
-@intrinsic
-def axpy_sub(typingctx, x_arr, xi, y_arr, yi, g, n):
-    """x.flat[xi + k] -= g * y.flat[yi + k] for k < n (float32: one multiply, then one subtract), 16 at a time
-    (GPTQ's update of a row after each column)."""
-    sig = types.void(x_arr, xi, y_arr, yi, g, n)
-
-    def codegen(context, builder, sig, args):
-        x_arr, xi, y_arr, yi, g, n = args
-        ft = ir.FloatType()
-        vec = ir.VectorType(ft, 16)
-        x_data = context.make_array(sig.args[0])(context, builder, x_arr).data
-        y_data = context.make_array(sig.args[2])(context, builder, y_arr).data
-        gv = splat(builder, g, 16)
-        sixteen = ir.Constant(I64, 16)
-        n_vec = builder.sdiv(n, sixteen)
-        with cgutils.for_range(builder, n_vec) as loop:
-            k = builder.mul(loop.index, sixteen)
-            px = builder.bitcast(builder.gep(x_data, [builder.add(xi, k)]), vec.as_pointer())
-            py = builder.bitcast(builder.gep(y_data, [builder.add(yi, k)]), vec.as_pointer())
-            builder.store(builder.fsub(builder.load(px, align=4), builder.fmul(gv, builder.load(py, align=4))), px,
-                          align=4)
-        done = builder.mul(n_vec, sixteen)
-        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
-            k = builder.add(done, loop.index)
-            px = builder.gep(x_data, [builder.add(xi, k)])
-            py = builder.gep(y_data, [builder.add(yi, k)])
-            builder.store(builder.fsub(builder.load(px), builder.fmul(g, builder.load(py))), px)
-        return context.get_dummy_value()
-    return sig, codegen       # block_losses' feedback, 16 rows of candidates side by side
 tile_add = _tile(sub=False)
 tile_sub = _tile(sub=True)
 gram_add = _tile(sub=False, fused=True)   # only for exact products (see above)
@@ -186,4 +157,4 @@ def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
     cf[idx] = acc
 
 
-__all__ = ["MR", "NR", "axpy_sub", "gram_add", "rows_sub16", "tile", "tile_add", "tile_ref", "tile_sub"]
+__all__ = ["MR", "NR", "gram_add", "rows_sub16", "tile", "tile_add", "tile_ref", "tile_sub"]

@@ -54,64 +54,43 @@ def _put_block(out, o, d, L):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_rows(x, qw, use_qw, out):
-    n = x.shape[1]
-    nb = n // QK
+def _quantize_rows(x, out):
+    """quantize_row_q4_0_ref, straight into the bytes."""
+    nb = x.shape[1] // QK
     for r in prange(x.shape[0]):
         row = x[r]
-        L = np.empty(n, np.int8)
-        d = np.empty(nb, np.float32)
-        if use_qw:                                  # quantize_row_q4_0_impl: all blocks searched side by side
-            sum_x2 = F32(0.0)
-            for j in range(n):
-                sum_x2 += row[j] * row[j]
-            sigma2 = sum_x2 / F32(n)
-            xt = np.empty((QK, nb), np.float32)
-            wt = np.empty((QK, nb), np.float32)
-            Lt = np.empty((QK, nb), np.uint8)
-            for ib in range(nb):
-                for j in range(QK):
-                    v = row[ib * QK + j]
-                    xt[j, ib] = v
-                    wt[j, ib] = qw[ib * QK + j] * np.sqrt(sigma2 + v * v)
-            make_qx_quants_batch(8, xt, wt, Lt, d)
-            for ib in range(nb):
-                for j in range(QK):
-                    L[ib * QK + j] = Lt[j, ib]
-            for ib in range(nb):
-                _put_block(out[r], ib * BYTES, d[ib], L[ib * QK:(ib + 1) * QK])
-        else:                                       # quantize_row_q4_0_ref, straight into the bytes
-            for ib in range(nb):
-                xb = row[ib * QK:(ib + 1) * QK]
-                amax = F32(0.0)
-                mx = F32(0.0)
-                for j in range(QK):
-                    if amax < abs(xb[j]):
-                        amax = abs(xb[j])
-                        mx = xb[j]
-                dd = mx / F32(-8.0)
-                inv = F32(1.0) / dd if dd != 0 else F32(0.0)
-                o = ib * BYTES
-                put_fp16(out[r], o, dd)
-                for j in range(16):
-                    q0 = min(15, np.int32(xb[j] * inv + F32(8.5)))
-                    q1 = min(15, np.int32(xb[j + 16] * inv + F32(8.5)))
-                    out[r, o + 2 + j] = q0 | (q1 << 4)
+        for ib in range(nb):
+            xb = row[ib * QK:(ib + 1) * QK]
+            amax = F32(0.0)
+            mx = F32(0.0)
+            for j in range(QK):
+                if amax < abs(xb[j]):
+                    amax = abs(xb[j])
+                    mx = xb[j]
+            dd = mx / F32(-8.0)
+            inv = F32(1.0) / dd if dd != 0 else F32(0.0)
+            o = ib * BYTES
+            put_fp16(out[r], o, dd)
+            for j in range(16):
+                q0 = min(15, np.int32(xb[j] * inv + F32(8.5)))
+                q1 = min(15, np.int32(xb[j + 16] * inv + F32(8.5)))
+                out[r, o + 2 + j] = q0 | (q1 << 4)
 
 
-NARROW_ROWS = 64       # rows searched side by side when a row holds too few blocks to batch on its own
+BATCH = 64      # blocks searched side by side: a row's own, or those of several rows when rows are short
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_narrow(x, qw, out):
-    """quantize_row_q4_0_impl on rows of few blocks (GPTQ quantizes one 32-column block of every row at a time):
-    the blocks of NARROW_ROWS rows go side by side through make_qx_quants_batch, whose groups are independent,
-    so each block gets the bytes _quantize_rows gives it."""
+def _quantize_rows_imatrix(x, qw, out):
+    """quantize_row_q4_0_impl: the blocks of max(1, BATCH // blocks per row) rows go side by side through
+    make_qx_quants_batch (its groups are independent: a block's bytes do not depend on its neighbours), so a
+    matrix of one block per row (GPTQ quantizes one 32-column block of every row at a time) is a batch too."""
     rows, n = x.shape
     nb = n // QK
-    for c in prange((rows + NARROW_ROWS - 1) // NARROW_ROWS):
-        r0 = c * NARROW_ROWS
-        nr = min(rows, r0 + NARROW_ROWS) - r0
+    per = max(1, BATCH // nb)
+    for c in prange((rows + per - 1) // per):
+        r0 = c * per
+        nr = min(rows, r0 + per) - r0
         xt = np.empty((QK, nr * nb), np.float32)
         wt = np.empty((QK, nr * nb), np.float32)
         Lt = np.empty((QK, nr * nb), np.uint8)
@@ -155,11 +134,10 @@ def _dequantize_rows(blocks, out):
 
 def quantize(x: np.ndarray, imatrix=None) -> np.ndarray:
     out = np.zeros((x.shape[0], x.shape[1] // QK * BYTES), dtype=np.uint8)
-    qw = imatrix if imatrix is not None else np.zeros(0, np.float32)
-    if imatrix is not None and x.shape[1] < 8 * QK:
-        _quantize_narrow(x, qw, out)
+    if imatrix is None:
+        _quantize_rows(x, out)
     else:
-        _quantize_rows(x, qw, imatrix is not None, out)
+        _quantize_rows_imatrix(x, imatrix, out)
     return out
 
 
