@@ -145,6 +145,16 @@ def tile(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols, sub):
             cf[ci + r * ldc + col] = s
 
 
+@njit(cache=True)
+def gram(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols):
+    """tile(..., sub=False) where every product is exact (see gram_add): gram_add when the tile is whole, else
+    tile's scalar corner, whose multiply-then-add then rounds as the fma does."""
+    if rows == MR and cols == NR:
+        gram_add(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk)
+    else:
+        tile(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, rows, cols, False)
+
+
 def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
     """numpy spec of tile_add / tile_sub: the same operations per element, k in order."""
     cf, af, bf = c.reshape(-1), a.reshape(-1), b.reshape(-1)
@@ -157,4 +167,4 @@ def tile_ref(c, ci, ldc, a, ai, a_k, a_r, b, bi, b_k, nk, sub: bool) -> None:
     cf[idx] = acc
 
 
-__all__ = ["MR", "NR", "gram_add", "rows_sub16", "tile", "tile_add", "tile_ref", "tile_sub"]
+__all__ = ["MR", "NR", "gram", "gram_add", "rows_sub16", "tile", "tile_add", "tile_ref", "tile_sub"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from workbench.cpu.tile import MR, NR, gram_add, tile
+from workbench.cpu.tile import MR, NR, gram, tile
 from workbench.gguf.constants import GGMLType
 from workbench.quant import quantize
 from workbench.quant.code_bits import CodeLayout, code_layout
@@ -43,18 +43,6 @@ class GPTQError(ValueError):
 
 HESS_ROWS = 32      # the rows of H one thread owns; H[i, j] is accumulated for j >= i - i % HESS_ROWS
 T_CHUNK = 128       # tokens per pass over a row block (its packed panels stay in cache)
-
-
-@njit(cache=True)
-def _gram_corner(h, hi, n, xp, ai, bi, nt, rows, cols):
-    """The rows x cols corner of a gram_add tile at a matrix edge, in scalar code (same products, same order)."""
-    hf, xf = h.reshape(-1), xp.reshape(-1)
-    for r in range(rows):
-        for c in range(cols):
-            s = hf[hi + r * n + c]
-            for k in range(nt):
-                s += xf[ai + k * NR + r] * xf[bi + k * NR + c]
-            hf[hi + r * n + c] = s
 
 
 @njit(parallel=True, cache=True)
@@ -75,18 +63,14 @@ def _hess_tiles(h, xp, n):
                     for r0 in range(i0, min(n, i0 + HESS_ROWS), MR):
                         ai = r0 // NR * ldp + t0 * NR + r0 % NR
                         bi = j0 // NR * ldp + t0 * NR
-                        if r0 + MR <= n and j0 + NR <= n:
-                            gram_add(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt)
-                        else:
-                            _gram_corner(h, r0 * n + j0, n, xp, ai, bi, nt, min(MR, n - r0),
-                                         min(NR, n - j0))
+                        gram(h, r0 * n + j0, n, xp, ai, NR, 1, xp, bi, NR, nt, min(MR, n - r0), min(NR, n - j0))
 
 
 def accumulate_hessian(h, x):
     """h[i, j] += x[t, i] * x[t, j] for every token t in order, float64, for j >= i - i % HESS_ROWS (the upper
     triangle and a few elements below it, never read). The products of float32 values are exact in float64
     (so a fused multiply-add rounds as the product and the sum do); the sums run token by token
-    (workbench.cpu.tile.gram_add: a tile of h in registers while the tokens stream by)."""
+    (workbench.cpu.tile.gram: a tile of h in registers while the tokens stream by)."""
     n = h.shape[0]
     T = x.shape[0]
     nb = (n + NR - 1) // NR
